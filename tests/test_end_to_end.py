@@ -1,0 +1,109 @@
+"""End to end on a tiny random SD-1.5-shaped diffusers UNet at 512 x 512 (64x64 and 32x32 decoder attention)."""
+
+import pytest
+import torch
+
+from xattn_core.diffusers_backend import DiffusersBackend
+from xattn_core.freeu import FreeUSettings
+from xattn_core.inversion import invert
+from xattn_core.plan import PlanSettings, build_plan, model_evaluations
+from xattn_core.sampler import TransferSettings, pair_rows, transfer
+from xattn_core.schedule import paper_sigmas
+
+STEPS, START = 20, 6  # 14 generation steps; first mixing step 3 (counter 2 = 0.1 * 20)
+FIRST_MIXING = 3
+
+
+class Recorder:
+    """Wraps a backend and keeps each call's inputs and swap directive."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls = []
+
+    def predict_noise(self, latents, sigma, swap):
+        self.calls.append((latents.clone(), sigma, swap))
+        return self.backend.predict_noise(latents, sigma, swap)
+
+
+@pytest.fixture(scope="module")
+def inversions(unet):
+    from xattn_core.tiny import tiny_context
+
+    generator = torch.Generator().manual_seed(21)
+    clean = torch.randn(2, 4, 64, 64, generator=generator)  # appearance, structure at 512 px
+    with DiffusersBackend(unet, tiny_context(1), tiny_context(2), cfg=3.5, freeu=FreeUSettings()) as backend:
+        both = invert(backend.predict_noise, clean, paper_sigmas(steps=STEPS), START, seed=5, steps_per_call=2)
+    return both.select([0]), both.select([1])
+
+
+def run(unet, inversions, settings, freeu=True):
+    from xattn_core.tiny import tiny_context
+
+    appearance, structure = inversions
+    with DiffusersBackend(unet, tiny_context(1), None, 1.0, freeu=FreeUSettings() if freeu else None) as backend:
+        recorder = Recorder(backend)
+        result = transfer(recorder, appearance, structure, settings)
+        evaluations = backend.image_evaluations
+    return result, recorder, evaluations
+
+
+def test_without_swap_and_adain_the_output_path_is_the_structure_path(unet, inversions):
+    settings = TransferSettings(plan=PlanSettings(level_ranges=(), adain_range=(0.0, 0.0)))
+    result, _, evaluations = run(unet, inversions, settings)
+    assert torch.equal(result.output, result.structure)
+    assert evaluations == 3 * (STEPS - START)
+
+
+def test_swap_changes_the_output_from_the_first_mixing_step(unet, inversions):
+    settings = TransferSettings(plan=PlanSettings(adain_range=(0.0, 0.0)))
+    result, recorder, evaluations = run(unet, inversions, settings)
+    plan = build_plan(STEPS, START, settings.plan)
+    assert [step.index for step in plan if step.swaps][0] == FIRST_MIXING
+    assert evaluations == model_evaluations(plan)
+    joint_inputs = [latents for latents, _, swap in recorder.calls if latents.shape[0] == 2]
+    assert len(joint_inputs) == STEPS - START
+    for step, latents in enumerate(joint_inputs):
+        output_row, structure_row = latents[0], latents[1]
+        if step <= FIRST_MIXING:  # inputs of steps up to the first mixing step are still identical
+            assert torch.equal(output_row, structure_row), step
+        else:
+            assert (output_row - structure_row).abs().max() > 1e-3, step
+    assert (result.output - result.structure).abs().mean() > 1e-2
+    assert torch.isfinite(result.output).all()
+
+
+def test_transfer_is_deterministic(unet, inversions):
+    first, _, _ = run(unet, inversions, TransferSettings())
+    second, _, _ = run(unet, inversions, TransferSettings())
+    assert torch.equal(first.output, second.output)
+    assert (first.output - first.structure).abs().mean() > 1e-2
+
+
+def test_batch_pairing_rules():
+    assert pair_rows(3, 1) == [(0, 0), (1, 0), (2, 0)]
+    assert pair_rows(1, 2) == [(0, 0), (0, 1)]
+    assert pair_rows(2, 2) == [(0, 0), (1, 1)]
+    with pytest.raises(ValueError, match="cannot pair 3 appearance images with 2 structure"):
+        pair_rows(3, 2)
+
+
+def test_one_structure_many_appearances_and_different_sizes(unet):
+    from xattn_core.tiny import tiny_context
+
+    generator = torch.Generator().manual_seed(3)
+    sigmas = paper_sigmas(steps=8)
+    with DiffusersBackend(unet, tiny_context(1), tiny_context(2), cfg=3.5) as backend:
+        appearances = invert(backend.predict_noise, torch.randn(2, 4, 48, 32, generator=generator), sigmas, 2)
+        structure = invert(backend.predict_noise, torch.randn(1, 4, 32, 40, generator=generator), sigmas, 2)
+        backend.with_guidance(tiny_context(1), None, 1.0)
+        result = transfer(backend, appearances, structure, TransferSettings(start_step=3))
+    assert result.output.shape == (2, 4, 32, 40)
+    assert result.pairs == [(0, 0), (1, 0)]
+    assert (result.output[0] - result.output[1]).abs().mean() > 1e-3  # two appearances, two results
+
+
+def test_start_before_the_inversion_is_refused(inversions, unet):
+    appearance, structure = inversions
+    with pytest.raises(ValueError, match="start step 2 is not available"):
+        transfer(None, appearance, structure, TransferSettings(start_step=2))

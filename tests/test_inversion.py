@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from xattn_core.diffusers_backend import DiffusersBackend
+from xattn_core.inversion import invert
+from xattn_core.inversion_file import InversionFileError, load_inversion, save_inversion
+from xattn_core.schedule import ancestral_split, ddpm_step, paper_sigmas
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(7))
+
+
+def regenerate(predict, inversion, start):
+    """Denoise from x_start with the stored noise maps; returns every latent reached."""
+    latent = inversion.latent_at(start)
+    reached = []
+    for i in range(start, inversion.steps):
+        sigma, sigma_next = float(inversion.sigmas[i]), float(inversion.sigmas[i + 1])
+        latent = ddpm_step(
+            latent,
+            predict(latent, inversion.sigmas[i].expand(latent.shape[0])),
+            sigma,
+            sigma_next,
+            inversion.noise_at(i),
+        )
+        reached.append(latent)
+    return reached
+
+
+@pytest.mark.parametrize("start", [0, 5, STEPS - 1])
+def test_regeneration_reproduces_trajectory_and_clean_latent(unet, positive, negative, clean, start):
+    with DiffusersBackend(unet, positive, negative, cfg=3.5) as backend:
+        inversion = invert(
+            backend.predict_noise, clean, paper_sigmas(steps=STEPS), start_step=0, seed=3, zero_last_noise=False
+        )
+        reached = regenerate(backend.predict_noise, inversion, start)
+    for offset, latent in enumerate(reached):
+        assert (latent - inversion.latent_at(start + offset + 1)).abs().max() <= 1e-4
+    assert (reached[-1] - clean).abs().max() <= 1e-4
+
+
+def test_official_zero_last_noise_only_changes_the_last_step(unet, positive, negative, clean):
+    sigmas = paper_sigmas(steps=STEPS)
+    with DiffusersBackend(unet, positive, negative, cfg=3.5) as backend:
+        official = invert(backend.predict_noise, clean, sigmas, start_step=4, seed=3)
+        exact = invert(backend.predict_noise, clean, sigmas, start_step=4, seed=3, zero_last_noise=False)
+        reached = regenerate(backend.predict_noise, official, 4)
+    assert torch.count_nonzero(official.noise_at(STEPS - 1)) == 0
+    assert torch.count_nonzero(exact.noise_at(STEPS - 1)) > 0
+    assert torch.equal(official.noise_maps[:-1], exact.noise_maps[:-1])
+    for offset, latent in enumerate(reached[:-1]):
+        assert (latent - official.latent_at(5 + offset)).abs().max() <= 1e-4
+    # the last step lands on its mean, sigma_up * z short of x0
+    _, sigma_up = ancestral_split(float(sigmas[-2]), float(sigmas[-1]))
+    assert (reached[-1] - clean).abs().max() > 1e-3
+    assert (reached[-1] + sigma_up * exact.noise_at(STEPS - 1) - clean).abs().max() <= 1e-4
+
+
+def test_skipping_unused_steps_keeps_the_same_noise_maps(unet, positive, negative, clean):
+    sigmas = paper_sigmas(steps=STEPS)
+    with DiffusersBackend(unet, positive, negative, cfg=3.5) as backend:
+        full = invert(backend.predict_noise, clean, sigmas, start_step=0, seed=11)
+        calls_before = backend.image_evaluations
+        partial = invert(backend.predict_noise, clean, sigmas, start_step=7, seed=11, steps_per_call=3)
+        partial_evals = backend.image_evaluations - calls_before
+    assert partial_evals == (STEPS - 7) * 2 * 2  # steps x images x (cond + uncond)
+    for i in range(7, STEPS):
+        assert torch.allclose(partial.noise_at(i), full.noise_at(i), rtol=1e-4, atol=1e-3)
+        assert torch.equal(partial.latent_at(i), full.latent_at(i))
+
+
+def test_inversion_is_seeded():
+    predict = lambda x, s: 0.1 * x  # noqa: E731
+    clean = torch.randn(1, 4, 8, 8)
+    first = invert(predict, clean, paper_sigmas(steps=5), seed=1)
+    assert torch.equal(first.noise_maps, invert(predict, clean, paper_sigmas(steps=5), seed=1).noise_maps)
+    assert not torch.equal(first.noise_maps, invert(predict, clean, paper_sigmas(steps=5), seed=2).noise_maps)
+
+
+def test_bad_arguments():
+    predict = lambda x, s: x  # noqa: E731
+    with pytest.raises(ValueError, match="start step"):
+        invert(predict, torch.zeros(1, 4, 8, 8), paper_sigmas(steps=5), start_step=5)
+    with pytest.raises(ValueError, match="empty"):
+        invert(predict, torch.zeros(0, 4, 8, 8), paper_sigmas(steps=5))
+
+
+def small_inversion():
+    predict = lambda x, s: 0.1 * x  # noqa: E731
+    inversion = invert(predict, torch.randn(2, 4, 8, 8), paper_sigmas(steps=6), start_step=2, seed=1)
+    inversion.metadata.update(latent_format="SD15", model="abc")
+    return inversion
+
+
+def test_file_round_trip(tmp_path):
+    inversion = small_inversion()
+    loaded = load_inversion(save_inversion(inversion, tmp_path / "inv.safetensors"))
+    assert loaded.start_step == 2 and loaded.metadata == {"latent_format": "SD15", "model": "abc"}
+    for name in ("clean", "sigmas", "latents", "noise_maps"):
+        assert torch.equal(getattr(loaded, name), getattr(inversion, name))
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = save_inversion(small_inversion(), tmp_path / "inv.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InversionFileError, match="corrupt or truncated"):
+        load_inversion(path)
+
+
+def test_newer_format_is_refused(tmp_path):
+    inversion = small_inversion()
+    path = save_inversion(inversion, tmp_path / "inv.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    save_file(
+        load_file(str(path)),
+        str(path),
+        metadata={"format": "xattn-inversion", "format_version": "9", "start_step": "2"},
+    )
+    with pytest.raises(InversionFileError, match="newer"):
+        load_inversion(path)
+
+
+def test_pickle_renamed_is_refused_without_unpickling(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(InversionFileError, match="not a safetensors"):
+        load_inversion(path)

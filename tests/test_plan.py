@@ -1,0 +1,51 @@
+import pytest
+
+from xattn_core.plan import KeyValueSource, PlanSettings, build_plan, model_evaluations
+
+
+def test_official_plan_at_100_steps_start_32():
+    plan = build_plan(100, 32)
+    assert len(plan) == 68
+    assert plan[0].global_step == 32 and plan[-1].global_step == 99
+    mixing = [step.index for step in plan if step.swaps]
+    assert mixing == list(range(11, 68))
+    # both levels: level 0 counter in [10, 90), level 1 in [10, 70) -> always both up to step 67
+    assert all(step.swap_levels == frozenset({0, 1}) for step in plan if step.swaps)
+    structure_steps = [step.index for step in plan if step.swaps and step.kv_source is KeyValueSource.STRUCTURE]
+    assert structure_steps == [11, 16, 21, 26, 31, 36]
+    assert [step.index for step in plan if step.adain] == list(range(20, 68))
+    guided = {step.index: step.swap_weight for step in plan if step.swap_weight is not None}
+    assert sorted(guided) == list(range(11, 68))
+    assert plan[10].swap_weight is None  # guidance starts at k = 10 but nothing swaps before 11
+    assert guided[11] == pytest.approx(3.5 - 11 * 1.75 / 67)
+    assert guided[67] == pytest.approx(1.75)
+
+
+def test_official_swap_weight_at_step_10_is_3_239():
+    # with mixing starting one step later, weight 3.239 belongs to loop step 10
+    weights = build_plan(100, 32, PlanSettings(level_ranges=((0.0, 0.9), (0.0, 0.7))))
+    assert weights[10].swap_weight == pytest.approx(3.2388, abs=1e-4)
+
+
+def test_level_1_stops_at_counter_70_when_generation_is_longer():
+    plan = build_plan(100, 0)
+    assert plan[70].swap_levels == frozenset({0, 1})  # counter 69
+    assert plan[71].swap_levels == frozenset({0})  # counter 70
+    assert plan[91].swap_levels == frozenset()  # counter 90
+
+
+def test_fractions_scale_with_step_count():
+    plan = build_plan(50, 16)
+    assert [step.index for step in plan if step.swaps][0] == 6  # counter 5 = 0.1 * 50
+    assert [step.index for step in plan if step.adain][0] == 10
+
+
+def test_evaluation_count_at_defaults():
+    assert model_evaluations(build_plan(100, 32)) == 261
+
+
+def test_start_step_out_of_range():
+    with pytest.raises(ValueError, match="start step"):
+        build_plan(100, 100)
+    with pytest.raises(ValueError, match="start step"):
+        build_plan(100, -1)

@@ -1,0 +1,152 @@
+"""Cross-image attention: where the appearance (or structure) keys and values are used.
+
+Both backends (diffusers processors and ComfyUI attn1 patches) project q, k, v themselves and
+then call :func:`route_attention`, which decides per row what attention that row gets:
+
+- ordinary rows go through the backend's fused attention (SDPA, ComfyUI's optimized attention);
+- output rows in a swapping layer keep their own queries but attend to the keys/values of another
+  row, the appearance's (captured from the appearance call of the same step) or the structure's
+  (a row of the same call), with contrasted, un-renormalised weights (SPEC 2.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .plan import KeyValueSource
+
+PlainAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(q, k, v) -> out``, all ``[rows, tokens, heads * dim_head]``: the backend's fused attention."""
+
+DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float32 attention weights alive at a time
+
+
+def contrasted_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    heads: int,
+    contrast: float,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Tensor:
+    """softmax(QK^T/sqrt(d)) contrasted as clip(c*A - (c-1)/N_keys, 0, 1), not renormalised, times V.
+
+    Rows of softmax weights sum to one, so their mean over keys is 1/N_keys and the official
+    ``(A - mean) * c + mean`` reduces to the expression above. Queries are processed in chunks so
+    that at most ``memory_budget`` bytes of weights exist at once; the maths runs in float32 so
+    fp16/bf16 models cannot overflow here.
+    """
+    rows, query_tokens, width = query.shape
+    key_tokens = key.shape[1]
+    dim_head = width // heads
+    q = query.float().reshape(rows, query_tokens, heads, dim_head).transpose(1, 2)
+    k = key.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
+    v = value.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
+    scale = dim_head**-0.5
+    bytes_per_query = rows * heads * key_tokens * 4
+    chunk = max(1, memory_budget // bytes_per_query)
+    offset = (contrast - 1.0) / key_tokens
+    out = torch.empty_like(q)
+    for start in range(0, query_tokens, chunk):
+        weights = torch.softmax((q[:, :, start : start + chunk] @ k.transpose(-1, -2)) * scale, dim=-1)
+        weights = weights.mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
+        out[:, :, start : start + chunk] = weights @ v
+        del weights
+    return out.transpose(1, 2).reshape(rows, query_tokens, width).to(query.dtype)
+
+
+class KeyValueStore:
+    """Keys/values captured from one model call, for output rows of a later call of the same step."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Hashable, int], tuple[Tensor, Tensor]] = {}
+
+    def put(self, layer: Hashable, chunk: int, key: Tensor, value: Tensor) -> None:
+        self._entries[(layer, chunk)] = (key, value)
+
+    def get(self, layer: Hashable, chunk: int) -> tuple[Tensor, Tensor]:
+        try:
+            return self._entries[(layer, chunk)]
+        except KeyError:
+            raise RuntimeError(
+                f"no appearance keys/values were captured for layer {layer!r}, batch chunk {chunk}; "
+                "the appearance call must run before the output call of the same step"
+            ) from None
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class AttentionSwap:
+    """What the swapping layers do during one model call.
+
+    Row indices count within one cond/uncond chunk of the call. ``capture`` stores every row's
+    keys/values (the appearance call); ``outputs[j]`` takes its keys/values from row
+    ``sources[j]`` of this call (structure K/V) or, when ``kv_source`` is appearance, from row
+    ``sources[j]`` of ``captured``.
+    """
+
+    levels: frozenset[int]
+    contrast: float = 1.67
+    capture: KeyValueStore | None = None
+    outputs: tuple[int, ...] = ()
+    sources: tuple[int, ...] = ()
+    kv_source: KeyValueSource = KeyValueSource.APPEARANCE
+    captured: KeyValueStore | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    contrasted_rows: int = field(default=0, compare=False)  # rows contrasted so far (for tests)
+
+
+def route_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    heads: int,
+    layer: Hashable,
+    level: int | None,
+    chunks: list[int],
+    swap: AttentionSwap | None,
+    plain: PlainAttention,
+) -> Tensor:
+    """Attention for one self-attention layer over a whole batch of cond/uncond ``chunks``."""
+    if swap is None or level is None or level not in swap.levels:
+        return plain(query, key, value)
+    rows = query.shape[0] // len(chunks)
+    if swap.capture is not None:
+        for c, chunk in enumerate(chunks):
+            swap.capture.put(layer, chunk, key[c * rows : (c + 1) * rows], value[c * rows : (c + 1) * rows])
+    if not swap.outputs:
+        return plain(query, key, value)
+
+    swapped = {c * rows + row for c in range(len(chunks)) for row in swap.outputs}
+    ordinary = [i for i in range(query.shape[0]) if i not in swapped]
+    out = torch.empty_like(query)
+    if ordinary:
+        out[ordinary] = plain(query[ordinary], key[ordinary], value[ordinary])
+    for c, chunk in enumerate(chunks):
+        if swap.kv_source is KeyValueSource.STRUCTURE:
+            source_key, source_value = key[c * rows : (c + 1) * rows], value[c * rows : (c + 1) * rows]
+        else:
+            if swap.captured is None:
+                raise RuntimeError("appearance keys/values requested but none were captured")
+            source_key, source_value = swap.captured.get(layer, chunk)
+        for row, source in zip(swap.outputs, swap.sources, strict=True):
+            index = c * rows + row
+            out[index : index + 1] = contrasted_attention(
+                query[index : index + 1],
+                source_key[source : source + 1].to(query.dtype),
+                source_value[source : source + 1].to(query.dtype),
+                heads,
+                swap.contrast,
+                swap.memory_budget,
+            )
+            swap.contrasted_rows += 1
+    return out

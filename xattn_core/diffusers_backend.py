@@ -1,0 +1,158 @@
+"""Reference backend: a diffusers ``UNet2DConditionModel`` with swapping decoder self-attention.
+
+Installing the backend sets attention processors on the decoder's self-attention layers (attn1
+of ``up_blocks``) and, optionally, forward pre-hooks for the official FreeU variant; ``close()``
+(or leaving the ``with`` block) restores the UNet exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .attention import AttentionSwap, route_attention
+from .freeu import FreeUSettings, official_freeu
+from .schedule import sd_sigma_table, timestep_for_sigma
+
+
+def _sdpa(heads: int):
+    def attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        rows, tokens, width = query.shape
+        split = lambda t: t.reshape(rows, -1, heads, width // heads).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+        return out.transpose(1, 2).reshape(rows, tokens, width)
+
+    return attend
+
+
+class _CallState:
+    """What the processors need to know about the model call in progress."""
+
+    def __init__(self) -> None:
+        self.swap: AttentionSwap | None = None
+        self.chunks: list[int] = [0]
+
+
+class SwapAttentionProcessor:
+    """Self-attention that lets :func:`route_attention` choose each row's keys and values."""
+
+    def __init__(self, layer: Hashable, level: int, state: _CallState) -> None:
+        self.layer = layer
+        self.level = level
+        self.state = state
+
+    def __call__(
+        self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
+        if encoder_hidden_states is not None or attention_mask is not None or attn.norm_cross or attn.spatial_norm:
+            raise RuntimeError("SwapAttentionProcessor supports plain self-attention layers only")
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        out = route_attention(
+            query, key, value, attn.heads, self.layer, self.level, self.state.chunks, self.state.swap, _sdpa(attn.heads)
+        )
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def decoder_attention_levels(unet) -> dict[int, int]:
+    """Map up-block index -> attention level (0 = the highest-resolution decoder level with attention)."""
+    depth = len(unet.up_blocks)
+    factors = {b: 2 ** (depth - 1 - b) for b, block in enumerate(unet.up_blocks) if getattr(block, "attentions", None)}
+    ranked = sorted(set(factors.values()))
+    return {b: ranked.index(f) for b, f in factors.items()}
+
+
+class DiffusersBackend:
+    """Noise predictions from a diffusers UNet in sigma space, with CFG and attention swapping."""
+
+    def __init__(
+        self,
+        unet,
+        positive: Tensor,
+        negative: Tensor | None = None,
+        cfg: float = 1.0,
+        sigma_table: Tensor | None = None,
+        freeu: FreeUSettings | None = None,
+    ) -> None:
+        self.unet = unet
+        self.positive = positive
+        self.negative = negative
+        self.cfg = cfg
+        self.sigma_table = sd_sigma_table() if sigma_table is None else sigma_table
+        self.prediction_type = getattr(getattr(unet, "config", None), "prediction_type", None) or "epsilon"
+        self.model_calls = 0
+        self.image_evaluations = 0
+        self._state = _CallState()
+        self._original_processors = dict(unet.attn_processors)
+        self._hooks = []
+        processors = dict(self._original_processors)
+        for block_index, level in decoder_attention_levels(unet).items():
+            for name in processors:
+                if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
+                    processors[name] = SwapAttentionProcessor(name, level, self._state)
+        unet.set_attn_processor(processors)
+        if freeu is not None:
+            base = unet.config.block_out_channels[0]
+            for block in unet.up_blocks:
+                self._hooks.append(block.register_forward_pre_hook(_freeu_hook(base, freeu), with_kwargs=True))
+
+    def with_guidance(self, positive: Tensor, negative: Tensor | None, cfg: float) -> None:
+        self.positive, self.negative, self.cfg = positive, negative, cfg
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self.unet.set_attn_processor(self._original_processors)
+
+    def __enter__(self) -> DiffusersBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def predict_noise(self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None) -> Tensor:
+        """Guided noise prediction for sigma-space ``latents`` at ``sigma`` (a float or one per row)."""
+        rows = latents.shape[0]
+        sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1).expand(rows)
+        guided = self.cfg != 1.0 and self.negative is not None
+        chunks = [1, 0] if guided else [0]
+        contexts = [self.negative, self.positive] if guided else [self.positive]
+        model_in = (latents / (sigmas**2 + 1).sqrt().reshape(-1, 1, 1, 1)).repeat(len(chunks), 1, 1, 1)
+        timesteps = timestep_for_sigma(sigmas, self.sigma_table).repeat(len(chunks))
+        context = torch.cat([c.expand(rows, -1, -1) for c in contexts]).to(latents.device, self.unet.dtype)
+        self._state.swap, self._state.chunks = swap, chunks
+        try:
+            with torch.no_grad():
+                prediction = self.unet(model_in.to(self.unet.dtype), timesteps, encoder_hidden_states=context).sample
+        finally:
+            self._state.swap, self._state.chunks = None, [0]
+        self.model_calls += 1
+        self.image_evaluations += rows * len(chunks)
+        prediction = prediction.float()
+        if self.prediction_type == "v_prediction":
+            sig = sigmas.repeat(len(chunks)).reshape(-1, 1, 1, 1)
+            alpha = 1 / (sig**2 + 1).sqrt()
+            prediction = alpha * prediction + (1 - alpha**2).sqrt() * model_in.float()
+        if guided:
+            uncond, cond = prediction.chunk(2)
+            return uncond + self.cfg * (cond - uncond)
+        return prediction
+
+
+def _freeu_hook(base_channels: int, settings: FreeUSettings):
+    def hook(module, args, kwargs):
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = official_freeu(kwargs["hidden_states"], base_channels, settings)
+        elif args:
+            args = (official_freeu(args[0], base_channels, settings), *args[1:])
+        return args, kwargs
+
+    return hook

@@ -1,0 +1,89 @@
+"""The step plan: what happens at each generation step (SPEC 2.3-2.5, 2.7).
+
+The official code reads a step counter that its callback sets *after* each step, so during the
+model calls of generation step k the counter is max(k - 1, 0) while AdaIN after step k sees k.
+Ranges are given as fractions of the schedule length N and turned into counter units with
+``round(fraction * N)``; at N = 100 that gives back the official integers exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+
+class KeyValueSource(str, Enum):
+    APPEARANCE = "appearance"
+    STRUCTURE = "structure"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Official defaults; every range is ``[start, end)`` in fractions of the schedule length."""
+
+    swap_guidance: float = 3.5
+    level_ranges: tuple[tuple[float, float], ...] = ((0.10, 0.90), (0.10, 0.70))
+    structure_kv_period: float = 0.05  # structure K/V every 5 counter steps at N = 100 ...
+    structure_kv_end: float = 0.40  # ... below counter 40
+    adain_range: tuple[float, float] = (0.20, 1.00)
+    swap_guidance_range: tuple[float, float] = (0.10, 0.90)  # inclusive at both ends, in loop steps
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What generation step ``index`` (global step ``global_step``) does."""
+
+    index: int
+    global_step: int
+    swap_levels: frozenset[int]  # decoder attention levels (0 = highest resolution) that swap
+    kv_source: KeyValueSource
+    swap_weight: float | None  # swap-guidance weight, or None when no plain pass is needed
+    adain: bool  # AdaIN on the output latent after this step
+
+    @property
+    def swaps(self) -> bool:
+        return bool(self.swap_levels)
+
+
+def _units(fraction: float, steps: int) -> int:
+    return int(fraction * steps + 0.5)
+
+
+def build_plan(steps: int, start_step: int, settings: PlanSettings = PlanSettings()) -> list[StepPlan]:
+    """One StepPlan per generation step, for a schedule of ``steps`` steps started at ``start_step``."""
+    if not 0 <= start_step < steps:
+        raise ValueError(f"start step must be in 0..{steps - 1} for {steps} steps, got {start_step}")
+    generation_steps = steps - start_step
+    level_bounds = [(_units(lo, steps), _units(hi, steps)) for lo, hi in settings.level_ranges]
+    kv_period = max(1, _units(settings.structure_kv_period, steps))
+    kv_end = _units(settings.structure_kv_end, steps)
+    adain_lo, adain_hi = (_units(f, steps) for f in settings.adain_range)
+    guide_lo, guide_hi = (_units(f, steps) for f in settings.swap_guidance_range)
+    final_weight = max(settings.swap_guidance / 2, 1.0)
+    weights = torch.linspace(settings.swap_guidance, final_weight, generation_steps, dtype=torch.float64).tolist()
+
+    plan = []
+    for k in range(generation_steps):
+        counter = max(k - 1, 0)  # the official callback updates the counter after the step
+        levels = frozenset(level for level, (lo, hi) in enumerate(level_bounds) if lo <= counter < hi)
+        structure_kv = counter % kv_period == 0 and counter < kv_end
+        guided = levels and settings.swap_guidance > 1.0 and guide_lo <= k <= guide_hi
+        plan.append(
+            StepPlan(
+                index=k,
+                global_step=start_step + k,
+                swap_levels=levels,
+                kv_source=KeyValueSource.STRUCTURE if structure_kv else KeyValueSource.APPEARANCE,
+                swap_weight=weights[k] if guided else None,
+                adain=adain_lo <= k < adain_hi,
+            )
+        )
+    return plan
+
+
+def model_evaluations(plan: list[StepPlan], outputs: int = 1, appearances: int = 1, structures: int = 1) -> int:
+    """Image-evaluations the joint sampler spends on ``plan`` (plain pass for output rows only)."""
+    per_step = outputs + appearances + structures
+    return sum(per_step + (outputs if step.swap_weight is not None else 0) for step in plan)
