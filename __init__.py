@@ -1,0 +1,11 @@
+"""ComfyUI entry point of the Cross-Image Attention pack.
+
+ComfyUI imports this folder as a package and calls ``comfy_entrypoint``. Outside ComfyUI (tests,
+the command line, plain ``import``) there is no ``comfy_api`` and this module defines nothing,
+so importing it never fails.
+"""
+
+import importlib.util
+
+if importlib.util.find_spec("comfy_api") is not None:
+    from .nodes import comfy_entrypoint  # noqa: F401

@@ -1,0 +1,26 @@
+"""ComfyUI nodes of the Cross-Image Attention pack (V3 schema, comfy_api v0_0_2)."""
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .adain import XAttnAdaINLatentMatch
+from .inversion_files import XAttnLoadInversion, XAttnSaveInversion
+from .invert import XAttnInvertImage
+from .sampler import XAttnCrossImageSampler, XAttnOptions
+
+NODES: list[type[io.ComfyNode]] = [
+    XAttnInvertImage,
+    XAttnCrossImageSampler,
+    XAttnOptions,
+    XAttnAdaINLatentMatch,
+    XAttnSaveInversion,
+    XAttnLoadInversion,
+]
+
+
+class CrossImageAttentionExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> CrossImageAttentionExtension:
+    return CrossImageAttentionExtension()

@@ -1,0 +1,185 @@
+"""ComfyUI glue: patch a clone of the MODEL and run engine loops inside ComfyUI's sampling machinery.
+
+- :func:`patch_model` clones the ModelPatcher and sets attn1 replace patches on the decoder
+  blocks of the two highest-resolution attention levels (found from the model's own structure),
+  plus the official FreeU variant as an output-block patch. The patches read the per-call
+  directive that :class:`ComfyBackend` puts into ``transformer_options``; with none, they are
+  ordinary attention.
+- :func:`run_in_guider` runs an engine loop as a KSAMPLER function through ``CFGGuider.sample``,
+  so model loading/offloading, ControlNet, hooks and wrappers behave exactly as in KSampler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import comfy.samplers
+import torch
+from torch import Tensor
+
+from ..xattn_core.attention import AttentionSwap, route_attention
+from ..xattn_core.freeu import FreeUSettings, official_freeu
+
+SWAP_KEY = "xattn_swap"  # transformer_options key carrying the AttentionSwap of a model call
+SWAPPED_LEVELS = (0, 1)
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+def _class_names(module: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules()}
+
+
+def decoder_levels(diffusion_model) -> tuple[dict[int, int], set[int]]:
+    """(output block id -> attention level, ids of the first output block of each decoder level).
+
+    Level 0 is the highest-resolution decoder level that has self-attention (SD 1.x: full latent
+    resolution; SDXL: x2 downsampled, it has no attention at full resolution).
+    """
+    blocks = getattr(diffusion_model, "output_blocks", None)
+    inputs = getattr(diffusion_model, "input_blocks", None)
+    if blocks is None or inputs is None:
+        raise UnsupportedModelError(
+            f"{type(diffusion_model).__name__} is not a UNet with decoder self-attention; Cross-Image Attention "
+            "supports SD 1.x, SD 2.x and SDXL models (not DiT/Flux-style transformers)"
+        )
+    factor = 2 ** sum("Downsample" in _class_names(block) for block in inputs)
+    factors: dict[int, int] = {}
+    level_starts = {0}
+    for block_id, block in enumerate(blocks):
+        names = _class_names(block)
+        if "SpatialTransformer" in names:
+            factors[block_id] = factor
+        if "Upsample" in names:
+            factor //= 2
+            level_starts.add(block_id + 1)
+    if not factors:
+        raise UnsupportedModelError("this model's decoder has no self-attention blocks, so there is nothing to swap")
+    ranked = sorted(set(factors.values()))
+    return {block_id: ranked.index(f) for block_id, f in factors.items()}, level_starts
+
+
+def is_sd1(model) -> bool:
+    config = getattr(model.model, "model_config", None)
+    return any(cls.__name__ == "SD15" for cls in type(config).__mro__)
+
+
+def _attention_patch(level: int, existing: Callable | None):
+    def attn1(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
+        heads = extra_options["n_heads"]
+
+        def plain(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+            if existing is not None:  # keep another node's attn1 patch for the ordinary rows
+                return existing(query, key, value, extra_options)
+            return comfy_attention.optimized_attention(
+                query, key, value, heads, attn_precision=extra_options.get("attn_precision")
+            )
+
+        layer = (extra_options.get("block"), extra_options.get("block_index", 0))
+        chunks = list(extra_options.get("cond_or_uncond") or [0])
+        return route_attention(q, k, v, heads, layer, level, chunks, extra_options.get(SWAP_KEY), plain)
+
+    return attn1
+
+
+def _freeu_patch(level_starts: set[int], base_channels: int, settings: FreeUSettings):
+    def output_block(h: Tensor, hsp: Tensor, transformer_options: dict):
+        block = transformer_options.get("block")
+        if block is not None and block[1] in level_starts:
+            h = official_freeu(h, base_channels, settings)
+        return h, hsp
+
+    return output_block
+
+
+def patch_model(model, freeu: FreeUSettings | None):
+    """A clone of ``model`` with swapping decoder self-attention (and optionally the FreeU variant)."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    levels, level_starts = decoder_levels(diffusion_model)
+    patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for block_id, level in levels.items():
+        if level in SWAPPED_LEVELS:
+            previous = existing.get(("output", block_id))
+            patched.set_model_attn1_replace(_attention_patch(level, previous), "output", block_id)
+    if freeu is not None:
+        patched.set_model_output_block_patch(_freeu_patch(level_starts, diffusion_model.model_channels, freeu))
+    return patched
+
+
+def model_fingerprint(model) -> str:
+    """A cheap identity of the weights in use: architecture, a sample of tensors, and weight patches (LoRAs)."""
+    digest = hashlib.sha256(type(model.model).__name__.encode())
+    state = model.model.diffusion_model.state_dict()
+    names = sorted(state)
+    for name in names[:2] + names[len(names) // 2 : len(names) // 2 + 2] + names[-2:]:
+        tensor = state[name].detach().flatten()
+        sample = tensor[:: max(1, tensor.numel() // 1024)].float().cpu()
+        digest.update(name.encode() + sample.numpy().tobytes())
+    for key in sorted(model.patches):
+        digest.update(f"{key}:{[p[0] for p in model.patches[key]]}".encode())
+    return digest.hexdigest()[:16]
+
+
+class ComfyBackend:
+    """The engine's Backend over the k-diffusion model function a KSAMPLER receives."""
+
+    def __init__(self, denoiser, extra_args: dict) -> None:
+        self.denoiser = denoiser
+        self.extra_args = extra_args
+        self.image_evaluations = 0
+
+    def _call(self, latents: Tensor, sigmas: Tensor, swap: AttentionSwap | None) -> Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        extra_args = dict(self.extra_args)
+        extra_args["denoise_mask"] = None  # our calls can hold other rows than the sampled latent
+        model_options = dict(extra_args.get("model_options", {}))
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        transformer_options[SWAP_KEY] = swap
+        model_options["transformer_options"] = transformer_options
+        extra_args["model_options"] = model_options
+        denoised = self.denoiser(latents, sigmas, **extra_args)
+        self.image_evaluations += latents.shape[0]
+        return (latents - denoised) / sigmas.reshape(-1, 1, 1, 1)
+
+    def predict_noise(self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None) -> Tensor:
+        sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1)
+        return self._call(latents, sigmas.expand(latents.shape[0]).to(latents.dtype), swap)
+
+
+LoopFunction = Callable[[ComfyBackend, Tensor, Callable[[int, Tensor, Tensor, float], None]], Tensor]
+"""``(backend, model-space latent, preview(step, x, denoised, sigma)) -> model-space result``."""
+
+
+def run_in_guider(
+    model, positive, negative, cfg: float, latent: Tensor, sigmas: Tensor, loop: LoopFunction, callback=None
+) -> Tensor:
+    """Run ``loop`` as a sampler through ``CFGGuider.sample``; returns the (latent-space) result.
+
+    ``latent`` is a LATENT's samples; the guider converts it to model space and hands it to the
+    loop unchanged (zero noise). ``callback`` is ComfyUI's ``(step, x0, x, total)`` preview/progress.
+    """
+
+    def sampler_function(denoiser, x, _sigmas, extra_args=None, callback=None, disable=None):
+        backend = ComfyBackend(denoiser, extra_args or {})
+
+        def preview(step: int, current: Tensor, denoised: Tensor, sigma: float) -> None:
+            if callback is not None:
+                callback({"i": step, "x": current, "denoised": denoised, "sigma": sigma, "sigma_hat": sigma})
+
+        return loop(backend, x, preview)
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    noise = torch.zeros_like(latent)
+    logging.debug("xattn: sampling %s rows over %d sigmas", latent.shape[0], len(sigmas) - 1)
+    return guider.sample(
+        noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, callback=callback, disable_pbar=True
+    )

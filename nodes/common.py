@@ -1,0 +1,31 @@
+"""Socket types and small helpers shared by the nodes."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from ..xattn_core.freeu import FreeUSettings
+from .comfy_backend import is_sd1
+
+CATEGORY = "appearance transfer"
+Inversion = io.Custom("XATTN_INVERSION")
+Options = io.Custom("XATTN_OPTIONS")
+
+FREEU_CHOICES = ["auto", "on", "off"]
+
+
+def freeu_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "freeu",
+        options=FREEU_CHOICES,
+        default="auto",
+        tooltip="The official code's FreeU variant (boost + low-frequency filter at each decoder level's input). "
+        "auto = on for SD 1.x (as in the paper), off for other families. Use the same setting for "
+        "inversion and transfer.",
+    )
+
+
+def freeu_settings(choice: str, model) -> FreeUSettings | None:
+    if choice == "on" or (choice == "auto" and is_sd1(model)):
+        return FreeUSettings()
+    return None

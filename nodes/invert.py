@@ -1,0 +1,97 @@
+"""Invert Image (DDPM): edit-friendly DDPM inversion of every image in a latent batch."""
+
+from __future__ import annotations
+
+import latent_preview
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..xattn_core.inversion import Inversion, invert
+from ..xattn_core.schedule import paper_sigmas
+from .common import CATEGORY, freeu_input, freeu_settings
+from .common import Inversion as InversionSocket
+from .comfy_backend import model_fingerprint, patch_model, run_in_guider
+
+
+def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
+    """The paper schedule on the model's own sigma table, or the SIGMAS given."""
+    if sigmas is not None:
+        if sigmas.dim() != 1 or len(sigmas) < 2:
+            raise ValueError("the SIGMAS input must hold at least two sigmas")
+        if sigmas[-1] <= 0:
+            raise ValueError(
+                "the SIGMAS input ends at 0; DDPM inversion needs a last sigma above 0 (the paper schedule ends "
+                "at sigma(t=0)). Drop the final 0 (e.g. with SplitSigmas) or leave SIGMAS unconnected"
+            )
+        return sigmas.float().cpu()
+    return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)
+
+
+class XAttnInvertImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XAttnInvertImage",
+            display_name="Invert Image (DDPM)",
+            category=CATEGORY,
+            description="Edit-friendly DDPM inversion of every image in the latent batch, for Cross-Image "
+            "Attention. Only the steps from the start step on are computed; the sampler starts there.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to invert with; the transfer must use the same one."),
+                io.Latent.Input("latent", tooltip="VAE-encoded image(s); every image in the batch is inverted."),
+                io.Conditioning.Input("positive", tooltip='Inversion prompt; the paper uses "A photo of a <domain>".'),
+                io.Conditioning.Input("negative", tooltip="Negative prompt for the inversion's CFG (paper: empty)."),
+                io.Int.Input("steps", default=100, min=2, max=1000, tooltip="Schedule length (paper: 100). "
+                             "Ignored when SIGMAS is connected."),
+                io.Int.Input("start_step", default=32, min=0, max=999, tooltip="First step that generation will use "
+                             "(paper: 32). Higher keeps more of the structure image; steps before it are skipped."),
+                io.Float.Input("cfg", default=3.5, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Guidance during inversion (paper: 3.5)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the inversion's noise draws."),
+                freeu_input(),
+                io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (decreasing, last one above 0) "
+                                "instead of the paper's."),
+            ],
+            outputs=[InversionSocket.Output(display_name="inversion")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, steps: int, start_step: int, **_) -> bool | str:
+        if start_step >= steps:
+            return f"start_step ({start_step}) must be below steps ({steps})"
+        return True
+
+    @classmethod
+    def execute(cls, model, latent, positive, negative, steps, start_step, cfg, seed, freeu, sigmas=None):
+        samples = latent["samples"]
+        if samples.shape[0] == 0:
+            raise ValueError("the latent batch is empty: connect a VAE Encode output with at least one image")
+        full = schedule(model, steps, sigmas)
+        total = len(full) - 1
+        if not 0 <= start_step < total:
+            raise ValueError(f"start_step ({start_step}) must be below the number of steps ({total})")
+        freeu_on = freeu_settings(freeu, model)
+        patched = patch_model(model, freeu_on)
+        preview = latent_preview.prepare_callback(patched, total - start_step)
+        result: list[Inversion] = []
+
+        def loop(backend, clean, report):
+            def progress(done, _total):
+                report(done - 1, clean, clean, float(full[start_step + done - 1]))
+
+            result.append(invert(backend.predict_noise, clean, full, start_step, seed, callback=progress))
+            return clean
+
+        run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
+        inversion = result[0]
+        model_object = model.model
+        inversion.metadata.update(
+            latent_format=type(model_object.latent_format).__name__,
+            latent_channels=str(samples.shape[1]),
+            model=model_fingerprint(model),
+            cfg=str(cfg),
+            seed=str(seed),
+            freeu=str(freeu_on is not None),
+        )
+        return io.NodeOutput(inversion)

@@ -1,0 +1,166 @@
+"""Cross-Image Attention Sampler: the joint three-path generation on ComfyUI's own MODEL."""
+
+from __future__ import annotations
+
+import logging
+
+import latent_preview
+from comfy_api.v0_0_2 import io
+
+from ..xattn_core.inversion import Inversion
+from ..xattn_core.plan import PlanSettings
+from ..xattn_core.sampler import TransferSettings, check_compatible, pair_rows, transfer
+from .common import CATEGORY, Options, freeu_input, freeu_settings
+from .common import Inversion as InversionSocket
+from .comfy_backend import model_fingerprint, patch_model, run_in_guider
+
+
+def check_against_model(inversion: Inversion, role: str, model) -> None:
+    """Refuse an inversion from another latent format; warn when it came from other weights."""
+    if not isinstance(inversion, Inversion):
+        raise TypeError(f"the {role} input needs an XATTN_INVERSION from Invert Image (DDPM) or Load Inversion, "
+                        f"not {type(inversion).__name__}")
+    latent_format = type(model.model.latent_format).__name__
+    stored_format = inversion.metadata.get("latent_format")
+    if stored_format and stored_format != latent_format:
+        raise ValueError(f"the {role} inversion was made for latent format {stored_format}, but this MODEL uses "
+                         f"{latent_format}; invert the image again with this model")
+    channels = model.model.latent_format.latent_channels
+    if inversion.clean.shape[1] != channels:
+        raise ValueError(f"the {role} inversion has {inversion.clean.shape[1]} latent channels but this MODEL "
+                         f"expects {channels}; invert the image again with this model")
+    stored_model = inversion.metadata.get("model")
+    if stored_model and stored_model != model_fingerprint(model):
+        logging.warning("Cross-Image Attention: the %s inversion was made with other model weights (or LoRAs); "
+                        "the transfer proceeds, but results are best when inversion and transfer share the model",
+                        role)
+
+
+class XAttnOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = PlanSettings()
+        (l0_start, l0_end), (l1_start, l1_end) = defaults.level_ranges
+
+        def fraction(name, value, tooltip):
+            return io.Float.Input(name, default=value, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
+
+        return io.Schema(
+            node_id="XAttnOptions",
+            display_name="Cross-Image Attention Options",
+            category=CATEGORY,
+            description="Advanced step ranges of the Cross-Image Attention Sampler, as fractions of the schedule "
+            "length counted from the start step (at 100 steps: 0.10 = 10 steps). Defaults are the paper's.",
+            inputs=[
+                fraction("level0_start", l0_start, "Highest-resolution decoder level: first step that swaps."),
+                fraction("level0_end", l0_end, "Highest-resolution decoder level: step where swapping stops."),
+                fraction("level1_start", l1_start, "Second decoder level: first step that swaps."),
+                fraction("level1_end", l1_end, "Second decoder level: step where swapping stops."),
+                fraction("structure_kv_period", defaults.structure_kv_period, "Every this many steps the output "
+                         "attends to the structure instead of the appearance (keeps the layout)."),
+                fraction("structure_kv_end", defaults.structure_kv_end, "No structure keys/values after this."),
+                fraction("adain_start", defaults.adain_range[0], "First step after which AdaIN runs."),
+                fraction("adain_end", defaults.adain_range[1], "Step after which AdaIN stops."),
+                io.Int.Input("attention_memory_mb", default=64, min=1, max=65536,
+                             tooltip="Budget for the explicit attention weights of swapped rows (computed in chunks)."),
+            ],
+            outputs=[Options.Output(display_name="options")],
+        )
+
+    @classmethod
+    def execute(cls, level0_start, level0_end, level1_start, level1_end, structure_kv_period, structure_kv_end,
+                adain_start, adain_end, attention_memory_mb):
+        plan = PlanSettings(
+            level_ranges=((level0_start, level0_end), (level1_start, level1_end)),
+            structure_kv_period=structure_kv_period,
+            structure_kv_end=structure_kv_end,
+            adain_range=(adain_start, adain_end),
+        )
+        return io.NodeOutput({"plan": plan, "memory_budget": attention_memory_mb * 2**20})
+
+
+class XAttnCrossImageSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XAttnCrossImageSampler",
+            display_name="Cross-Image Attention Sampler",
+            category=CATEGORY,
+            description="Generate the structure image with the appearance image's colours and materials: the "
+            "output's decoder self-attention queries keep the structure while keys/values come from the "
+            "appearance (Alaluf et al., Cross-Image Attention, 2023).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model both inversions were made with."),
+                io.Conditioning.Input("positive", tooltip='Prompt for generation, e.g. "A photo of a <domain>".'),
+                io.Conditioning.Input("negative", tooltip="Used only when cfg is above 1."),
+                InversionSocket.Input("appearance", tooltip="Inversion of the image(s) giving colours/materials."),
+                InversionSocket.Input("structure", tooltip="Inversion of the image(s) giving the shape to keep. "
+                                      "Batches: 1 structure x N appearances, N x 1, or N x N paired."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Prompt guidance during generation (paper: 1.0, i.e. none)."),
+                io.Float.Input("swap_guidance", default=3.5, min=0.0, max=20.0, step=0.05,
+                               tooltip="Pushes the output away from a plain reconstruction of the structure. Raise "
+                               "if the output looks like the structure input; lower if it loses the structure. "
+                               "1 or below turns it off (and saves one model call per step)."),
+                io.Float.Input("contrast", default=1.67, min=1.0, max=5.0, step=0.01,
+                               tooltip="Sharpens the cross-image attention weights. Raise for crisper texture "
+                               "from the appearance; lower for smoother, blended results."),
+                io.Int.Input("start_step", default=-1, min=-1, max=999,
+                             tooltip="-1 = the inversions' start step. A later step keeps more of the structure."),
+                io.Float.Input("adain_strength", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="How strongly the output's colour statistics are pulled to the appearance."),
+                freeu_input(),
+                io.Mask.Input("appearance_mask", optional=True, tooltip="Region of the appearance image to take "
+                              "colours from (masked AdaIN). Any size, soft allowed."),
+                io.Mask.Input("structure_mask", optional=True, tooltip="Region of the structure image to recolour "
+                              "(masked AdaIN); outside it AdaIN leaves the output alone."),
+                Options.Input("options", optional=True, tooltip="Advanced step ranges from the Options node."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="output"),
+                io.Latent.Output(display_name="appearance_reconstruction"),
+                io.Latent.Output(display_name="structure_reconstruction"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, appearance, structure, cfg, swap_guidance, contrast, start_step,
+                adain_strength, freeu, appearance_mask=None, structure_mask=None, options=None):
+        check_against_model(appearance, "appearance", model)
+        check_against_model(structure, "structure", model)
+        start = check_compatible(appearance, structure, None if start_step < 0 else start_step)
+        pairs = pair_rows(appearance.batch_size, structure.batch_size)
+        options = options or {}
+        plan = options.get("plan", PlanSettings())
+        settings = TransferSettings(
+            plan=PlanSettings(**{**plan.__dict__, "swap_guidance": swap_guidance}),
+            contrast=contrast,
+            start_step=start,
+            adain_strength=adain_strength,
+            **({"memory_budget": options["memory_budget"]} if "memory_budget" in options else {}),
+        )
+        patched = patch_model(model, freeu_settings(freeu, model))
+        generation_sigmas = appearance.sigmas[start:]
+        preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
+        latent_format = model.model
+        output_shape = (len(pairs), *structure.clean.shape[1:])
+        paths = {}
+
+        def loop(backend, x, report):
+            device = x.device
+
+            def progress(step, _total, output):
+                report(step, output, output, float(generation_sigmas[step]))
+
+            result = transfer(backend, appearance.to(device), structure.to(device), settings,
+                              appearance_mask, structure_mask, callback=progress)
+            paths["appearance"], paths["structure"] = result.appearance, result.structure
+            return result.output.to(x.dtype)
+
+        import torch
+
+        samples = run_in_guider(patched, positive, negative, cfg, torch.zeros(output_shape), generation_sigmas,
+                                loop, preview)
+        appearance_latent = latent_format.process_latent_out(paths["appearance"].float().cpu())
+        structure_latent = latent_format.process_latent_out(paths["structure"].float().cpu())
+        return io.NodeOutput({"samples": samples}, {"samples": appearance_latent}, {"samples": structure_latent})

@@ -1,0 +1,149 @@
+"""Helpers for the ComfyUI tier: import a real ComfyUI as a library, load this pack, build tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "xattn_pack"  # the repo folder may be called anything; ComfyUI imports it by folder name
+CPU = torch.device("cpu")
+_state: dict = {}
+
+
+def attention_mode() -> str:
+    """'pytorch' (SDPA, as --use-pytorch-cross-attention) unless XATTN_COMFY_ATTENTION=default (sub-quadratic)."""
+    return os.environ.get("XATTN_COMFY_ATTENTION", "pytorch")
+
+
+def setup(comfyui_path: str) -> SimpleNamespace:
+    if "ns" in _state:
+        return _state["ns"]
+    if comfyui_path not in sys.path:
+        sys.path.insert(0, comfyui_path)
+    from comfy.cli_args import args  # ComfyUI parses no argv when imported as a library
+
+    args.cpu = True  # must precede the first import of comfy.model_management
+    args.use_pytorch_cross_attention = attention_mode() == "pytorch"
+    import comfy.ldm.modules.attention
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy.utils
+
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+    )
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = pack
+    spec.loader.exec_module(pack)
+    import importlib as _importlib
+
+    ns = SimpleNamespace(
+        pack=pack,
+        nodes=_importlib.import_module(f"{PACK_NAME}.nodes"),
+        backend=_importlib.import_module(f"{PACK_NAME}.nodes.comfy_backend"),
+        core=SimpleNamespace(
+            **{
+                name: _importlib.import_module(f"{PACK_NAME}.xattn_core.{name}")
+                for name in ("attention", "diffusers_backend", "freeu", "inversion", "inversion_file", "plan",
+                             "sampler", "schedule", "tiny")
+            }
+        ),
+        comfy=comfy,
+        attention=comfy.ldm.modules.attention.optimized_attention.__name__,
+    )
+    _state["ns"] = ns
+    return ns
+
+
+def _unet_config(levels: tuple[int, ...], depth: tuple[int, ...], sdxl: bool) -> dict:
+    config = {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": 32,
+        "num_res_blocks": [1] * len(levels),
+        "channel_mult": list(levels),
+        "transformer_depth": list(depth),
+        "transformer_depth_output": [d for d in depth for _ in range(2)],
+        "transformer_depth_middle": 1,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "use_linear_in_transformer": sdxl,
+        "context_dim": 32,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "dtype": torch.float32,
+    }
+    if sdxl:
+        config.update(num_classes="sequential", adm_in_channels=32 + 6 * 256)
+    return config
+
+
+def tiny_sd15(ns, seed: int = 0):
+    """(ModelPatcher, diffusers UNet) sharing one set of random weights, SD-1.5-shaped (2 levels)."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy.utils
+
+    config = _unet_config((1, 2), (1, 1), sdxl=False)
+
+    class TinySD15(comfy.supported_models.SD15):
+        unet_config = config
+
+    model = comfy.model_base.BaseModel(TinySD15(config), model_type=comfy.model_base.ModelType.EPS, device=CPU)
+    unet = ns.core.tiny.tiny_unet(seed)
+    mapping = comfy.utils.unet_to_diffusers(model.model_config.unet_config)
+    comfy_state = {mapping[key]: value for key, value in unet.state_dict().items()}
+    model.diffusion_model.load_state_dict(comfy_state, strict=True)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU), unet
+
+
+def tiny_sdxl(ns, seed: int = 0):
+    """An SDXL-shaped ModelPatcher: three levels, attention only at x2 and x4 (none at full resolution)."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = _unet_config((1, 2, 4), (0, 1, 1), sdxl=True)
+
+    class TinySDXL(comfy.supported_models.SDXL):
+        unet_config = config
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 8}
+
+    model = comfy.model_base.SDXL(TinySDXL(config), model_type=comfy.model_base.ModelType.EPS, device=CPU)
+    ns.core.tiny.reinitialise(model.diffusion_model, seed)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+    cond = sdxl_conditioning(seed)[0]
+    with torch.no_grad():
+        y = model.encode_adm(pooled_output=cond[1]["pooled_output"], width=128, height=128, device=CPU)
+        denoised = model.apply_model(x, torch.tensor([5.0]), c_crossattn=cond[0], y=y)
+        spread = ((x - denoised) / 5.0).std()
+        model.diffusion_model.out[2].weight.div_(spread)
+        model.diffusion_model.out[2].bias.div_(spread)
+    return patcher
+
+
+def conditioning(seed: int):
+    """CONDITIONING without a CLIP: one random prompt embedding."""
+    return [[ns_context(seed), {}]]
+
+
+def ns_context(seed: int) -> torch.Tensor:
+    return torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def sdxl_conditioning(seed: int):
+    pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed + 100))
+    return [[ns_context(seed), {"pooled_output": pooled}]]

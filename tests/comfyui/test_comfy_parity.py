@@ -1,0 +1,107 @@
+"""The ComfyUI path and the diffusers path of the engine agree on identical weights and inversions."""
+
+import dataclasses
+
+import pytest
+import torch
+from comfyui_support import conditioning, ns_context, tiny_sd15
+
+STEPS, START = 12, 3
+
+
+@pytest.fixture(scope="module")
+def setup_models(comfy):
+    model, unet = tiny_sd15(comfy, seed=0)
+    return comfy, model, unet
+
+
+@pytest.fixture(scope="module")
+def inversion(setup_models):
+    comfy, model, _ = setup_models
+    latent = {"samples": torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(4))}  # 256 px
+    out = comfy.nodes.XAttnInvertImage.execute(model, latent, conditioning(1), conditioning(2), STEPS, START, 3.5, 7,
+                                               "auto")
+    return out.result[0]
+
+
+class DualBackend:
+    """Runs every call through ComfyUI (returned) and through diffusers (compared), same inputs."""
+
+    def __init__(self, comfy_backend, diffusers_backend, store_type):
+        self.store_type = store_type
+        self.comfy_backend = comfy_backend
+        self.diffusers_backend = diffusers_backend
+        self.twin_stores = {}
+        self.differences = []
+
+    def _twin(self, swap):
+        """The same directive with the stores replaced by the diffusers side's own."""
+        if swap is None:
+            return None
+
+        def twin(store):
+            return None if store is None else self.twin_stores.setdefault(id(store), self.store_type())
+
+        return dataclasses.replace(swap, capture=twin(swap.capture), captured=twin(swap.captured))
+
+    def predict_noise(self, latents, sigma, swap=None):
+        twin = self._twin(swap)
+        ours = self.comfy_backend.predict_noise(latents, sigma, swap)
+        reference = self.diffusers_backend.predict_noise(latents, sigma, twin)
+        self.differences.append(((ours - reference).abs().max().item(), swap is not None and bool(swap.outputs)))
+        return ours
+
+
+def test_inversion_matches_diffusers_step_by_step(setup_models, inversion):
+    comfy, _, unet = setup_models
+    core = comfy.core
+    with core.diffusers_backend.DiffusersBackend(unet, ns_context(1), ns_context(2), 3.5,
+                                                 freeu=core.freeu.FreeUSettings()) as backend:
+        reference = core.inversion.invert(backend.predict_noise, inversion.clean, inversion.sigmas, START, seed=7)
+    assert torch.equal(reference.latents, inversion.latents)  # same seeded draws
+    for i in range(START, STEPS - 1):
+        # z = (x_next - mean) / sigma_up: compare the means, i.e. z scaled back by sigma_up
+        _, sigma_up = core.schedule.ancestral_split(float(inversion.sigmas[i]), float(inversion.sigmas[i + 1]))
+        difference = (reference.noise_at(i) - inversion.noise_at(i)).abs().max().item() * sigma_up
+        assert difference <= 1e-4, (i, difference)
+
+
+def test_every_generation_step_matches_diffusers(setup_models, inversion):
+    comfy, model, unet = setup_models
+    core, backend_module = comfy.core, comfy.backend
+    patched = backend_module.patch_model(model, core.freeu.FreeUSettings())
+    appearance, structure = inversion.select([0]), inversion.select([1])
+    holder = {}
+
+    def loop(comfy_backend, x, report):
+        reference = core.diffusers_backend.DiffusersBackend(unet, ns_context(1), None, 1.0,
+                                                            freeu=core.freeu.FreeUSettings())
+        with reference:
+            dual = DualBackend(comfy_backend, reference, core.attention.KeyValueStore)
+            result = core.sampler.transfer(dual, appearance, structure, core.sampler.TransferSettings())
+        holder["dual"], holder["result"] = dual, result
+        return result.output
+
+    backend_module.run_in_guider(patched, conditioning(1), conditioning(2), 1.0, torch.zeros(1, 4, 32, 32),
+                                 inversion.sigmas[START:], loop)
+    differences = holder["dual"].differences
+    swapped = [d for d, swaps in differences if swaps]
+    assert len(swapped) > 0
+    worst = max(d for d, _ in differences)
+    print(f"\nper-call max |eps_comfy - eps_diffusers| over {len(differences)} calls: {worst:.2e}")
+    assert worst <= 1e-4
+
+
+def test_end_to_end_short_schedule_matches_diffusers(setup_models, inversion):
+    comfy, model, unet = setup_models
+    core = comfy.core
+    out = comfy.nodes.XAttnCrossImageSampler.execute(model, conditioning(1), conditioning(2), inversion.select([0]),
+                                                     inversion.select([1]), 1.0, 3.5, 1.67, -1, 1.0, "auto")
+    comfy_output = model.model.process_latent_in(out.result[0]["samples"])
+    with core.diffusers_backend.DiffusersBackend(unet, ns_context(1), None, 1.0,
+                                                 freeu=core.freeu.FreeUSettings()) as backend:
+        reference = core.sampler.transfer(backend, inversion.select([0]), inversion.select([1]))
+    difference = (comfy_output - reference.output).abs().max().item()
+    print(f"\nend to end ({STEPS - START} generation steps) max |comfy - diffusers|: {difference:.2e}")
+    assert difference <= 1e-3
+    assert (reference.output - reference.structure).abs().mean() > 1e-2  # the transfer did something
