@@ -34,7 +34,8 @@ class XAttnAdaINLatentMatch(io.ComfyNode):
         samples = content["samples"]
         if samples.shape[0] == 0 or style["samples"].shape[0] == 0:
             raise ValueError("AdaIN Latent Match got an empty latent batch")
-        matched = adain(samples.float(), style["samples"].float().to(samples.device), content_mask, style_mask, strength)
+        style_samples = style["samples"].float().to(samples.device)
+        matched = adain(samples.float(), style_samples, content_mask, style_mask, strength)
         out = dict(content)
         out["samples"] = matched.to(samples.dtype)
         return io.NodeOutput(out)

@@ -8,9 +8,9 @@ from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import Inversion, invert
 from ..xattn_core.schedule import paper_sigmas
+from .comfy_backend import model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, freeu_input, freeu_settings
 from .common import Inversion as InversionSocket
-from .comfy_backend import model_fingerprint, patch_model, run_in_guider
 
 
 def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 
 import latent_preview
+import torch
 from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.sampler import TransferSettings, check_compatible, pair_rows, transfer
+from .comfy_backend import model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, Options, freeu_input, freeu_settings
 from .common import Inversion as InversionSocket
-from .comfy_backend import model_fingerprint, patch_model, run_in_guider
 
 
 def check_against_model(inversion: Inversion, role: str, model) -> None:
@@ -142,7 +143,6 @@ class XAttnCrossImageSampler(io.ComfyNode):
         patched = patch_model(model, freeu_settings(freeu, model))
         generation_sigmas = appearance.sigmas[start:]
         preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
-        latent_format = model.model
         output_shape = (len(pairs), *structure.clean.shape[1:])
         paths = {}
 
@@ -157,10 +157,8 @@ class XAttnCrossImageSampler(io.ComfyNode):
             paths["appearance"], paths["structure"] = result.appearance, result.structure
             return result.output.to(x.dtype)
 
-        import torch
-
         samples = run_in_guider(patched, positive, negative, cfg, torch.zeros(output_shape), generation_sigmas,
                                 loop, preview)
-        appearance_latent = latent_format.process_latent_out(paths["appearance"].float().cpu())
-        structure_latent = latent_format.process_latent_out(paths["structure"].float().cpu())
+        appearance_latent = model.model.process_latent_out(paths["appearance"].float().cpu())
+        structure_latent = model.model.process_latent_out(paths["structure"].float().cpu())
         return io.NodeOutput({"samples": samples}, {"samples": appearance_latent}, {"samples": structure_latent})

@@ -13,7 +13,8 @@ def pytest_collection_modifyitems(config, items):
         if "tests/comfyui/" in item.nodeid:
             item.add_marker(pytest.mark.comfyui)
             if not COMFYUI_PATH:
-                item.add_marker(pytest.mark.skip(reason="COMFYUI_PATH is not set: the ComfyUI integration tier did not run"))
+                reason = "COMFYUI_PATH is not set: the ComfyUI integration tier did not run"
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_terminal_summary(terminalreporter):
