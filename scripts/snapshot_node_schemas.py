@@ -160,11 +160,13 @@ def comfy_server(comfyui_path: str | Path, workdir: Path, checkpoints: Path | No
                  startup_timeout: float = 180) -> Iterator[ComfyServer]:
     """Start ComfyUI (CPU, 127.0.0.1, SDPA attention) with this repo as a pack; stop it on exit.
 
-    workdir receives custom_nodes/ (a symlink to the repo), input/, output/, the paths file and server.log.
+    workdir receives custom_nodes/ (a symlink to the repo), input/, output/, temp/, user/, the paths file and
+    server.log, so the ComfyUI checkout itself is never written to.
     """
     workdir = Path(workdir)
     nodes_dir, input_dir, output_dir = workdir / "custom_nodes", workdir / "input", workdir / "output"
-    for folder in (nodes_dir, input_dir, output_dir):
+    user_dir = workdir / "user"
+    for folder in (nodes_dir, input_dir, output_dir, user_dir):
         folder.mkdir(parents=True, exist_ok=True)
     link = nodes_dir / PACK_LINK_NAME
     if not link.exists():
@@ -179,7 +181,8 @@ def comfy_server(comfyui_path: str | Path, workdir: Path, checkpoints: Path | No
     command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
                "--extra-model-paths-config", str(paths), "--output-directory", str(output_dir),
-               "--input-directory", str(input_dir), "--use-pytorch-cross-attention", "--log-stdout"]
+               "--input-directory", str(input_dir), "--temp-directory", str(workdir), "--user-directory",
+               str(user_dir), "--use-pytorch-cross-attention", "--log-stdout"]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, cwd=str(comfyui_path), stdout=log_file, stderr=subprocess.STDOUT)
     server = ComfyServer(f"http://127.0.0.1:{port}", process, log, input_dir, output_dir)
@@ -212,7 +215,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.comfyui:
         parser.error("name the ComfyUI checkout with --comfyui or COMFYUI_PATH")
-    with tempfile.TemporaryDirectory(prefix="xattn-snapshot-") as workdir, comfy_server(args.comfyui, Path(workdir)) as server:
+    with tempfile.TemporaryDirectory(prefix="xattn-snapshot-") as workdir, \
+            comfy_server(args.comfyui, Path(workdir)) as server:
         text = dump(snapshot(server.get("/object_info")))
     if args.check:
         stale = not SNAPSHOT.exists() or SNAPSHOT.read_text() != text

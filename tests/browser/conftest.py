@@ -1,0 +1,32 @@
+"""Browser tier: the shipped workflows in the real ComfyUI front end, in headless Debian Chromium.
+
+Needs COMFYUI_PATH and a chromium binary (apt-get install chromium; CHROMIUM names another path).
+Skipped, with the reason, when either is missing. Run: python -m pytest -m browser tests/browser
+"""
+
+import os
+import shutil
+
+import pytest
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: opens the shipped workflows in ComfyUI's front end in headless "
+                            "Chromium (needs COMFYUI_PATH and chromium)")
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    if not COMFYUI_PATH:
+        reason = "COMFYUI_PATH is not set: the browser tier did not run"
+    elif not CHROMIUM:
+        reason = "no chromium binary (apt-get install chromium, or set CHROMIUM): the browser tier did not run"
+    for item in items:
+        if "tests/browser/" in item.nodeid:
+            item.add_marker(pytest.mark.browser)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))

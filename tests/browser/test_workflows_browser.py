@@ -1,0 +1,271 @@
+"""Browser tier: every shipped UI workflow opens in ComfyUI's real front end (headless Chromium over the
+Chrome DevTools protocol) with no missing node types and no console errors, and the front end's own
+UI-to-API conversion (app.graphToPrompt) gives exactly the shipped API twin. A screenshot of each loaded
+workflow is written to docs/screenshots/<name>.png and, identical, to workflows/<name>.png (the template
+browser's thumbnail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
+MAX_PNG = 300_000
+WINDOW = (2000, 1200)
+SAMPLES = {"xattn_structure.png": "structure.png", "xattn_appearance.png": "appearance.png"}
+PLACEHOLDERS = ["checkpoints/v1-5-pruned-emaonly.safetensors", "checkpoints/sd_xl_base_1.0.safetensors"]
+INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.browser
+
+
+def snapshot_module():
+    path = REPO / "scripts" / "snapshot_node_schemas.py"
+    spec = importlib.util.spec_from_file_location("snapshot_node_schemas", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client on one page (aiohttp websocket)."""
+
+    def __init__(self, socket):
+        self.socket, self.counter, self.events = socket, 0, []
+
+    async def send(self, method: str, timeout: float = 60, **params):
+        self.counter += 1
+        ident = self.counter
+        await self.socket.send_json({"id": ident, "method": method, "params": params})
+        while True:
+            message = await self.socket.receive_json(timeout=timeout)
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            self.events.append(message)
+
+    async def evaluate(self, expression: str, timeout: float = 60):
+        result = await self.send("Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True,
+                                 returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page JS failed: {json.dumps(result['exceptionDetails'])[:2000]}")
+        return result["result"].get("value")
+
+    def take_errors(self) -> list[str]:
+        """Console errors, uncaught exceptions and error log entries seen since the last call."""
+        errors = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                errors.append("console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in
+                                                      params.get("args", [])))
+            elif method == "Runtime.exceptionThrown":
+                details = params.get("exceptionDetails", {})
+                errors.append("exception: " + str(details.get("exception", {}).get("description", details.get("text"))))
+            elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+                entry = params["entry"]
+                errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
+        self.events.clear()
+        return errors
+
+
+def start_chromium(profile: Path) -> tuple[subprocess.Popen, int]:
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+               f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars", "about:blank"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+        if found:
+            return process, int(found.group(1))
+    raise RuntimeError("chromium exited before opening its DevTools port")
+
+
+def shrink_png(data: bytes) -> bytes:
+    """The screenshot as a PNG under MAX_PNG: halved, then palette-quantised if still too big."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
+    for candidate in (image, image.quantize(colors=256)):
+        buffer = io.BytesIO()
+        candidate.save(buffer, format="PNG", optimize=True)
+        if buffer.tell() < MAX_PNG:
+            return buffer.getvalue()
+    raise AssertionError("screenshot stays above the size limit")
+
+
+FIT_VIEW = """
+(() => {
+  const canvas = app.canvas, nodes = app.graph.nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const el = canvas.canvas, w = el.clientWidth || el.width, h = el.clientHeight || el.height;
+  const scale = Math.min(w / (x1 - x0 + 80), h / (y1 - y0 + 80));
+  canvas.ds.scale = scale;
+  canvas.ds.offset[0] = -x0 + 40 / scale + (w / scale - (x1 - x0 + 80)) / 2;
+  canvas.ds.offset[1] = -y0 + 40 / scale + (h / scale - (y1 - y0 + 80)) / 2;
+  canvas.setDirty(true, true);
+  canvas.draw(true, true);
+  return scale;
+})()
+"""
+
+INSPECT = """
+(async () => {
+  const nodes = app.graph.nodes;
+  const missing = nodes.filter(n => !n.constructor.comfyClass && !["Note", "MarkdownNote"].includes(n.type))
+                       .map(n => n.type);
+  const errors = nodes.filter(n => n.has_errors).map(n => n.type);
+  const prompt = await app.graphToPrompt();
+  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output};
+})()
+"""
+
+DIALOGS = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText.slice(0, 300))"
+CLOSE_DIALOGS = """
+(async () => {
+  for (const button of document.querySelectorAll('.p-dialog .p-dialog-close-button')) button.click();
+  await new Promise(resolve => setTimeout(resolve, 300));
+  return document.querySelectorAll('.p-dialog').length;
+})()
+"""
+
+
+async def open_workflows(base: str, port: int) -> dict:
+    import aiohttp
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
+        page = next(t for t in json.loads(response.read()) if t["type"] == "page")
+    results = {}
+    async with aiohttp.ClientSession() as session, session.ws_connect(page["webSocketDebuggerUrl"],
+                                                                       max_msg_size=0) as socket:
+        tools = DevTools(socket)
+        for domain in ("Runtime", "Log", "Page"):
+            await tools.send(f"{domain}.enable")
+        await tools.send("Page.navigate", url=base + "/")
+        for _ in range(240):
+            ready = await tools.evaluate("!!(window.app && window.app.graph && window.app.canvas && "
+                                         "window.app.vueAppReady !== false && document.querySelector('canvas'))")
+            if ready:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise TimeoutError("the ComfyUI front end did not come up")
+        await asyncio.sleep(3)  # let start-up settle (extensions, settings, first draw)
+        await tools.evaluate(CLOSE_DIALOGS)
+        results["_startup_errors"] = tools.take_errors()
+        # control: a node type nobody registers must be reported by the same checks
+        bogus = json.loads((WORKFLOWS / f"{NAMES[0]}.json").read_text())
+        bogus["nodes"][-1]["type"] = "XAttnNoSuchNode"
+        await tools.evaluate(f"app.loadGraphData({json.dumps(bogus)}, true, true, 'control').then(() => true)")
+        await asyncio.sleep(1)
+        results["_control"] = await tools.evaluate(INSPECT)
+        results["_control"]["dialogs"] = await tools.evaluate(DIALOGS)
+        await tools.evaluate(CLOSE_DIALOGS)
+        tools.take_errors()
+        for name in NAMES:
+            workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+            await tools.evaluate(f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(name)})"
+                                 ".then(() => true)")
+            await asyncio.sleep(1.5)  # image previews of Load Image, first draw
+            info = await tools.evaluate(INSPECT)
+            info["dialogs"] = await tools.evaluate(DIALOGS)
+            await tools.evaluate(CLOSE_DIALOGS)
+            await tools.evaluate(FIT_VIEW)
+            await asyncio.sleep(0.5)
+            shot = await tools.send("Page.captureScreenshot", format="png")
+            info["png"] = base64.b64decode(shot["data"])
+            info["console_errors"] = tools.take_errors()
+            results[name] = info
+    return results
+
+
+@pytest.fixture(scope="module")
+def browser_results(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("comfy-browser")
+    (workdir / "input").mkdir()
+    for name, sample in SAMPLES.items():
+        shutil.copy(REPO / "xattn_core" / "samples" / sample, workdir / "input" / name)
+    models = workdir / "models"
+    for placeholder in PLACEHOLDERS:  # the combos list them; nothing is loaded in this tier
+        (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
+        (models / placeholder).write_bytes(b"")
+    settings = workdir / "user" / "default" / "comfy.settings.json"  # no first-run template dialog
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                    "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.1}))
+    for inversion in INVERSIONS:
+        (workdir / "output" / inversion).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / "output" / inversion).write_bytes(b"")
+    with snapshot_module().comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server, \
+            tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile:
+        process, port = start_chromium(Path(profile))
+        try:
+            results = asyncio.run(open_workflows(server.base, port))
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return results
+
+
+def test_front_end_starts_without_errors_from_the_pack(browser_results):
+    assert not [e for e in browser_results["_startup_errors"] if "xattn" in e.lower()], browser_results[
+        "_startup_errors"]
+
+
+def test_the_checks_see_a_missing_node_type(browser_results):
+    control = browser_results["_control"]
+    assert control["missing"] == ["XAttnNoSuchNode"]
+    assert any("XAttnNoSuchNode" in dialog for dialog in control["dialogs"]), control["dialogs"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_opens_in_the_front_end(browser_results, name):
+    info = browser_results[name]
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert info["count"] == len(workflow["nodes"])
+    assert sorted(info["types"]) == sorted(node["type"] for node in workflow["nodes"])
+    assert info["missing"] == []
+    assert info["errors"] == []
+    assert info["console_errors"] == []
+    assert info["dialogs"] == []
+    twin = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in info["output"].items()} == {
+        k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_screenshot_and_thumbnail(browser_results, name):
+    png = shrink_png(browser_results[name]["png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < MAX_PNG
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / f"{name}.png").write_bytes(png)
+    (WORKFLOWS / f"{name}.png").write_bytes(png)
