@@ -3,7 +3,7 @@
 Run from the repository root, with the project's Python environment active:
 
     python bench/bench_transfer.py            # paper defaults: 100 steps, start 32, 512 px
-    python bench/bench_transfer.py --quick    # smoke run: 20 steps, start 6, 256 px, < 1 minute
+    python bench/bench_transfer.py --quick    # smoke run: 20 steps, start 6, 128 px, < 1 minute
 
 Everything runs on a tiny random SD-1.5-shaped diffusers UNet (``xattn_core.tiny.tiny_unet``:
 512 px -> 64x64 latent, decoder self-attention at 64x64 and 32x32 tokens, 8 heads), on CPU.
@@ -27,6 +27,7 @@ evaluation-count targets (exit status 1 on any FAIL).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -401,9 +402,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="schedule length N (default 100; quick 20)")
     parser.add_argument("--start", type=int, default=None, help="generation start step (default 32; quick 6)")
     parser.add_argument(
-        "--size", type=int, default=None, help="image size in px, multiple of 64 (default 512; quick 256)"
+        "--size", type=int, default=None, help="image size in px, multiple of 64 (default 512; quick 128)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, start 6, 256 px")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, start 6, 128 px")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inversion-cfg", type=float, default=3.5)
@@ -415,7 +416,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true", help="skip the attention-op memory measurement")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    quick = (20, 6, 256) if args.quick else (100, 32, 512)
+    quick = (20, 6, 128) if args.quick else (100, 32, 512)
     args.steps = quick[0] if args.steps is None else args.steps
     args.start = quick[1] if args.start is None else args.start
     args.size = quick[2] if args.size is None else args.size
@@ -428,6 +429,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}" if b else "n/a"
+
+
+def progress(phase: str, done: int, total: int) -> None:
+    """A progress note on stderr about every tenth of a phase (stdout keeps the report only)."""
+    if done == total or done % max(1, total // 10) == 0:
+        print(f"[bench] {phase} {done}/{total} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
 
 
 def phase_line(label: str, phase: Phase) -> str:
@@ -478,7 +485,8 @@ def main(argv=None) -> int:
     )
 
     # three copies of the same weights, so each measured path keeps its own processors and counters
-    ours_unet, naive_unet, plain_unet = (tiny_unet(seed=0) for _ in range(3))
+    ours_unet = tiny_unet(seed=0)
+    naive_unet, plain_unet = copy.deepcopy(ours_unet), copy.deepcopy(ours_unet)
     positive, negative = tiny_context(1), tiny_context(2)
     clean = torch.randn(2, 4, latent, latent, generator=torch.Generator().manual_seed(args.seed + 21))
     sigmas = paper_sigmas(steps=args.steps)
@@ -508,6 +516,7 @@ def main(argv=None) -> int:
 
     def after_inversion_call(done: int, total: int) -> None:
         nonlocal naive_calls_done
+        progress("inversion", done, total)
         with clock.section("naive inversion"):
             while naive_calls_done < naive_calls_total * done // total:
                 next(naive_steps)
@@ -545,6 +554,7 @@ def main(argv=None) -> int:
     plain_steps = plain_generation(plain, structure, sigmas, plan, plain_result)
 
     def after_generation_step(index: int, total: int, _output) -> None:
+        progress("generation", index + 1, total)
         with clock.section("naive generation"):
             next(naive_steps)
         with clock.section("plain generation"):
