@@ -67,3 +67,15 @@ def test_strength_blends():
     content, style = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8) + 3
     half = adain(content, style, strength=0.5)
     assert torch.allclose(half, 0.5 * content + 0.5 * adain(content, style), atol=1e-6)
+
+
+def test_mask_batch_is_one_or_one_per_image():
+    content, style = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    per_image = torch.ones(2, 8, 8)
+    per_image[1, :4] = 0
+    out = adain(content, style, per_image)
+    assert torch.equal(out[1, :, :4], content[1, :, :4])  # the second image's own mask applies
+    shared = adain(content, style, torch.ones(1, 8, 8))
+    assert torch.allclose(shared, adain(content, style), atol=1e-5)
+    with pytest.raises(ValueError, match="mask batch must hold 1 or 2 masks, got 3"):
+        adain(content, style, torch.ones(3, 8, 8))

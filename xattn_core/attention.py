@@ -12,7 +12,7 @@ then call :func:`route_attention`, which decides per row what attention that row
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -102,7 +102,6 @@ class AttentionSwap:
     kv_source: KeyValueSource = KeyValueSource.APPEARANCE
     captured: KeyValueStore | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
-    contrasted_rows: int = field(default=0, compare=False)  # rows contrasted so far (for tests)
 
 
 def route_attention(
@@ -148,5 +147,4 @@ def route_attention(
                 swap.contrast,
                 swap.memory_budget,
             )
-            swap.contrasted_rows += 1
     return out

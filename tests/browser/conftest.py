@@ -1,7 +1,8 @@
 """Browser tier: the shipped workflows in the real ComfyUI front end, in headless Debian Chromium.
 
 Needs COMFYUI_PATH and a chromium binary (apt-get install chromium; CHROMIUM names another path).
-Skipped, with the reason, when either is missing. Run: python -m pytest -m browser tests/browser
+Opt-in: it runs only when the -m expression names it, and is skipped, with the reason, when either is
+missing. Run: python -m pytest -m browser tests/browser
 """
 
 import os
@@ -21,7 +22,9 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     reason = None
-    if not COMFYUI_PATH:
+    if "browser" not in (config.getoption("markexpr") or ""):
+        reason = "browser tier is opt-in: python -m pytest -m browser tests/browser"
+    elif not COMFYUI_PATH:
         reason = "COMFYUI_PATH is not set: the browser tier did not run"
     elif not CHROMIUM:
         reason = "no chromium binary (apt-get install chromium, or set CHROMIUM): the browser tier did not run"
