@@ -63,7 +63,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
     return ns
 
 
-def _unet_config(levels: tuple[int, ...], depth: tuple[int, ...], sdxl: bool) -> dict:
+def _unet_config(levels: tuple[int, ...], depth: tuple[int, ...], sdxl: bool, dtype=torch.float32) -> dict:
     config = {
         "use_checkpoint": False,
         "image_size": 32,
@@ -82,21 +82,21 @@ def _unet_config(levels: tuple[int, ...], depth: tuple[int, ...], sdxl: bool) ->
         "context_dim": 32,
         "use_temporal_attention": False,
         "use_temporal_resblock": False,
-        "dtype": torch.float32,
+        "dtype": dtype,
     }
     if sdxl:
         config.update(num_classes="sequential", adm_in_channels=32 + 6 * 256)
     return config
 
 
-def tiny_sd15(ns, seed: int = 0):
+def tiny_sd15(ns, seed: int = 0, dtype=torch.float32):
     """(ModelPatcher, diffusers UNet) sharing one set of random weights, SD-1.5-shaped (2 levels)."""
     import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models
     import comfy.utils
 
-    config = _unet_config((1, 2), (1, 1), sdxl=False)
+    config = _unet_config((1, 2), (1, 1), sdxl=False, dtype=dtype)
 
     class TinySD15(comfy.supported_models.SD15):
         unet_config = config

@@ -1,0 +1,75 @@
+"""Reliability: odd resolutions, half-precision models, a 50-transfer soak, no network, model release."""
+
+import gc
+import socket
+import weakref
+
+import psutil
+import pytest
+import torch
+from comfyui_support import conditioning, tiny_sd15
+
+
+def run(node, *args):
+    return node.execute(*args).result
+
+
+def chain(comfy, model, height=16, width=16, steps=6, start=2, seed=0):
+    latent = {"samples": torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(seed))}
+    (inversion,) = run(comfy.nodes.XAttnInvertImage, model, latent, conditioning(1), conditioning(2), steps, start,
+                       3.5, seed, "auto")
+    output, _, structure = run(comfy.nodes.XAttnCrossImageSampler, model, conditioning(1), conditioning(2),
+                               inversion.select([0]), inversion.select([1]), 1.0, 3.5, 1.67, -1, 1.0, "auto")
+    return output["samples"], structure["samples"]
+
+
+def test_resolution_that_is_not_a_multiple_of_64_px_works(comfy):
+    model, _ = tiny_sd15(comfy, seed=4)
+    output, structure = chain(comfy, model, height=25, width=17)  # 200 x 136 px
+    assert output.shape == (1, 4, 25, 17)
+    assert torch.isfinite(output).all()
+    assert (output - structure).abs().mean() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_give_finite_results(comfy, dtype):
+    model, _ = tiny_sd15(comfy, seed=5, dtype=dtype)
+    assert model.model.get_dtype() == dtype
+    output, structure = chain(comfy, model)
+    assert torch.isfinite(output).all() and torch.isfinite(structure).all()
+    assert (output - structure).abs().mean() > 1e-2
+
+
+def test_no_network_is_needed(comfy, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the node chain tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    model, _ = tiny_sd15(comfy, seed=6)
+    output, _ = chain(comfy, model)
+    assert torch.isfinite(output).all()
+
+
+def test_fifty_transfers_do_not_grow_memory_and_the_model_is_released(comfy):
+    import comfy.model_management as model_management
+
+    model, _ = tiny_sd15(comfy, seed=7)
+    process = psutil.Process()
+    for seed in range(5):  # warm-up: allocator pools, lazy imports
+        chain(comfy, model, height=8, width=8, steps=4, start=1, seed=seed)
+    gc.collect()
+    baseline = process.memory_info().rss
+    for seed in range(50):
+        chain(comfy, model, height=8, width=8, steps=4, start=1, seed=seed)
+    gc.collect()
+    growth = process.memory_info().rss / baseline - 1
+    print(f"\nresident memory growth over 50 transfers: {growth:+.2%}")
+    assert growth <= 0.05
+
+    released = weakref.ref(model.model)
+    del model
+    model_management.unload_all_models()
+    model_management.soft_empty_cache()
+    gc.collect()
+    assert released() is None, "something still holds the model after ComfyUI unloaded it"
