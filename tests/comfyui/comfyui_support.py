@@ -16,6 +16,15 @@ CPU = torch.device("cpu")
 _state: dict = {}
 
 
+def load_snapshot_module():
+    """scripts/snapshot_node_schemas.py as a module: its ComfyServer starts a real ComfyUI on loopback."""
+    path = REPO / "scripts" / "snapshot_node_schemas.py"
+    spec = importlib.util.spec_from_file_location("snapshot_node_schemas", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def attention_mode() -> str:
     """'pytorch' (SDPA, as --use-pytorch-cross-attention) unless XATTN_COMFY_ATTENTION=default (sub-quadratic)."""
     return os.environ.get("XATTN_COMFY_ATTENTION", "pytorch")

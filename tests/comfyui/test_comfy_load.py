@@ -1,16 +1,12 @@
 """ComfyUI starts with the pack: no IMPORT FAILED for it, every node in /object_info with its inputs."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from comfyui_support import REPO
+from comfyui_support import REPO, load_snapshot_module
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 PACK_FOLDER = "comfyui-xattn"
@@ -46,34 +42,9 @@ def test_quick_test_for_ci_loads_the_pack(comfy_dirs):
     assert f"Cannot import {Path(REPO)}" not in log
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_server_lists_every_node_with_its_inputs(comfy_dirs):
-    root, arguments = comfy_dirs
-    port = _free_port()
-    log_path = root / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen([sys.executable, "main.py", *arguments, "--listen", "127.0.0.1", "--port", str(port),
-                                   "--log-stdout"], cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            info = None
-            for _ in range(240):
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info", timeout=30) as response:
-                        info = json.loads(response.read())
-                    break
-                except OSError:
-                    if server.poll() is not None:
-                        break
-                    time.sleep(0.5)
-        finally:
-            server.terminate()
-            server.wait(30)
-    assert info is not None, log_path.read_text()[-3000:]
+def test_server_lists_every_node_with_its_inputs(tmp_path):
+    with load_snapshot_module().comfy_server(COMFYUI_PATH, tmp_path) as server:
+        info = server.get("/object_info")
     for node_id in NODE_IDS:
         assert node_id in info, node_id
         assert info[node_id]["category"] == "appearance transfer"

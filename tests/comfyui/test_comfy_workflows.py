@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from comfyui_support import load_snapshot_module
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -42,14 +42,6 @@ EXPECTED_IMAGES = {  # SaveImage output: (number of images, width) per workflow 
     "05_transfer_then_upscale": (1, SIZE * 3 // 2),
     "06_from_saved_inversions": (2, SIZE),  # the saved structure x the two saved appearances of 04
 }
-
-
-def load_snapshot_module():
-    path = REPO / "scripts" / "snapshot_node_schemas.py"
-    spec = importlib.util.spec_from_file_location("snapshot_node_schemas", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def api_twin(name: str) -> dict:
