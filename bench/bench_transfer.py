@@ -79,6 +79,7 @@ class NaiveSwapState:
     levels: frozenset = frozenset()  # decoder attention levels that swap in this call
     source_row: int | None = None  # STYLE or STRUCT: whose keys/values the output row gets
     contrast: float = 1.67
+    attention_seconds: float = 0.0  # wall time of the attention maths (after the projections)
 
 
 class NaiveCrossImageProcessor:
@@ -96,6 +97,7 @@ class NaiveCrossImageProcessor:
         if swap:
             key, value = key.clone(), value.clone()
             key[OUT], value[OUT] = key[self.state.source_row], value[self.state.source_row]
+        started = time.perf_counter()
         rows, tokens, width = query.shape
         heads = attn.heads
         dim_head = width // heads
@@ -106,6 +108,8 @@ class NaiveCrossImageProcessor:
             mean = out_weights.mean(dim=-1, keepdim=True)
             weights[OUT] = ((out_weights - mean) * self.state.contrast + mean).clamp(0.0, 1.0)
         out = (weights @ v).transpose(1, 2).reshape(rows, tokens, width)
+        del weights
+        self.state.attention_seconds += time.perf_counter() - started
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
@@ -148,6 +152,10 @@ class Clock:
             self.wall[label] = self.wall.get(label, 0.0) + now[0] - self._mark[0]
             self.cpu[label] = self.cpu.get(label, 0.0) + now[1] - self._mark[1]
         self._mark = now
+
+    @property
+    def current(self) -> str | None:
+        return self._stack[-1] if self._stack else None
 
     @contextmanager
     def section(self, label: str):
@@ -195,6 +203,30 @@ class Counted:
     def __exit__(self, *exc) -> None:
         self.evaluations = self.backend.image_evaluations - self.evals0
         self.calls = self.backend.model_calls - self.calls0
+
+
+@contextmanager
+def timing_wrapper(module, name: str, clock: Clock, seconds: dict, calls: dict):
+    """Temporarily wrap ``module.name`` to add its wall time and call count to the clock's current section.
+
+    Instrumentation only: the wrapped function is called unchanged.
+    """
+    original = getattr(module, name)
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            key = (clock.current, name)
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+            calls[key] = calls.get(key, 0) + 1
+
+    setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def naive_inversion(backend, clean, sigmas, seed: int, result: dict):
@@ -560,7 +592,19 @@ def main(argv=None) -> int:
         with clock.section("plain generation"):
             next(plain_steps)
 
-    with Counted(ours) as ours_count, Counted(naive) as naive_count, Counted(plain) as plain_count:
+    import xattn_core.attention
+    import xattn_core.diffusers_backend
+
+    attention_seconds: dict = {}
+    attention_calls: dict = {}
+    state.attention_seconds = 0.0
+    with (
+        Counted(ours) as ours_count,
+        Counted(naive) as naive_count,
+        Counted(plain) as plain_count,
+        timing_wrapper(xattn_core.diffusers_backend, "route_attention", clock, attention_seconds, attention_calls),
+        timing_wrapper(xattn_core.attention, "contrasted_attention", clock, attention_seconds, attention_calls),
+    ):
         with clock.section("ours generation"):
             result = transfer(ours, appearance, structure, settings, callback=after_generation_step)
         with clock.section("naive generation"):
@@ -575,6 +619,7 @@ def main(argv=None) -> int:
         phases[name] = Phase(name, count.evaluations, count.calls, clock.wall[name], clock.cpu[name])
     for backend in (ours, naive, plain):
         backend.close()
+    naive_attention_seconds = state.attention_seconds
     naive_rows = naive_result["rows"]
     output_difference = (result.output - naive_rows[OUT : OUT + 1]).abs().max().item()
     structure_difference = (result.structure - naive_rows[STRUCT : STRUCT + 1]).abs().max().item()
@@ -618,6 +663,15 @@ def main(argv=None) -> int:
             f"{name} / plain sampling of the same steps: evals {ratio(phase.evaluations, base.evaluations)}, "
             f"wall {ratio(phase.wall, base.wall)}"
         )
+    ours_gen = ("ours generation", "route_attention")
+    contrasted = ("ours generation", "contrasted_attention")
+    print(
+        f"decoder self-attention wall time in generation: ours {attention_seconds.get(ours_gen, 0.0):.1f} s "
+        f"(route_attention, {attention_calls.get(ours_gen, 0)} layer calls; of it contrasted_attention "
+        f"{attention_seconds.get(contrasted, 0.0):.1f} s in {attention_calls.get(contrasted, 0)} calls), naive "
+        f"{naive_attention_seconds:.1f} s (explicit matrices, all rows), plain "
+        f"{attention_seconds.get(('plain generation', 'route_attention'), 0.0):.1f} s (SDPA)"
+    )
     print(
         f"same results: max |z_ours - z_naive| over steps {args.start}..{args.steps - 1}: {map_difference:.2e}; "
         f"final latents max |ours - naive|: output {output_difference:.2e}, structure path "
