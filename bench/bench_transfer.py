@@ -22,6 +22,14 @@ It also measures the peak memory of the cross-image attention op alone at SD 1.5
 (64x64 query and key tokens, 8 heads, head dim 40), ``contrasted_attention`` against a
 full-matrix implementation, each in a fresh subprocess, and prints PASS/FAIL for the SPEC 5
 evaluation-count targets (exit status 1 on any FAIL).
+
+Threads: the default run uses 2 torch threads. ``--quick`` uses 1: with 2 OpenMP threads on a
+2-core machine, every parallel region waits for whichever thread shares a core with another busy
+process, and the many small ops of a 128 px smoke run then slow down ~10x (measured: 311 s with
+2 threads against 25 s with 1 while a test suite ran beside it). Absolute times from a loaded
+machine are inflated either way; the three paths are interleaved step by step so that their
+ratios see the same load. The default run takes ~25 minutes on 2 cores, most of it in the naive
+generation's explicit 4096 x 4096 attention matrices; ``--size 256`` is much faster.
 """
 
 from __future__ import annotations
@@ -437,7 +445,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--size", type=int, default=None, help="image size in px, multiple of 64 (default 512; quick 128)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, start 6, 128 px")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default 2; 1 with --quick, see the module docstring)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inversion-cfg", type=float, default=3.5)
     parser.add_argument("--cfg", type=float, default=1.0)
@@ -452,11 +465,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.steps = quick[0] if args.steps is None else args.steps
     args.start = quick[1] if args.start is None else args.start
     args.size = quick[2] if args.size is None else args.size
+    args.threads = (1 if args.quick else 2) if args.threads is None else args.threads
     if args.size % 64:
         parser.error(f"--size must be a multiple of 64 px, got {args.size}")
     if not 0 <= args.start < args.steps:
         parser.error(f"--start must be in 0..{args.steps - 1}")
     return args
+
+
+def engine_revision() -> str:
+    """The checkout's commit, flagged when the engine has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "xattn_core"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes in xattn_core/" if dirty else "")
 
 
 def ratio(a: float, b: float) -> str:
@@ -497,7 +528,7 @@ def main(argv=None) -> int:
     shown = sys.argv[1:] if argv is None else list(argv)
     print("# Cross-Image Attention transfer benchmark")
     print(f"command: {' '.join(['python bench/bench_transfer.py', *shown])}")
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; engine commit {engine_revision()}")
     print(
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()}, "
         f"{platform.machine()} with {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, device cpu, float32"
@@ -585,7 +616,7 @@ def main(argv=None) -> int:
     )
     plain_steps = plain_generation(plain, structure, sigmas, plan, plain_result)
 
-    def after_generation_step(index: int, total: int, _output) -> None:
+    def after_generation_step(index: int, total: int, *_latents) -> None:
         progress("generation", index + 1, total)
         with clock.section("naive generation"):
             next(naive_steps)
