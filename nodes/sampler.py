@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import latent_preview
 import torch
 from comfy_api.v0_0_2 import io
 
+from ..xattn_core.attention import DEFAULT_MEMORY_BUDGET
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.sampler import TransferSettings, check_compatible, pair_rows, transfer
@@ -132,13 +134,12 @@ class XAttnCrossImageSampler(io.ComfyNode):
         start = check_compatible(appearance, structure, None if start_step < 0 else start_step)
         pairs = pair_rows(appearance.batch_size, structure.batch_size)
         options = options or {}
-        plan = options.get("plan", PlanSettings())
         settings = TransferSettings(
-            plan=PlanSettings(**{**plan.__dict__, "swap_guidance": swap_guidance}),
+            plan=dataclasses.replace(options.get("plan", PlanSettings()), swap_guidance=swap_guidance),
             contrast=contrast,
             start_step=start,
             adain_strength=adain_strength,
-            **({"memory_budget": options["memory_budget"]} if "memory_budget" in options else {}),
+            memory_budget=options.get("memory_budget", DEFAULT_MEMORY_BUDGET),
         )
         patched = patch_model(model, freeu_settings(freeu, model))
         generation_sigmas = appearance.sigmas[start:]
@@ -149,8 +150,8 @@ class XAttnCrossImageSampler(io.ComfyNode):
         def loop(backend, x, report):
             device = x.device
 
-            def progress(step, _total, output):
-                report(step, output, output, float(generation_sigmas[step]))
+            def progress(step, _total, output, denoised):
+                report(step, output, denoised, float(generation_sigmas[step]))
 
             result = transfer(backend, appearance.to(device), structure.to(device), settings,
                               appearance_mask, structure_mask, callback=progress)

@@ -139,6 +139,6 @@ def transfer_images(
             both.select([0]),
             both.select([1]),
             settings,
-            callback=(lambda k, total, _: progress("generate", k + 1, total)) if progress else None,
+            callback=(lambda k, total, *_: progress("generate", k + 1, total)) if progress else None,
         )
     return decode_latent(pipe, result.output[:1]), result

@@ -49,8 +49,8 @@ class TransferResult:
     pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
 
 
-GenerationCallback = Callable[[int, int, Tensor], None]
-"""``(step index, generation steps, current output latents)``."""
+GenerationCallback = Callable[[int, int, Tensor, Tensor], None]
+"""``(step index, generation steps, output latents after the step, the step's denoised output estimate)``."""
 
 
 def pair_rows(appearances: int, structures: int) -> list[tuple[int, int]]:
@@ -153,6 +153,7 @@ def transfer(
             output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
         del store
 
+        denoised = output - sigma * output_noise  # for previews
         structure_maps = structure.noise_at(i)
         output = ddpm_step(output, output_noise, sigma, sigma_next, structure_maps[structure_rows])
         appearance_path = ddpm_step(appearance_path, appearance_noise, sigma, sigma_next, appearance.noise_at(i))
@@ -160,6 +161,6 @@ def transfer(
         if step.adain:
             output = adain(output, appearance_path[appearance_rows], content_mask, style_mask, settings.adain_strength)
         if callback is not None:
-            callback(step.index, len(plan), output)
+            callback(step.index, len(plan), output, denoised)
 
     return TransferResult(output=output, appearance=appearance_path, structure=structure_path, pairs=pairs)

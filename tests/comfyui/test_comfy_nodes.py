@@ -234,3 +234,16 @@ def test_adain_latent_match_node(comfy):
     content, style = latents(10), latents(11) * 3 + 1
     (matched,) = run(comfy.nodes.XAttnAdaINLatentMatch, {"samples": content}, {"samples": style}, 1.0)
     assert torch.allclose(matched["samples"].mean(dim=(2, 3)), style.mean(dim=(2, 3)), atol=1e-4)
+
+
+def test_options_node_reaches_the_sampler(comfy, sd15, pair):
+    appearance, structure = pair
+    (nothing,) = run(comfy.nodes.XAttnOptions, 0.0, 0.0, 0.0, 0.0, 0.05, 0.4, 0.0, 0.0, 16)
+    assert nothing["memory_budget"] == 16 * 2**20
+    # no level swaps and no AdaIN: the output path is the structure path, bit for bit
+    output, _, structure_out = transfer(comfy, sd15, appearance, structure, options=nothing)
+    assert torch.equal(output["samples"], structure_out["samples"])
+    (defaults,) = run(comfy.nodes.XAttnOptions, 0.1, 0.9, 0.1, 0.7, 0.05, 0.4, 0.2, 1.0, 64)
+    with_defaults, _, _ = transfer(comfy, sd15, appearance, structure, options=defaults)
+    plain, _, _ = transfer(comfy, sd15, appearance, structure)
+    assert torch.equal(with_defaults["samples"], plain["samples"])
