@@ -7,8 +7,13 @@ missing. Run: python -m pytest -m browser tests/browser
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
+
+# the ComfyUI tier's helpers (comfyui_support) serve this tier too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "comfyui"))
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or (

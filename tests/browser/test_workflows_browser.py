@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -21,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from comfyui_support import load_snapshot_module
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -36,14 +36,6 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.browser
-
-
-def snapshot_module():
-    path = REPO / "scripts" / "snapshot_node_schemas.py"
-    spec = importlib.util.spec_from_file_location("snapshot_node_schemas", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class DevTools:
@@ -222,7 +214,7 @@ def browser_results(tmp_path_factory):
     for inversion in INVERSIONS:
         (workdir / "output" / inversion).parent.mkdir(parents=True, exist_ok=True)
         (workdir / "output" / inversion).write_bytes(b"")
-    with snapshot_module().comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server, \
+    with load_snapshot_module().comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server, \
             tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile:
         process, port = start_chromium(Path(profile))
         try:
