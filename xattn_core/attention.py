@@ -47,7 +47,8 @@ def contrasted_attention(
     k = key.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
     v = value.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
     scale = dim_head**-0.5
-    bytes_per_query = rows * heads * key_tokens * 4
+    # the scores and their softmax are both alive at once: two float32 matrices per query chunk
+    bytes_per_query = 2 * rows * heads * key_tokens * 4
     chunk = max(1, memory_budget // bytes_per_query)
     offset = (contrast - 1.0) / key_tokens
     out = torch.empty_like(q)
