@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from xattn_core.attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
-from xattn_core.plan import KeyValueSource
 
 
 def naive_contrasted(query, key, value, heads, contrast):
@@ -60,9 +59,7 @@ def test_route_attention_swaps_only_output_rows_and_reads_captured_appearance():
     assert len(store) == 2
     # output call: rows [output0, output1, structure] per chunk, chunk order [1, 0]
     q, k, v = (torch.randn(6, 24, 32, generator=generator) for _ in range(3))
-    swap = AttentionSwap(
-        levels=frozenset({0}), outputs=(0, 1), sources=(1, 0), kv_source=KeyValueSource.APPEARANCE, captured=store
-    )
+    swap = AttentionSwap(levels=frozenset({0}), outputs=(0, 1), sources=(1, 0), source=store)
     out = route_attention(q, k, v, 4, "layer", 0, [1, 0], swap, plain)
     # uncond chunk (first), output 0 takes appearance row 1 of the uncond capture (rows 0..1 of app)
     assert torch.allclose(out[0:1], naive_contrasted(q[0:1], app_k[1:2], app_v[1:2], 4, 1.67), atol=1e-5)
@@ -78,14 +75,32 @@ def test_route_attention_swaps_only_output_rows_and_reads_captured_appearance():
 def test_route_attention_structure_source_uses_same_call_rows():
     generator = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(2, 16, 32, generator=generator) for _ in range(3))
-    swap = AttentionSwap(levels=frozenset({1}), outputs=(0,), sources=(1,), kv_source=KeyValueSource.STRUCTURE)
+    swap = AttentionSwap(levels=frozenset({1}), outputs=(0,), sources=(1,))
     out = route_attention(q, k, v, 4, "layer", 1, [0], swap, plain)
     assert torch.allclose(out[0:1], naive_contrasted(q[0:1], k[1:2], v[1:2], 4, 1.67), atol=1e-5)
     assert torch.allclose(out[1:2], plain(q[1:2], k[1:2], v[1:2]), atol=1e-6)
 
 
 def test_missing_capture_is_a_clear_error():
-    swap = AttentionSwap(levels=frozenset({0}), outputs=(0,), sources=(0,), captured=KeyValueStore())
+    swap = AttentionSwap(levels=frozenset({0}), outputs=(0,), sources=(0,), source=KeyValueStore())
     q = torch.randn(1, 4, 8)
-    with pytest.raises(RuntimeError, match="no appearance keys/values"):
+    with pytest.raises(RuntimeError, match="no keys/values were captured for layer 'layer', batch chunk 0"):
         route_attention(q, q, q, 2, "layer", 0, [0], swap, plain)
+
+
+def test_store_split_select_and_chunk_substitution():
+    store = KeyValueStore(substitute_chunks=True)
+    keys = torch.arange(6.0).reshape(6, 1, 1)  # two steps x three images, one chunk (cond)
+    store.put("layer", 0, keys, -keys)
+    first, second = store.split(3)
+    assert torch.equal(second.get("layer", 0)[0].flatten(), torch.tensor([3.0, 4.0, 5.0]))
+    assert torch.equal(second.select([2, 0]).get("layer", 0)[1].flatten(), torch.tensor([-5.0, -3.0]))
+    # an inversion without CFG cached only the cond chunk; an uncond row of a guided transfer reuses it
+    assert torch.equal(first.get("layer", 1)[0], first.get("layer", 0)[0])
+    assert first.nbytes == 2 * 3 * 4
+    with pytest.raises(RuntimeError, match="layer 'other'"):
+        first.get("other", 0)
+    strict = KeyValueStore()
+    strict.put("layer", 0, keys, keys)
+    with pytest.raises(RuntimeError, match="batch chunk 1"):
+        strict.get("layer", 1)

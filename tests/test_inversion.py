@@ -74,7 +74,7 @@ def test_skipping_unused_steps_keeps_the_same_noise_maps(unet, positive, negativ
 
 
 def test_inversion_is_seeded():
-    predict = lambda x, s: 0.1 * x  # noqa: E731
+    predict = lambda x, s, swap=None: 0.1 * x  # noqa: E731
     clean = torch.randn(1, 4, 8, 8)
     first = invert(predict, clean, paper_sigmas(steps=5), seed=1)
     assert torch.equal(first.noise_maps, invert(predict, clean, paper_sigmas(steps=5), seed=1).noise_maps)
@@ -82,7 +82,7 @@ def test_inversion_is_seeded():
 
 
 def test_bad_arguments():
-    predict = lambda x, s: x  # noqa: E731
+    predict = lambda x, s, swap=None: x  # noqa: E731
     with pytest.raises(ValueError, match="start step"):
         invert(predict, torch.zeros(1, 4, 8, 8), paper_sigmas(steps=5), start_step=5)
     with pytest.raises(ValueError, match="empty"):
@@ -90,7 +90,7 @@ def test_bad_arguments():
 
 
 def small_inversion():
-    predict = lambda x, s: 0.1 * x  # noqa: E731
+    predict = lambda x, s, swap=None: 0.1 * x  # noqa: E731
     inversion = invert(predict, torch.randn(2, 4, 8, 8), paper_sigmas(steps=6), start_step=2, seed=1)
     inversion.metadata.update(latent_format="SD15", model="abc")
     return inversion

@@ -2,14 +2,16 @@
 
 from .adain import adain
 from .attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
-from .inversion import Inversion, invert
+from .inversion import AttentionCache, CacheSettings, Inversion, invert
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan, model_evaluations
 from .sampler import Backend, TransferResult, TransferSettings, pair_rows, transfer
 from .schedule import ancestral_split, ddpm_step, paper_sigmas, paper_timesteps
 
 __all__ = [
+    "AttentionCache",
     "AttentionSwap",
     "Backend",
+    "CacheSettings",
     "Inversion",
     "KeyValueSource",
     "KeyValueStore",

@@ -6,7 +6,8 @@ then call :func:`route_attention`, which decides per row what attention that row
 - ordinary rows go through the backend's fused attention (SDPA, ComfyUI's optimized attention);
 - output rows in a swapping layer keep their own queries but attend to the keys/values of another
   row, the appearance's (captured from the appearance call of the same step) or the structure's
-  (a row of the same call), with contrasted, un-renormalised weights (SPEC 2.4).
+  (a row of the same call), with contrasted, un-renormalised weights (SPEC 2.4). In fast mode both
+  come from stores captured while inverting, and the output rows run alone.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from .plan import KeyValueSource
 
 PlainAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``, all ``[rows, tokens, heads * dim_head]``: the backend's fused attention."""
@@ -61,22 +60,59 @@ def contrasted_attention(
 
 
 class KeyValueStore:
-    """Keys/values captured from one model call, for output rows of a later call of the same step."""
+    """Keys/values of the swapping layers, per (layer, cond/uncond chunk), each ``[rows, tokens, width]``.
 
-    def __init__(self) -> None:
+    Filled by a capturing model call: the appearance call of the same step, or the inversion pass
+    (fast mode). A store from the inversion may be asked for a chunk it never saw (the inversion ran
+    without CFG, the transfer with it); ``substitute_chunks`` then answers with another chunk's
+    keys/values of the same layer, an approximation the README documents.
+    """
+
+    def __init__(self, substitute_chunks: bool = False) -> None:
         self._entries: dict[tuple[Hashable, int], tuple[Tensor, Tensor]] = {}
+        self.substitute_chunks = substitute_chunks
 
     def put(self, layer: Hashable, chunk: int, key: Tensor, value: Tensor) -> None:
         self._entries[(layer, chunk)] = (key, value)
 
     def get(self, layer: Hashable, chunk: int) -> tuple[Tensor, Tensor]:
-        try:
-            return self._entries[(layer, chunk)]
-        except KeyError:
+        entry = self._entries.get((layer, chunk))
+        if entry is None and self.substitute_chunks:
+            others = sorted(c for (name, c) in self._entries if name == layer)
+            entry = self._entries[(layer, others[0])] if others else None
+        if entry is None:
             raise RuntimeError(
-                f"no appearance keys/values were captured for layer {layer!r}, batch chunk {chunk}; "
-                "the appearance call must run before the output call of the same step"
-            ) from None
+                f"no keys/values were captured for layer {layer!r}, batch chunk {chunk}; the capturing call "
+                "(the appearance call of the step, or the inversion in fast mode) must cover this layer"
+            )
+        return entry
+
+    def split(self, rows: int) -> list[KeyValueStore]:
+        """Stores of consecutive ``rows``-row groups (one per step of a several-steps inversion call)."""
+        parts: list[KeyValueStore] = []
+        for (layer, chunk), (key, value) in self._entries.items():
+            for index, (key_part, value_part) in enumerate(zip(key.split(rows), value.split(rows), strict=True)):
+                if index == len(parts):
+                    parts.append(KeyValueStore(self.substitute_chunks))
+                parts[index].put(layer, chunk, key_part, value_part)
+        return parts
+
+    def select(self, rows: list[int]) -> KeyValueStore:
+        """The same keys/values for a subset of rows (images)."""
+        selected = KeyValueStore(self.substitute_chunks)
+        for (layer, chunk), (key, value) in self._entries.items():
+            selected.put(layer, chunk, key[rows], value[rows])
+        return selected
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KeyValueStore:
+        moved = KeyValueStore(self.substitute_chunks)
+        for (layer, chunk), (key, value) in self._entries.items():
+            moved.put(layer, chunk, key.to(device=device, dtype=dtype), value.to(device=device, dtype=dtype))
+        return moved
+
+    @property
+    def nbytes(self) -> int:
+        return sum(key.nbytes + value.nbytes for key, value in self._entries.values())
 
     def clear(self) -> None:
         self._entries.clear()
@@ -89,10 +125,11 @@ class KeyValueStore:
 class AttentionSwap:
     """What the swapping layers do during one model call.
 
-    Row indices count within one cond/uncond chunk of the call. ``capture`` stores every row's
-    keys/values (the appearance call); ``outputs[j]`` takes its keys/values from row
-    ``sources[j]`` of this call (structure K/V) or, when ``kv_source`` is appearance, from row
-    ``sources[j]`` of ``captured``.
+    Row indices count within one cond/uncond chunk. ``capture`` stores every row's keys/values
+    (the appearance call, or the inversion in fast mode). ``outputs[j]`` attends with its own
+    queries to the keys/values of row ``sources[j]`` of ``source`` (a store captured earlier:
+    the appearance's, or a cached structure's) or, when ``source`` is None, of this call
+    (the structure rows of the joint call).
     """
 
     levels: frozenset[int]
@@ -100,8 +137,7 @@ class AttentionSwap:
     capture: KeyValueStore | None = None
     outputs: tuple[int, ...] = ()
     sources: tuple[int, ...] = ()
-    kv_source: KeyValueSource = KeyValueSource.APPEARANCE
-    captured: KeyValueStore | None = None
+    source: KeyValueStore | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
 
 
@@ -132,18 +168,16 @@ def route_attention(
     if ordinary:
         out[ordinary] = plain(query[ordinary], key[ordinary], value[ordinary])
     for c, chunk in enumerate(chunks):
-        if swap.kv_source is KeyValueSource.STRUCTURE:
+        if swap.source is None:
             source_key, source_value = key[c * rows : (c + 1) * rows], value[c * rows : (c + 1) * rows]
         else:
-            if swap.captured is None:
-                raise RuntimeError("appearance keys/values requested but none were captured")
-            source_key, source_value = swap.captured.get(layer, chunk)
+            source_key, source_value = swap.source.get(layer, chunk)
         for row, source in zip(swap.outputs, swap.sources, strict=True):
             index = c * rows + row
             out[index : index + 1] = contrasted_attention(
                 query[index : index + 1],
-                source_key[source : source + 1].to(query.dtype),
-                source_value[source : source + 1].to(query.dtype),
+                source_key[source : source + 1].to(query.device, query.dtype),
+                source_value[source : source + 1].to(query.device, query.dtype),
                 heads,
                 swap.contrast,
                 swap.memory_budget,

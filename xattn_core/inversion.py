@@ -8,13 +8,49 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .attention import AttentionSwap, KeyValueStore
 from .schedule import noise_map
 
-NoisePredictor = Callable[[Tensor, Tensor], Tensor]
-"""``(latents [R, C, H, W], sigmas [R]) -> noise prediction [R, C, H, W]``, guidance included."""
+NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
+"""``(latents [R, C, H, W], sigmas [R], swap) -> noise prediction [R, C, H, W]``, guidance included.
+
+``swap`` is None, or (fast mode) a directive that only captures the swapping levels' keys/values.
+"""
 
 StepCallback = Callable[[int, int], None]
 """``(steps done, steps total)``; called after every model call so callers can report and interrupt."""
+
+
+@dataclass
+class AttentionCache:
+    """What fast mode takes from the inversion pass instead of running the model again.
+
+    Per stored step: the guided noise prediction (small) and the keys/values of every swapping
+    self-attention layer for every image and cond/uncond chunk (large). Kept in memory only.
+    """
+
+    predictions: Tensor  # [steps - start_step, B, C, H, W]
+    keys_values: list[KeyValueStore]  # one store per stored step, rows = images
+
+    @property
+    def nbytes(self) -> int:
+        return self.predictions.nbytes + sum(store.nbytes for store in self.keys_values)
+
+    def select(self, rows: list[int]) -> AttentionCache:
+        return AttentionCache(self.predictions[:, rows], [store.select(rows) for store in self.keys_values])
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Fast mode: which attention levels to keep from the inversion, where, and how much memory is allowed."""
+
+    levels: frozenset[int]
+    device: torch.device | str | None = None  # None: where the model computes
+    max_bytes: int | None = None  # refuse once the first step shows the cache would be larger
+
+
+class CacheTooLargeError(MemoryError):
+    pass
 
 
 @dataclass
@@ -32,6 +68,7 @@ class Inversion:
     latents: Tensor  # [steps + 1 - start_step, B, C, H, W]
     noise_maps: Tensor  # [steps - start_step, B, C, H, W], float64 (see schedule.noise_map)
     metadata: dict[str, str] = field(default_factory=dict)
+    attention: AttentionCache | None = None  # fast mode only; never written to inversion files
 
     @property
     def steps(self) -> int:
@@ -47,13 +84,26 @@ class Inversion:
     def noise_at(self, step: int) -> Tensor:
         return self.noise_maps[self._index(step, self.steps - 1)]
 
+    def prediction_at(self, step: int) -> Tensor:
+        """The inversion's noise prediction at ``step`` (fast mode only)."""
+        return self._cache().predictions[self._index(step, self.steps - 1)]
+
+    def keys_values_at(self, step: int) -> KeyValueStore:
+        """The swapping layers' keys/values at ``step`` (fast mode only)."""
+        return self._cache().keys_values[self._index(step, self.steps - 1)]
+
+    def _cache(self) -> AttentionCache:
+        if self.attention is None:
+            raise RuntimeError("this inversion holds no attention cache; invert with fast mode on")
+        return self.attention
+
     def _index(self, step: int, last: int) -> int:
         if not self.start_step <= step <= last:
             raise IndexError(f"step {step} is outside this inversion's stored range {self.start_step}..{last}")
         return step - self.start_step
 
     def to(self, device: torch.device | str) -> Inversion:
-        """The same inversion with its latents and noise maps on ``device``."""
+        """The same inversion with its latents and noise maps on ``device`` (an attention cache stays put)."""
         return Inversion(
             clean=self.clean.to(device),
             sigmas=self.sigmas,
@@ -61,6 +111,7 @@ class Inversion:
             latents=self.latents.to(device),
             noise_maps=self.noise_maps.to(device),
             metadata=dict(self.metadata),
+            attention=self.attention,
         )
 
     def select(self, rows: list[int]) -> Inversion:
@@ -72,6 +123,7 @@ class Inversion:
             latents=self.latents[:, rows],
             noise_maps=self.noise_maps[:, rows],
             metadata=dict(self.metadata),
+            attention=None if self.attention is None else self.attention.select(rows),
         )
 
 
@@ -100,12 +152,14 @@ def invert(
     steps_per_call: int = 1,
     zero_last_noise: bool = True,
     callback: StepCallback | None = None,
+    cache: CacheSettings | None = None,
 ) -> Inversion:
     """Invert a batch of clean latents.
 
     Each noise map depends only on its own two independently drawn latents, so the model calls
     for different steps are independent: ``steps_per_call`` batches several steps in one call.
-    ``zero_last_noise`` reproduces the official code, which zeroes the last noise map.
+    ``zero_last_noise`` reproduces the official code, which zeroes the last noise map. With
+    ``cache`` (fast mode) the predictions and the swapping levels' keys/values are kept too.
     """
     steps = len(sigmas) - 1
     if not 0 <= start_step < steps:
@@ -116,21 +170,46 @@ def invert(
     batch = clean.shape[0]
     todo = list(range(start_step, steps))
     noise_maps: list[Tensor] = []
+    kept_predictions: list[Tensor] = []
+    kept_keys_values: list[KeyValueStore] = []
     for first in range(0, len(todo), max(1, steps_per_call)):
         group = todo[first : first + max(1, steps_per_call)]
         rows = torch.cat([noisy[i] for i in group])
         row_sigmas = torch.cat([sigmas[i].expand(batch) for i in group]).to(clean.device)
-        predictions = predict_noise(rows, row_sigmas).split(batch)
+        captured = KeyValueStore(substitute_chunks=True) if cache is not None else None
+        swap = AttentionSwap(levels=cache.levels, capture=captured) if cache is not None else None
+        predictions = predict_noise(rows, row_sigmas, swap).split(batch)
         for i, prediction in zip(group, predictions, strict=True):
             noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
+        if cache is not None and captured is not None:
+            kept_predictions.extend(predictions)
+            kept_keys_values.extend(part.to(cache.device) for part in captured.split(batch))
+            _check_cache_size(kept_keys_values, len(todo), cache.max_bytes)
         if callback is not None:
             callback(first + len(group), len(todo))
     if zero_last_noise:
         noise_maps[-1] = torch.zeros_like(noise_maps[-1])
+    attention = None
+    if cache is not None:
+        attention = AttentionCache(torch.stack(kept_predictions), kept_keys_values)
     return Inversion(
         clean=clean,
         sigmas=sigmas.detach().float().cpu(),
         start_step=start_step,
         latents=torch.stack(noisy[start_step:]),
         noise_maps=torch.stack(noise_maps),
+        attention=attention,
     )
+
+
+def _check_cache_size(kept: list[KeyValueStore], steps: int, max_bytes: int | None) -> None:
+    """Stop early, with the numbers, when the whole cache would not fit ``max_bytes``."""
+    if max_bytes is None or not kept:
+        return
+    expected = kept[0].nbytes * steps
+    if expected > max_bytes:
+        raise CacheTooLargeError(
+            f"fast mode would keep {expected / 2**30:.1f} GiB of attention keys/values for {steps} steps, more "
+            f"than the {max_bytes / 2**30:.1f} GiB allowed; turn fast mode off, use fewer steps or a later "
+            "start step, or invert fewer images at once"
+        )

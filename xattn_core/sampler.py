@@ -6,6 +6,9 @@ Per generation step the backend is asked for noise predictions in up to three ca
 2. the output rows together with the structure rows, the output rows swapping attention;
 3. when swap guidance is active, the output rows alone without swapping (the "plain" pass).
 
+In fast mode (inversions made with an attention cache) calls 1 and the structure half of 2 are
+replaced by what the inversion computed at the same latents, so only output rows are evaluated.
+
 Every path then takes a DDPM step with its own stored noise map, and AdaIN pulls the output's
 latent statistics towards the appearance path.
 """
@@ -89,23 +92,33 @@ def check_compatible(appearance: Inversion, structure: Inversion, start_step: in
 
 
 def _swap_for(
-    step: StepPlan, pairs: list[tuple[int, int]], settings: TransferSettings, captured: KeyValueStore | None
+    step: StepPlan,
+    pairs: list[tuple[int, int]],
+    settings: TransferSettings,
+    appearance_keys_values: KeyValueStore | None,
+    structure_keys_values: KeyValueStore | None,
 ) -> AttentionSwap | None:
-    """The swap directive for the output + structure call of ``step``."""
+    """The swap directive for the output rows' call of ``step``.
+
+    Appearance keys/values always come from a store (captured this step, or cached by the
+    inversion); structure keys/values come from the cached store in fast mode, otherwise from the
+    structure rows that follow the output rows in the same call.
+    """
     if not step.swaps:
         return None
     outputs = len(pairs)
-    if step.kv_source is KeyValueSource.STRUCTURE:
-        sources = tuple(outputs + structure_index for _, structure_index in pairs)
+    if step.kv_source is KeyValueSource.APPEARANCE:
+        source, sources = appearance_keys_values, tuple(appearance for appearance, _ in pairs)
+    elif structure_keys_values is not None:
+        source, sources = structure_keys_values, tuple(structure for _, structure in pairs)
     else:
-        sources = tuple(appearance_index for appearance_index, _ in pairs)
+        source, sources = None, tuple(outputs + structure for _, structure in pairs)
     return AttentionSwap(
         levels=step.swap_levels,
         contrast=settings.contrast,
         outputs=tuple(range(outputs)),
         sources=sources,
-        kv_source=step.kv_source,
-        captured=captured,
+        source=source,
         memory_budget=settings.memory_budget,
     )
 
@@ -119,7 +132,12 @@ def transfer(
     structure_mask: Tensor | None = None,
     callback: GenerationCallback | None = None,
 ) -> TransferResult:
-    """Generate images with the structure's layout and the appearance's look."""
+    """Generate images with the structure's layout and the appearance's look.
+
+    An inversion that carries an attention cache (fast mode) is not run again: its path takes the
+    cached noise predictions and keys/values, so only the output rows (and the other path, if it
+    has no cache) go through the model.
+    """
     start = check_compatible(appearance, structure, settings.start_step)
     pairs = pair_rows(appearance.batch_size, structure.batch_size)
     appearance_rows = [a for a, _ in pairs]
@@ -141,17 +159,34 @@ def transfer(
     for step in plan:
         i = step.global_step
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        store = KeyValueStore() if step.swaps and step.kv_source is KeyValueSource.APPEARANCE else None
-        appearance_swap = AttentionSwap(levels=step.swap_levels, capture=store) if store is not None else None
-        appearance_noise = backend.predict_noise(appearance_path, sigma, appearance_swap)
+        wants_appearance = step.swaps and step.kv_source is KeyValueSource.APPEARANCE
+        wants_structure = step.swaps and step.kv_source is KeyValueSource.STRUCTURE
 
-        joint = torch.cat([output, structure_path])
-        joint_noise = backend.predict_noise(joint, sigma, _swap_for(step, pairs, settings, store))
-        output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
+        appearance_keys_values: KeyValueStore | None = None
+        if appearance.attention is not None:
+            appearance_noise = appearance.prediction_at(i).to(output.device, output.dtype)
+            if wants_appearance:
+                appearance_keys_values = appearance.keys_values_at(i).to(output.device)
+        else:
+            appearance_keys_values = KeyValueStore() if wants_appearance else None
+            capture = AttentionSwap(step.swap_levels, capture=appearance_keys_values) if wants_appearance else None
+            appearance_noise = backend.predict_noise(appearance_path, sigma, capture)
+
+        structure_keys_values: KeyValueStore | None = None
+        if structure.attention is not None:
+            structure_noise = structure.prediction_at(i).to(output.device, output.dtype)
+            if wants_structure:
+                structure_keys_values = structure.keys_values_at(i).to(output.device)
+            swap = _swap_for(step, pairs, settings, appearance_keys_values, structure_keys_values)
+            output_noise = backend.predict_noise(output, sigma, swap)
+        else:
+            swap = _swap_for(step, pairs, settings, appearance_keys_values, None)
+            joint_noise = backend.predict_noise(torch.cat([output, structure_path]), sigma, swap)
+            output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
         if step.swap_weight is not None:
             plain_noise = backend.predict_noise(output, sigma, None)
             output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
-        del store
+        del appearance_keys_values, structure_keys_values, swap
 
         denoised = output - sigma * output_noise  # for previews
         structure_maps = structure.noise_at(i)

@@ -42,7 +42,7 @@ class DualBackend:
         def twin(store):
             return None if store is None else self.twin_stores.setdefault(id(store), self.store_type())
 
-        return dataclasses.replace(swap, capture=twin(swap.capture), captured=twin(swap.captured))
+        return dataclasses.replace(swap, capture=twin(swap.capture), source=twin(swap.source))
 
     def predict_noise(self, latents, sigma, swap=None):
         twin = self._twin(swap)
