@@ -127,6 +127,19 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def conditioning_fingerprint(positive: list, negative: list) -> str:
+    """A short hash of two CONDITIONING inputs' tensors (fast mode is exact only under the same prompts)."""
+    digest = hashlib.sha256()
+    for conditioning in (positive, negative):
+        for tensor, extras in conditioning:
+            pooled = extras.get("pooled_output")
+            for part in (tensor, pooled):
+                if isinstance(part, Tensor):
+                    digest.update(str(tuple(part.shape)).encode() + part.detach().float().cpu().numpy().tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
 class ComfyBackend:
     """The engine's Backend over the k-diffusion model function a KSAMPLER receives."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class XAttnSaveInversion(io.ComfyNode):
         os.makedirs(folder, exist_ok=True)
         name = f"{filename}_{counter:05}_{SUFFIX}"
         save_inversion(inversion, Path(folder) / name)
+        if getattr(inversion, "attention", None) is not None:
+            logging.info("Save Inversion: the fast-mode attention cache is not written; a loaded copy runs normally")
         return io.NodeOutput(ui={"text": [os.path.join(subfolder, name) + " [output]"]})
 
 

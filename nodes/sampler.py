@@ -13,7 +13,7 @@ from ..xattn_core.attention import DEFAULT_MEMORY_BUDGET
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.sampler import TransferSettings, check_compatible, pair_rows, transfer
-from .comfy_backend import model_fingerprint, patch_model, run_in_guider
+from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, Options, freeu_input, freeu_settings
 from .common import Inversion as InversionSocket
 
@@ -37,6 +37,21 @@ def check_against_model(inversion: Inversion, role: str, model) -> None:
         logging.warning("Cross-Image Attention: the %s inversion was made with other model weights (or LoRAs); "
                         "the transfer proceeds, but results are best when inversion and transfer share the model",
                         role)
+
+
+def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, prompts: str) -> None:
+    """Say which paths are replayed from an inversion's cache, and whether that is exact."""
+    for role, inversion in (("appearance", appearance), ("structure", structure)):
+        if inversion.attention is None:
+            continue
+        differences = []
+        inverted_cfg = float(inversion.metadata.get("cfg", "nan"))
+        if inverted_cfg != cfg:
+            differences.append(f"cfg {inverted_cfg:g} at inversion, {cfg:g} here")
+        if inversion.metadata.get("prompts") != prompts:
+            differences.append("other prompts at inversion")
+        how = "approximate: " + ", ".join(differences) if differences else "exact: same prompts and cfg"
+        logging.info("Cross-Image Attention fast mode: the %s path is replayed from its inversion (%s)", role, how)
 
 
 class XAttnOptions(io.ComfyNode):
@@ -131,6 +146,7 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 adain_strength, freeu, appearance_mask=None, structure_mask=None, options=None):
         check_against_model(appearance, "appearance", model)
         check_against_model(structure, "structure", model)
+        report_fast_mode(appearance, structure, cfg, conditioning_fingerprint(positive, negative))
         start = check_compatible(appearance, structure, None if start_step < 0 else start_step)
         pairs = pair_rows(appearance.batch_size, structure.batch_size)
         options = options or {}

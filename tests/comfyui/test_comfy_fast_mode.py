@@ -1,0 +1,102 @@
+"""Fast mode through the nodes: Invert Image keeps its cache, the sampler evaluates only the output rows."""
+
+import logging
+
+import pytest
+import torch
+from comfyui_support import conditioning, tiny_sd15
+
+STEPS, START = 10, 2
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy):
+    model, _ = tiny_sd15(comfy, seed=3)
+    return model
+
+
+def counting(model):
+    """A clone whose UNet calls are counted through ComfyUI's own unet function wrapper."""
+    counter = {"rows": 0}
+
+    def wrapper(apply_model, args):
+        counter["rows"] += args["input"].shape[0]
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted = model.clone()
+    counted.set_model_unet_function_wrapper(wrapper)
+    return counted, counter
+
+
+def invert(comfy, model, cfg, fast_mode):
+    samples = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(12))  # appearance, structure
+    node = comfy.nodes.XAttnInvertImage
+    return node.execute(model, {"samples": samples}, conditioning(1), conditioning(2), STEPS, START, cfg, 4, "auto",
+                        fast_mode=fast_mode).result[0]
+
+
+def transfer(comfy, model, inversion, cfg):
+    node = comfy.nodes.XAttnCrossImageSampler
+    return node.execute(model, conditioning(1), conditioning(2), inversion.select([0]), inversion.select([1]), cfg,
+                        3.5, 1.67, -1, 1.0, "auto").result
+
+
+def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog):
+    normal_inversion, fast_inversion = invert(comfy, sd15, 1.0, False), invert(comfy, sd15, 1.0, True)
+    assert normal_inversion.attention is None and fast_inversion.attention is not None
+    assert torch.equal(normal_inversion.noise_maps, fast_inversion.noise_maps)
+
+    counted, counter = counting(sd15)
+    normal, _, normal_structure = transfer(comfy, counted, normal_inversion, 1.0)
+    normal_rows = counter["rows"]
+    counter["rows"] = 0
+    with caplog.at_level(logging.INFO):
+        fast, _, fast_structure = transfer(comfy, counted, fast_inversion, 1.0)
+    plan = comfy.core.plan.build_plan(STEPS, START)
+    assert normal_rows == comfy.core.plan.model_evaluations(plan)
+    assert counter["rows"] == comfy.core.plan.model_evaluations(plan, appearances=0, structures=0)
+    assert "appearance path is replayed from its inversion (exact: same prompts and cfg)" in caplog.text
+
+    def model_space(latent):  # the engine's units (SD 1.5 latents are scaled by 0.18215 there)
+        return sd15.model.process_latent_in(latent["samples"])
+
+    difference = (model_space(fast) - model_space(normal)).abs().max().item()
+    print(f"\nComfyUI nodes: max |fast - normal| = {difference:.2e} ({counter['rows']} vs {normal_rows} rows)")
+    assert difference <= 1e-4
+    assert (model_space(fast_structure) - model_space(normal_structure)).abs().max() <= 1e-4
+    assert (normal["samples"] - normal_structure["samples"]).abs().mean() > 1e-2  # the transfer did something
+
+
+def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, caplog):
+    inversion = invert(comfy, sd15, 3.5, True)  # the paper: cfg 3.5 at inversion, 1.0 in generation
+    with caplog.at_level(logging.INFO):
+        output, _, _ = transfer(comfy, sd15, inversion, 1.0)
+    assert "structure path is replayed from its inversion (approximate: cfg 3.5 at inversion, 1 here)" in caplog.text
+    assert torch.isfinite(output["samples"]).all()
+
+
+def test_cache_larger_than_free_memory_is_refused_early(comfy, sd15, monkeypatch):
+    import comfy.model_management as model_management
+
+    calls = []
+    monkeypatch.setattr(model_management, "get_free_memory", lambda *args, **kwargs: 2**20)  # 1 MiB free
+    counted, counter = counting(sd15)
+    counted.set_model_unet_function_wrapper(
+        lambda apply_model, args: calls.append(1) or apply_model(args["input"], args["timestep"], **args["c"])
+    )
+    with pytest.raises(MemoryError, match=r"fast mode would keep .* GiB of attention keys/values for 8 steps"):
+        invert(comfy, counted, 1.0, True)
+    assert len(calls) == 1  # refused after the first model call, not at the end
+
+
+def test_save_inversion_drops_the_cache(comfy, sd15, tmp_path, monkeypatch, caplog):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, True), "xattn/fast")
+    assert "attention cache is not written" in caplog.text
+    comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, False), "xattn/normal")
+    (fast,), (normal,) = tmp_path.glob("xattn/fast_*.safetensors"), tmp_path.glob("xattn/normal_*.safetensors")
+    # latents, noise maps and metadata only (safetensors orders the metadata at random, so compare sizes)
+    assert fast.stat().st_size == normal.stat().st_size
