@@ -37,6 +37,19 @@ def test_command_line_writes_an_image(tmp_path):
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 100  # not a blank image
 
 
+def test_fast_flag_gives_the_same_image_under_matched_guidance(tmp_path):
+    save_tiny_pipeline(tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--steps", "8", "--start-step", "2", "--size", "128", "--cfg", "3.5"]
+    images = []
+    for flags in ([], ["--fast"]):
+        out = tmp_path / f"result{len(images)}.png"
+        done = run_cli(*common, *flags, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        images.append(np.asarray(Image.open(out), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() <= 1  # equal up to rounding to 8-bit
+    assert images[0].std() > 5
+
+
 @pytest.mark.parametrize("model", ["/no/such/folder", "nobody/no-such-model"])
 def test_missing_model_is_a_one_line_error(model):
     done = run_cli("--model", model)

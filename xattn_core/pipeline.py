@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .diffusers_backend import DiffusersBackend
 from .freeu import FreeUSettings
-from .inversion import Inversion, invert
+from .inversion import CacheSettings, Inversion, invert
 from .plan import PlanSettings
 from .sampler import TransferResult, TransferSettings, transfer
 from .schedule import paper_sigmas
@@ -67,6 +67,7 @@ class TransferOptions:
     seed: int = 0
     size: int = 512
     freeu: bool = True
+    fast: bool = False  # keep the inversion's attention cache (in RAM) and evaluate only the output row
 
 
 def load_image(path: str | Path, size: int) -> Image.Image:
@@ -129,8 +130,16 @@ def transfer_images(
             if progress:
                 progress("invert", done, total)
 
+        # fast mode keeps the swapping levels' (0 and 1) keys/values in RAM, whatever device the model runs on
+        cache = CacheSettings(levels=frozenset({0, 1}), device="cpu") if options.fast else None
         both: Inversion = invert(
-            backend.predict_noise, clean, sigmas, options.start_step, options.seed, callback=report_inversion
+            backend.predict_noise,
+            clean,
+            sigmas,
+            options.start_step,
+            options.seed,
+            callback=report_inversion,
+            cache=cache,
         )
         backend.with_guidance(positive, negative, options.cfg)
         settings = TransferSettings(plan=PlanSettings(swap_guidance=options.swap_guidance), contrast=options.contrast)
