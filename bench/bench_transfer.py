@@ -33,7 +33,7 @@ Threads: the default run uses 2 torch threads. ``--quick`` uses 1: with 2 OpenMP
 process, and the many small ops of a 128 px smoke run then slow down ~10x (measured: 311 s with
 2 threads against 25 s with 1 while a test suite ran beside it). Absolute times from a loaded
 machine are inflated either way; the three paths are interleaved step by step so that their
-ratios see the same load. The default run takes ~25 minutes on 2 cores, most of it in the naive
+ratios see the same load. The default run takes ~20 minutes on 2 idle cores, most of it in the naive
 generation's explicit 4096 x 4096 attention matrices; ``--size 256`` is much faster.
 """
 

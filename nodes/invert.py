@@ -30,21 +30,27 @@ def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
     return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)
 
 
-def fast_mode_cache() -> CacheSettings:
+FAST_MODES = {"off": None, "on": frozenset({0}), "on + uncond": None}  # mode -> cfg chunks kept (None: all)
+
+
+def fast_mode_cache(mode: str) -> CacheSettings | None:
     """Keep the cache where ComfyUI keeps intermediate results (RAM unless --gpu-only), within 3/4 of what is free."""
+    if mode == "off":
+        return None
     device = comfy.model_management.intermediate_device()
     free = comfy.model_management.get_free_memory(device)
-    return CacheSettings(levels=frozenset(SWAPPED_LEVELS), device=device, max_bytes=int(free * 0.75))
+    return CacheSettings(frozenset(SWAPPED_LEVELS), device=device, max_bytes=int(free * 0.75), chunks=FAST_MODES[mode])
 
 
 FAST_MODE_TOOLTIP = (
     "Keep this inversion's attention keys/values and noise predictions so the sampler does not run this image "
     "again: generation then evaluates only the output (about half the model evaluations with both inversions in "
-    "fast mode). Exact when the sampler uses the same prompt and cfg as this inversion; otherwise (e.g. the "
+    "fast mode). Exact when the sampler uses the same prompts and cfg as this inversion; otherwise (e.g. the "
     "paper's cfg 3.5 here and 1.0 in the sampler) an approximation that replays this inversion's own trajectory. "
-    "Costs memory (RAM): about 1.6 GB per image per cfg branch for SD 1.5 at 512 px, 100 steps from 32, in "
-    "fp16 (twice that in fp32); SDXL at 1024 px needs ~10x more. Held while ComfyUI caches this node's output; "
-    "not written by Save Inversion."
+    "'on' keeps the cond branch, all a sampler at cfg 1 uses; 'on + uncond' also keeps the uncond branch for a "
+    "sampler with cfg above 1 (twice the memory). Costs RAM: about 1.6 GB per image and branch for SD 1.5 at "
+    "512 px, 100 steps from 32, in fp16 (twice that in fp32); SDXL at 1024 px needs ~10x more. Held while ComfyUI "
+    "caches this node's output; not written by Save Inversion."
 )
 
 
@@ -71,7 +77,7 @@ class XAttnInvertImage(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the inversion's noise draws."),
                 freeu_input(),
-                io.Boolean.Input("fast_mode", default=False, tooltip=FAST_MODE_TOOLTIP),
+                io.Combo.Input("fast_mode", options=list(FAST_MODES), default="off", tooltip=FAST_MODE_TOOLTIP),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (decreasing, last one above 0) "
                                 "instead of the paper's."),
             ],
@@ -86,7 +92,7 @@ class XAttnInvertImage(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, latent, positive, negative, steps, start_step, cfg, seed, freeu, fast_mode=False, sigmas=None
+        cls, model, latent, positive, negative, steps, start_step, cfg, seed, freeu, fast_mode="off", sigmas=None
     ):
         samples = latent["samples"]
         if samples.shape[0] == 0:
@@ -99,7 +105,7 @@ class XAttnInvertImage(io.ComfyNode):
         patched = patch_model(model, freeu_on)
         preview = latent_preview.prepare_callback(patched, total - start_step)
         result: list[Inversion] = []
-        cache = fast_mode_cache() if fast_mode else None
+        cache = fast_mode_cache(fast_mode)
 
         def loop(backend, clean, report):
             def progress(done, _total):

@@ -50,6 +50,8 @@ def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, pr
             differences.append(f"cfg {inverted_cfg:g} at inversion, {cfg:g} here")
         if inversion.metadata.get("prompts") != prompts:
             differences.append("other prompts at inversion")
+        if cfg != 1.0 and 1 not in inversion.attention.chunks:
+            differences.append("no uncond keys/values kept (fast_mode 'on + uncond' keeps them)")
         how = "approximate: " + ", ".join(differences) if differences else "exact: same prompts and cfg"
         logging.info("Cross-Image Attention fast mode: the %s path is replayed from its inversion (%s)", role, how)
 

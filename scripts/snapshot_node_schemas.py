@@ -200,12 +200,17 @@ def comfy_server(comfyui_path: str | Path, workdir: Path, checkpoints: Path | No
                 time.sleep(0.5)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, grace: float = 30) -> None:
+    """Terminate, and kill if it has not exited within ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(grace)
 
 
 def main() -> int:

@@ -104,3 +104,14 @@ def test_store_split_select_and_chunk_substitution():
     strict.put("layer", 0, keys, keys)
     with pytest.raises(RuntimeError, match="batch chunk 1"):
         strict.get("layer", 1)
+
+
+def test_compact_copies_views_out_of_the_model_calls_tensors():
+    keys = torch.randn(4, 16, 8)  # one call's keys for [cond, uncond] x 2 rows
+    store = KeyValueStore()
+    store.put("layer", 0, keys[:2], keys[2:])
+    compact = store.only_chunks(frozenset({0})).compact()
+    key, value = compact.get("layer", 0)
+    assert torch.equal(key, keys[:2]) and torch.equal(value, keys[2:])
+    assert key.untyped_storage().nbytes() == key.nbytes == 2 * 16 * 8 * 4  # no longer the whole call's tensor
+    assert compact.chunks == {0} and store.only_chunks(frozenset({1})).chunks == frozenset()

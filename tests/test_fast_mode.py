@@ -105,6 +105,11 @@ def test_cache_contents_and_memory_limit(unet, clean):
         with pytest.raises(CacheTooLargeError, match=r"fast mode would keep .* GiB .* for 9 steps"):
             invert(backend.predict_noise, clean[:2], paper_sigmas(steps=STEPS), START, 5,
                    cache=CacheSettings(LEVELS, max_bytes=per_step * 8))
+        cond_only = invert(backend.predict_noise, clean[:2], paper_sigmas(steps=STEPS), START, 5,
+                           cache=CacheSettings(LEVELS, chunks=frozenset({0})))
+    assert cache.chunks == {0, 1} and cond_only.attention.chunks == {0}
+    assert cond_only.attention.keys_values[0].nbytes == per_step // 2
+    assert torch.equal(cond_only.attention.predictions, cache.predictions)
     assert inversion.select([1]).attention.keys_values[0].nbytes == per_step // 2
     assert inversion.to("cpu").attention is inversion.attention
 

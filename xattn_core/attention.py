@@ -104,11 +104,34 @@ class KeyValueStore:
             selected.put(layer, chunk, key[rows], value[rows])
         return selected
 
+    def only_chunks(self, chunks: frozenset[int]) -> KeyValueStore:
+        """The entries of the given cond/uncond chunks only (0 = cond, 1 = uncond)."""
+        kept = KeyValueStore(self.substitute_chunks)
+        for (layer, chunk), (key, value) in self._entries.items():
+            if chunk in chunks:
+                kept.put(layer, chunk, key, value)
+        return kept
+
+    @property
+    def chunks(self) -> frozenset[int]:
+        return frozenset(chunk for _, chunk in self._entries)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KeyValueStore:
         moved = KeyValueStore(self.substitute_chunks)
         for (layer, chunk), (key, value) in self._entries.items():
             moved.put(layer, chunk, key.to(device=device, dtype=dtype), value.to(device=device, dtype=dtype))
         return moved
+
+    def compact(self) -> KeyValueStore:
+        """The same store with views copied out, so it keeps only its own bytes alive (not the model call's)."""
+
+        def own(tensor: Tensor) -> Tensor:
+            return tensor.clone() if tensor.untyped_storage().nbytes() > tensor.nbytes else tensor
+
+        compacted = KeyValueStore(self.substitute_chunks)
+        for (layer, chunk), (key, value) in self._entries.items():
+            compacted.put(layer, chunk, own(key), own(value))
+        return compacted
 
     @property
     def nbytes(self) -> int:

@@ -36,6 +36,11 @@ class AttentionCache:
     def nbytes(self) -> int:
         return self.predictions.nbytes + sum(store.nbytes for store in self.keys_values)
 
+    @property
+    def chunks(self) -> frozenset[int]:
+        """The cond/uncond chunks whose keys/values were kept (0 = cond, 1 = uncond)."""
+        return self.keys_values[0].chunks if self.keys_values else frozenset()
+
     def select(self, rows: list[int]) -> AttentionCache:
         return AttentionCache(self.predictions[:, rows], [store.select(rows) for store in self.keys_values])
 
@@ -47,6 +52,7 @@ class CacheSettings:
     levels: frozenset[int]
     device: torch.device | str | None = None  # None: where the model computes
     max_bytes: int | None = None  # refuse once the first step shows the cache would be larger
+    chunks: frozenset[int] | None = None  # cond/uncond chunks to keep (0 = cond, 1 = uncond); None: all
 
 
 class CacheTooLargeError(MemoryError):
@@ -183,7 +189,9 @@ def invert(
             noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
         if cache is not None and captured is not None:
             kept_predictions.extend(predictions)
-            kept_keys_values.extend(part.to(cache.device) for part in captured.split(batch))
+            if cache.chunks is not None:
+                captured = captured.only_chunks(cache.chunks)
+            kept_keys_values.extend(part.to(cache.device).compact() for part in captured.split(batch))
             _check_cache_size(kept_keys_values, len(todo), cache.max_bytes)
         if callback is not None:
             callback(first + len(group), len(todo))

@@ -214,17 +214,14 @@ def browser_results(tmp_path_factory):
     for inversion in INVERSIONS:
         (workdir / "output" / inversion).parent.mkdir(parents=True, exist_ok=True)
         (workdir / "output" / inversion).write_bytes(b"")
-    with load_snapshot_module().comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server, \
+    snapshot = load_snapshot_module()
+    with snapshot.comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server, \
             tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile:
         process, port = start_chromium(Path(profile))
         try:
             results = asyncio.run(open_workflows(server.base, port))
         finally:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            snapshot.stop_process(process, grace=20)
     return results
 
 

@@ -28,7 +28,7 @@ def counting(model):
     return counted, counter
 
 
-def invert(comfy, model, cfg, fast_mode):
+def invert(comfy, model, cfg, fast_mode="on"):
     samples = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(12))  # appearance, structure
     node = comfy.nodes.XAttnInvertImage
     return node.execute(model, {"samples": samples}, conditioning(1), conditioning(2), STEPS, START, cfg, 4, "auto",
@@ -42,7 +42,7 @@ def transfer(comfy, model, inversion, cfg):
 
 
 def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog):
-    normal_inversion, fast_inversion = invert(comfy, sd15, 1.0, False), invert(comfy, sd15, 1.0, True)
+    normal_inversion, fast_inversion = invert(comfy, sd15, 1.0, "off"), invert(comfy, sd15, 1.0, "on")
     assert normal_inversion.attention is None and fast_inversion.attention is not None
     assert torch.equal(normal_inversion.noise_maps, fast_inversion.noise_maps)
 
@@ -68,11 +68,26 @@ def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog)
 
 
 def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, caplog):
-    inversion = invert(comfy, sd15, 3.5, True)  # the paper: cfg 3.5 at inversion, 1.0 in generation
+    inversion = invert(comfy, sd15, 3.5, "on")  # the paper: cfg 3.5 at inversion, 1.0 in generation
     with caplog.at_level(logging.INFO):
         output, _, _ = transfer(comfy, sd15, inversion, 1.0)
     assert "structure path is replayed from its inversion (approximate: cfg 3.5 at inversion, 1 here)" in caplog.text
     assert torch.isfinite(output["samples"]).all()
+
+
+def test_on_keeps_the_cond_branch_and_on_plus_uncond_both(comfy, sd15, caplog):
+    cond_only, both = invert(comfy, sd15, 3.5, "on"), invert(comfy, sd15, 3.5, "on + uncond")
+    assert cond_only.attention.chunks == {0} and both.attention.chunks == {0, 1}
+    for step in range(START, STEPS):  # half the keys/values, the same noise predictions
+        assert 2 * cond_only.keys_values_at(step).nbytes == both.keys_values_at(step).nbytes
+        assert torch.equal(cond_only.prediction_at(step), both.prediction_at(step))
+    with caplog.at_level(logging.INFO):
+        transfer(comfy, sd15, cond_only, 3.5)
+    assert "approximate: no uncond keys/values kept (fast_mode 'on + uncond' keeps them)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        transfer(comfy, sd15, both, 3.5)
+    assert "exact: same prompts and cfg" in caplog.text
 
 
 def test_cache_larger_than_free_memory_is_refused_early(comfy, sd15, monkeypatch):
@@ -85,7 +100,7 @@ def test_cache_larger_than_free_memory_is_refused_early(comfy, sd15, monkeypatch
         lambda apply_model, args: calls.append(1) or apply_model(args["input"], args["timestep"], **args["c"])
     )
     with pytest.raises(MemoryError, match=r"fast mode would keep .* GiB of attention keys/values for 8 steps"):
-        invert(comfy, counted, 1.0, True)
+        invert(comfy, counted, 1.0, "on")
     assert len(calls) == 1  # refused after the first model call, not at the end
 
 
@@ -94,9 +109,9 @@ def test_save_inversion_drops_the_cache(comfy, sd15, tmp_path, monkeypatch, capl
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
     with caplog.at_level(logging.INFO):
-        comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, True), "xattn/fast")
+        comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, "on"), "xattn/fast")
     assert "attention cache is not written" in caplog.text
-    comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, False), "xattn/normal")
+    comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, "off"), "xattn/normal")
     (fast,), (normal,) = tmp_path.glob("xattn/fast_*.safetensors"), tmp_path.glob("xattn/normal_*.safetensors")
     # latents, noise maps and metadata only (safetensors orders the metadata at random, so compare sizes)
     assert fast.stat().st_size == normal.stat().st_size
