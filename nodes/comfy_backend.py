@@ -127,16 +127,13 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def conditioning_fingerprint(positive: list, negative: list) -> str:
-    """A short hash of two CONDITIONING inputs' tensors (fast mode is exact only under the same prompts)."""
+def conditioning_fingerprint(conditioning: list) -> str:
+    """A short hash of a CONDITIONING input's tensors (fast mode is exact only under the same prompts)."""
     digest = hashlib.sha256()
-    for conditioning in (positive, negative):
-        for tensor, extras in conditioning:
-            pooled = extras.get("pooled_output")
-            for part in (tensor, pooled):
-                if isinstance(part, Tensor):
-                    digest.update(str(tuple(part.shape)).encode() + part.detach().float().cpu().numpy().tobytes())
-        digest.update(b"|")
+    for tensor, extras in conditioning:
+        for part in (tensor, extras.get("pooled_output")):
+            if isinstance(part, Tensor):
+                digest.update(str(tuple(part.shape)).encode() + part.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

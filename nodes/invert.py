@@ -122,7 +122,8 @@ class XAttnInvertImage(io.ComfyNode):
             latent_channels=str(samples.shape[1]),
             model=model_fingerprint(model),
             cfg=str(cfg),
-            prompts=conditioning_fingerprint(positive, negative),
+            positive=conditioning_fingerprint(positive),
+            negative=conditioning_fingerprint(negative),
             seed=str(seed),
             freeu=str(freeu_on is not None),
         )

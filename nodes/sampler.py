@@ -39,8 +39,12 @@ def check_against_model(inversion: Inversion, role: str, model) -> None:
                         role)
 
 
-def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, prompts: str) -> None:
-    """Say which paths are replayed from an inversion's cache, and whether that is exact."""
+def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, positive: str, negative: str) -> None:
+    """Say which paths are replayed from an inversion's cache, and whether that is exact.
+
+    ``positive`` and ``negative`` are the sampler's conditioning fingerprints; the negative prompt
+    matters only under guidance.
+    """
     for role, inversion in (("appearance", appearance), ("structure", structure)):
         if inversion.attention is None:
             continue
@@ -48,7 +52,8 @@ def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, pr
         inverted_cfg = float(inversion.metadata.get("cfg", "nan"))
         if inverted_cfg != cfg:
             differences.append(f"cfg {inverted_cfg:g} at inversion, {cfg:g} here")
-        if inversion.metadata.get("prompts") != prompts:
+        metadata = inversion.metadata
+        if metadata.get("positive") != positive or (cfg != 1.0 and metadata.get("negative") != negative):
             differences.append("other prompts at inversion")
         if cfg != 1.0 and 1 not in inversion.attention.chunks:
             differences.append("no uncond keys/values kept (fast_mode 'on + uncond' keeps them)")
@@ -148,7 +153,9 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 adain_strength, freeu, appearance_mask=None, structure_mask=None, options=None):
         check_against_model(appearance, "appearance", model)
         check_against_model(structure, "structure", model)
-        report_fast_mode(appearance, structure, cfg, conditioning_fingerprint(positive, negative))
+        report_fast_mode(
+            appearance, structure, cfg, conditioning_fingerprint(positive), conditioning_fingerprint(negative)
+        )
         start = check_compatible(appearance, structure, None if start_step < 0 else start_step)
         pairs = pair_rows(appearance.batch_size, structure.batch_size)
         options = options or {}

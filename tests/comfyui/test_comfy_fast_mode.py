@@ -35,10 +35,10 @@ def invert(comfy, model, cfg, fast_mode="on"):
                         fast_mode=fast_mode).result[0]
 
 
-def transfer(comfy, model, inversion, cfg):
+def transfer(comfy, model, inversion, cfg, positive=1, negative=2):
     node = comfy.nodes.XAttnCrossImageSampler
-    return node.execute(model, conditioning(1), conditioning(2), inversion.select([0]), inversion.select([1]), cfg,
-                        3.5, 1.67, -1, 1.0, "auto").result
+    return node.execute(model, conditioning(positive), conditioning(negative), inversion.select([0]),
+                        inversion.select([1]), cfg, 3.5, 1.67, -1, 1.0, "auto").result
 
 
 def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog):
@@ -73,6 +73,17 @@ def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, caplog):
         output, _, _ = transfer(comfy, sd15, inversion, 1.0)
     assert "structure path is replayed from its inversion (approximate: cfg 3.5 at inversion, 1 here)" in caplog.text
     assert torch.isfinite(output["samples"]).all()
+
+
+def test_prompt_changes_are_reported_and_the_negative_counts_only_under_guidance(comfy, sd15, caplog):
+    inversion = invert(comfy, sd15, 1.0, "on")
+    with caplog.at_level(logging.INFO):
+        transfer(comfy, sd15, inversion, 1.0, negative=5)  # unguided: the negative prompt is never used
+    assert "(exact: same prompts and cfg)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        transfer(comfy, sd15, inversion, 1.0, positive=5)
+    assert "(approximate: other prompts at inversion)" in caplog.text
 
 
 def test_on_keeps_the_cond_branch_and_on_plus_uncond_both(comfy, sd15, caplog):
