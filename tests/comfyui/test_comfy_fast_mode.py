@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import conditioning, tiny_sd15
+from comfyui_support import conditioning, sdxl_conditioning, tiny_sd15, tiny_sdxl
 
 STEPS, START = 10, 2
 
@@ -28,17 +28,17 @@ def counting(model):
     return counted, counter
 
 
-def invert(comfy, model, cfg, fast_mode="on"):
+def invert(comfy, model, cfg, fast_mode="on", cond=conditioning):
     samples = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(12))  # appearance, structure
     node = comfy.nodes.XAttnInvertImage
-    return node.execute(model, {"samples": samples}, conditioning(1), conditioning(2), STEPS, START, cfg, 4, "auto",
+    return node.execute(model, {"samples": samples}, cond(1), cond(2), STEPS, START, cfg, 4, "auto",
                         fast_mode=fast_mode).result[0]
 
 
-def transfer(comfy, model, inversion, cfg, positive=1, negative=2):
+def transfer(comfy, model, inversion, cfg, positive=1, negative=2, cond=conditioning):
     node = comfy.nodes.XAttnCrossImageSampler
-    return node.execute(model, conditioning(positive), conditioning(negative), inversion.select([0]),
-                        inversion.select([1]), cfg, 3.5, 1.67, -1, 1.0, "auto").result
+    return node.execute(model, cond(positive), cond(negative), inversion.select([0]), inversion.select([1]), cfg,
+                        3.5, 1.67, -1, 1.0, "auto").result
 
 
 def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog):
@@ -65,6 +65,21 @@ def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog)
     assert difference <= 1e-4
     assert (model_space(fast_structure) - model_space(normal_structure)).abs().max() <= 1e-4
     assert (normal["samples"] - normal_structure["samples"]).abs().mean() > 1e-2  # the transfer did something
+
+
+def test_sdxl_shaped_fast_mode_under_guidance_equals_normal_mode(comfy, caplog):
+    """SDXL shape (attention at x2/x4, pooled conditioning), cfg 2 both ways, both branches kept."""
+    model = tiny_sdxl(comfy, seed=5)
+    normal = invert(comfy, model, 2.0, "off", cond=sdxl_conditioning)
+    fast = invert(comfy, model, 2.0, "on + uncond", cond=sdxl_conditioning)
+    normal_output, _, structure_output = transfer(comfy, model, normal, 2.0, cond=sdxl_conditioning)
+    with caplog.at_level(logging.INFO):
+        fast_output, _, _ = transfer(comfy, model, fast, 2.0, cond=sdxl_conditioning)
+    assert "exact: same prompts and cfg" in caplog.text
+    model_space = model.model.process_latent_in
+    difference = (model_space(fast_output["samples"]) - model_space(normal_output["samples"])).abs().max()
+    assert difference <= 1e-4
+    assert (normal_output["samples"] - structure_output["samples"]).abs().mean() > 1e-2
 
 
 def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, caplog):
