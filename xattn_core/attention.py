@@ -63,9 +63,10 @@ class KeyValueStore:
     """Keys/values of the swapping layers, per (layer, cond/uncond chunk), each ``[rows, tokens, width]``.
 
     Filled by a capturing model call: the appearance call of the same step, or the inversion pass
-    (fast mode). A store from the inversion may be asked for a chunk it never saw (the inversion ran
-    without CFG, the transfer with it); ``substitute_chunks`` then answers with another chunk's
-    keys/values of the same layer, an approximation the README documents.
+    (fast mode). A store from the inversion may be asked for a chunk it does not hold (the inversion
+    ran without CFG or kept the cond branch only, and the transfer is guided); ``substitute_chunks``
+    then answers with another chunk's keys/values of the same layer (the cond one first), an
+    approximation the README documents.
     """
 
     def __init__(self, substitute_chunks: bool = False) -> None:
