@@ -23,9 +23,9 @@ from torch import Tensor
 
 from ..xattn_core.attention import AttentionSwap, route_attention
 from ..xattn_core.freeu import FreeUSettings, official_freeu
+from ..xattn_core.plan import SWAP_LEVELS
 
 SWAP_KEY = "xattn_swap"  # transformer_options key carrying the AttentionSwap of a model call
-SWAPPED_LEVELS = (0, 1)
 
 
 class UnsupportedModelError(ValueError):
@@ -105,7 +105,7 @@ def patch_model(model, freeu: FreeUSettings | None):
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for block_id, level in levels.items():
-        if level in SWAPPED_LEVELS:
+        if level in SWAP_LEVELS:
             previous = existing.get(("output", block_id))
             patched.set_model_attn1_replace(_attention_patch(level, previous), "output", block_id)
     if freeu is not None:
@@ -143,7 +143,6 @@ class ComfyBackend:
     def __init__(self, denoiser, extra_args: dict) -> None:
         self.denoiser = denoiser
         self.extra_args = extra_args
-        self.image_evaluations = 0
 
     def _call(self, latents: Tensor, sigmas: Tensor, swap: AttentionSwap | None) -> Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -155,7 +154,6 @@ class ComfyBackend:
         model_options["transformer_options"] = transformer_options
         extra_args["model_options"] = model_options
         denoised = self.denoiser(latents, sigmas, **extra_args)
-        self.image_evaluations += latents.shape[0]
         return (latents - denoised) / sigmas.reshape(-1, 1, 1, 1)
 
     def predict_noise(self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None) -> Tensor:

@@ -16,10 +16,6 @@ from .common import Inversion as InversionSocket
 SUFFIX = ".safetensors"
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def inversion_files() -> list[str]:
     """Files the Load node offers: input-folder files as they are, output-folder files marked [output]."""
     found = []
@@ -39,7 +35,7 @@ def resolve(name: str) -> Path:
         folder, relative = folder_paths.get_input_directory(), name.removesuffix(" [input]")
     root = Path(folder).resolve()
     path = (root / relative).resolve()
-    if Path(relative).is_absolute() or not _inside(path, root):
+    if Path(relative).is_absolute() or not path.is_relative_to(root):
         raise ValueError(f"refusing to read {name!r}: inversion files must lie inside ComfyUI's input or output folder")
     if path.suffix != SUFFIX:
         raise ValueError(f"refusing to read {name!r}: inversion files end in {SUFFIX}")
@@ -68,12 +64,12 @@ class XAttnSaveInversion(io.ComfyNode):
     def execute(cls, inversion, filename_prefix):
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-        if not _inside(Path(folder).resolve(), Path(output_dir).resolve()):
+        if not Path(folder).resolve().is_relative_to(Path(output_dir).resolve()):
             raise ValueError(f"refusing to save {filename_prefix!r} outside ComfyUI's output folder")
         os.makedirs(folder, exist_ok=True)
         name = f"{filename}_{counter:05}_{SUFFIX}"
         save_inversion(inversion, Path(folder) / name)
-        if getattr(inversion, "attention", None) is not None:
+        if inversion.attention is not None:
             logging.info("Save Inversion: the fast-mode attention cache is not written; a loaded copy runs normally")
         return io.NodeOutput(ui={"text": [os.path.join(subfolder, name) + " [output]"]})
 

@@ -18,8 +18,9 @@ from .common import CATEGORY, Options, freeu_input, freeu_settings
 from .common import Inversion as InversionSocket
 
 
-def check_against_model(inversion: Inversion, role: str, model) -> None:
-    """Refuse an inversion from another latent format; warn when it came from other weights."""
+def check_against_model(inversion: Inversion, role: str, model, fingerprint: str) -> None:
+    """Refuse an inversion from another latent format; warn when it came from other weights (``fingerprint``:
+    :func:`model_fingerprint` of ``model``, computed once per run)."""
     if not isinstance(inversion, Inversion):
         raise TypeError(f"the {role} input needs an XATTN_INVERSION from Invert Image (DDPM) or Load Inversion, "
                         f"not {type(inversion).__name__}")
@@ -33,7 +34,7 @@ def check_against_model(inversion: Inversion, role: str, model) -> None:
         raise ValueError(f"the {role} inversion has {inversion.clean.shape[1]} latent channels but this MODEL "
                          f"expects {channels}; invert the image again with this model")
     stored_model = inversion.metadata.get("model")
-    if stored_model and stored_model != model_fingerprint(model):
+    if stored_model and stored_model != fingerprint:
         logging.warning("Cross-Image Attention: the %s inversion was made with other model weights (or LoRAs); "
                         "the transfer proceeds, but results are best when inversion and transfer share the model",
                         role)
@@ -49,10 +50,10 @@ def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, po
         if inversion.attention is None:
             continue
         differences = []
-        inverted_cfg = float(inversion.metadata.get("cfg", "nan"))
+        metadata = inversion.metadata
+        inverted_cfg = float(metadata.get("cfg", "nan"))
         if inverted_cfg != cfg:
             differences.append(f"cfg {inverted_cfg:g} at inversion, {cfg:g} here")
-        metadata = inversion.metadata
         if metadata.get("positive") != positive or (cfg != 1.0 and metadata.get("negative") != negative):
             differences.append("other prompts at inversion")
         if cfg != 1.0 and 1 not in inversion.attention.chunks:
@@ -151,8 +152,9 @@ class XAttnCrossImageSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, appearance, structure, cfg, swap_guidance, contrast, start_step,
                 adain_strength, freeu, appearance_mask=None, structure_mask=None, options=None):
-        check_against_model(appearance, "appearance", model)
-        check_against_model(structure, "structure", model)
+        fingerprint = model_fingerprint(model)
+        check_against_model(appearance, "appearance", model, fingerprint)
+        check_against_model(structure, "structure", model, fingerprint)
         report_fast_mode(
             appearance, structure, cfg, conditioning_fingerprint(positive), conditioning_fingerprint(negative)
         )

@@ -59,6 +59,11 @@ def contrasted_attention(
     return out.transpose(1, 2).reshape(rows, query_tokens, width).to(query.dtype)
 
 
+def _own_storage(tensor: Tensor) -> Tensor:
+    """``tensor``, copied when it is a view into a larger tensor (so that tensor can be freed)."""
+    return tensor.clone() if tensor.untyped_storage().nbytes() > tensor.nbytes else tensor
+
+
 class KeyValueStore:
     """Keys/values of the swapping layers, per (layer, cond/uncond chunk), each ``[rows, tokens, width]``.
 
@@ -98,48 +103,36 @@ class KeyValueStore:
                 parts[index].put(layer, chunk, key_part, value_part)
         return parts
 
+    def _mapped(self, transform: Callable[[Tensor], Tensor], chunks: frozenset[int] | None = None) -> KeyValueStore:
+        """A new store with ``transform`` applied to every key and value (of ``chunks`` only, if given)."""
+        mapped = KeyValueStore(self.substitute_chunks)
+        for (layer, chunk), (key, value) in self._entries.items():
+            if chunks is None or chunk in chunks:
+                mapped.put(layer, chunk, transform(key), transform(value))
+        return mapped
+
     def select(self, rows: list[int]) -> KeyValueStore:
         """The same keys/values for a subset of rows (images)."""
-        selected = KeyValueStore(self.substitute_chunks)
-        for (layer, chunk), (key, value) in self._entries.items():
-            selected.put(layer, chunk, key[rows], value[rows])
-        return selected
+        return self._mapped(lambda tensor: tensor[rows])
 
     def only_chunks(self, chunks: frozenset[int]) -> KeyValueStore:
         """The entries of the given cond/uncond chunks only (0 = cond, 1 = uncond)."""
-        kept = KeyValueStore(self.substitute_chunks)
-        for (layer, chunk), (key, value) in self._entries.items():
-            if chunk in chunks:
-                kept.put(layer, chunk, key, value)
-        return kept
+        return self._mapped(lambda tensor: tensor, chunks)
+
+    def to(self, device: torch.device | str | None) -> KeyValueStore:
+        return self._mapped(lambda tensor: tensor.to(device))
+
+    def compact(self) -> KeyValueStore:
+        """The same store with views copied out, so it keeps only its own bytes alive (not the model call's)."""
+        return self._mapped(_own_storage)
 
     @property
     def chunks(self) -> frozenset[int]:
         return frozenset(chunk for _, chunk in self._entries)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KeyValueStore:
-        moved = KeyValueStore(self.substitute_chunks)
-        for (layer, chunk), (key, value) in self._entries.items():
-            moved.put(layer, chunk, key.to(device=device, dtype=dtype), value.to(device=device, dtype=dtype))
-        return moved
-
-    def compact(self) -> KeyValueStore:
-        """The same store with views copied out, so it keeps only its own bytes alive (not the model call's)."""
-
-        def own(tensor: Tensor) -> Tensor:
-            return tensor.clone() if tensor.untyped_storage().nbytes() > tensor.nbytes else tensor
-
-        compacted = KeyValueStore(self.substitute_chunks)
-        for (layer, chunk), (key, value) in self._entries.items():
-            compacted.put(layer, chunk, own(key), own(value))
-        return compacted
-
     @property
     def nbytes(self) -> int:
         return sum(key.nbytes + value.nbytes for key, value in self._entries.values())
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

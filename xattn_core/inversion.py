@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .attention import AttentionSwap, KeyValueStore
+from .plan import SWAP_LEVELS
 from .schedule import noise_map
 
 NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
@@ -49,7 +50,7 @@ class AttentionCache:
 class CacheSettings:
     """Fast mode: which attention levels to keep from the inversion, where, and how much memory is allowed."""
 
-    levels: frozenset[int]
+    levels: frozenset[int] = SWAP_LEVELS
     device: torch.device | str | None = None  # None: where the model computes
     max_bytes: int | None = None  # refuse once the first step shows the cache would be larger
     chunks: frozenset[int] | None = None  # cond/uncond chunks to keep (0 = cond, 1 = uncond); None: all
@@ -182,8 +183,10 @@ def invert(
         group = todo[first : first + max(1, steps_per_call)]
         rows = torch.cat([noisy[i] for i in group])
         row_sigmas = torch.cat([sigmas[i].expand(batch) for i in group]).to(clean.device)
-        captured = KeyValueStore(substitute_chunks=True) if cache is not None else None
-        swap = AttentionSwap(levels=cache.levels, capture=captured) if cache is not None else None
+        captured, swap = None, None
+        if cache is not None:
+            captured = KeyValueStore(substitute_chunks=True)
+            swap = AttentionSwap(levels=cache.levels, capture=captured)
         predictions = predict_noise(rows, row_sigmas, swap).split(batch)
         for i, prediction in zip(group, predictions, strict=True):
             noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
@@ -192,7 +195,8 @@ def invert(
             if cache.chunks is not None:
                 captured = captured.only_chunks(cache.chunks)
             kept_keys_values.extend(part.to(cache.device).compact() for part in captured.split(batch))
-            _check_cache_size(kept_keys_values, len(todo), cache.max_bytes)
+            if first == 0:  # the first step's size tells the whole cache's
+                _check_cache_size(kept_keys_values[0].nbytes * len(todo), len(todo), cache.max_bytes)
         if callback is not None:
             callback(first + len(group), len(todo))
     if zero_last_noise:
@@ -210,12 +214,9 @@ def invert(
     )
 
 
-def _check_cache_size(kept: list[KeyValueStore], steps: int, max_bytes: int | None) -> None:
+def _check_cache_size(expected: int, steps: int, max_bytes: int | None) -> None:
     """Stop early, with the numbers, when the whole cache would not fit ``max_bytes``."""
-    if max_bytes is None or not kept:
-        return
-    expected = kept[0].nbytes * steps
-    if expected > max_bytes:
+    if max_bytes is not None and expected > max_bytes:
         raise CacheTooLargeError(
             f"fast mode would keep {expected / 2**30:.1f} GiB of attention keys/values for {steps} steps, more "
             f"than the {max_bytes / 2**30:.1f} GiB allowed; turn fast mode off, use fewer steps or a later "

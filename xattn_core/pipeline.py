@@ -130,10 +130,10 @@ def transfer_images(
             if progress:
                 progress("invert", done, total)
 
-        # fast mode keeps the swapping levels' (0 and 1) keys/values in RAM, whatever device the model runs on,
-        # and the uncond branch only when generation is guided
+        # fast mode keeps the swapping levels' keys/values in RAM, whatever device the model runs on, and the
+        # uncond branch only when generation is guided
         chunks = frozenset({0}) if options.cfg == 1.0 else None
-        cache = CacheSettings(frozenset({0, 1}), device="cpu", chunks=chunks) if options.fast else None
+        cache = CacheSettings(device="cpu", chunks=chunks) if options.fast else None
         both: Inversion = invert(
             backend.predict_noise,
             clean,

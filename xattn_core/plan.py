@@ -31,6 +31,10 @@ class PlanSettings:
     swap_guidance_range: tuple[float, float] = (0.10, 0.90)  # inclusive at both ends, in loop steps
 
 
+SWAP_LEVELS = frozenset(range(len(PlanSettings().level_ranges)))
+"""The decoder attention levels that can swap (one per level range): 0 and 1."""
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """What generation step ``index`` (global step ``global_step``) does."""
