@@ -40,9 +40,10 @@ def test_contrast_one_is_ordinary_attention():
 
 
 def test_half_precision_inputs_stay_finite():
-    query = torch.full((1, 64, 16), 300.0, dtype=torch.float16)
+    query = torch.full((1, 64, 16), 300.0, dtype=torch.float16)  # q.k = 72000 would overflow fp16 scores
     out = contrasted_attention(query, query, query, 2, 1.67)
-    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    # equal keys: uniform weights, which the contrast leaves at 1/N, so every output is the value 300
+    assert out.dtype == torch.float16 and torch.equal(out, query)
 
 
 def plain(query, key, value):

@@ -306,7 +306,7 @@ def test_checker_rejects_wrong_widget_counts_and_values():
     dropped = copy.deepcopy(workflow)
     target = next(node for node in dropped["nodes"] if node["id"] == invert["id"])
     target["widgets_values"].remove("fixed")  # the seed's "control after generate" value
-    assert any("control after generate" in p or "too many" in p or "not" in p for p in ui_problems(dropped))
+    assert any("lacks its 'control after generate' value" in p for p in ui_problems(dropped))
     extra = copy.deepcopy(workflow)
     next(node for node in extra["nodes"] if node["id"] == invert["id"])["widgets_values"].append(1)
     assert any("too many" in p for p in ui_problems(extra))

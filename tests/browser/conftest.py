@@ -5,8 +5,6 @@ Opt-in: it runs only when the -m expression names it, and is skipped, with the r
 missing. Run: python -m pytest -m browser tests/browser
 """
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,9 +13,7 @@ import pytest
 # the ComfyUI tier's helpers (comfyui_support) serve this tier too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "comfyui"))
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or (
-    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+from comfyui_support import CHROMIUM, COMFYUI_PATH  # noqa: E402
 
 
 def pytest_configure(config):

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from comfyui_support import load_snapshot_module
+from comfyui_support import CHROMIUM, COMFYUI_PATH, load_snapshot_module
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -32,10 +31,6 @@ SAMPLES = {"xattn_structure.png": "structure.png", "xattn_appearance.png": "appe
 PLACEHOLDERS = ["checkpoints/v1-5-pruned-emaonly.safetensors", "checkpoints/sd_xl_base_1.0.safetensors"]
 INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
-pytestmark = pytest.mark.browser
 
 
 class DevTools:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,14 @@ from types import SimpleNamespace
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # also imported by scripts run in ComfyUI's folder, outside pytest's pythonpath
+    sys.path.insert(0, str(REPO))
+
+from xattn_core.tiny import tiny_context  # noqa: E402
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")  # the ComfyUI checkout; unset: these tiers are skipped
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 PACK_NAME = "xattn_pack"  # the repo folder may be called anything; ComfyUI imports it by folder name
 CPU = torch.device("cpu")
 _state: dict = {}
@@ -61,12 +70,11 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         core=SimpleNamespace(
             **{
                 name: _importlib.import_module(f"{PACK_NAME}.xattn_core.{name}")
-                for name in ("attention", "diffusers_backend", "freeu", "inversion", "inversion_file", "plan",
-                             "sampler", "schedule", "tiny")
+                for name in ("attention", "diffusers_backend", "freeu", "inversion", "plan", "sampler", "schedule",
+                             "tiny")
             }
         ),
         comfy=comfy,
-        attention=comfy.ldm.modules.attention.optimized_attention.__name__,
     )
     _state["ns"] = ns
     return ns
@@ -144,15 +152,16 @@ def tiny_sdxl(ns, seed: int = 0):
     return patcher
 
 
+def run(node, *args, **kwargs):
+    """A V3 node's outputs, called as ComfyUI would (classmethod ``execute``)."""
+    return node.execute(*args, **kwargs).result
+
+
 def conditioning(seed: int):
     """CONDITIONING without a CLIP: one random prompt embedding."""
-    return [[ns_context(seed), {}]]
-
-
-def ns_context(seed: int) -> torch.Tensor:
-    return torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(seed))
+    return [[tiny_context(seed), {}]]
 
 
 def sdxl_conditioning(seed: int):
     pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed + 100))
-    return [[ns_context(seed), {"pooled_output": pooled}]]
+    return [[tiny_context(seed), {"pooled_output": pooled}]]

@@ -1,11 +1,9 @@
 """Integration tier: a real ComfyUI checkout named by COMFYUI_PATH. Skipped, loudly, without one."""
 
-import os
 import warnings
 
 import pytest
-
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+from comfyui_support import COMFYUI_PATH
 
 
 def pytest_collection_modifyitems(config, items):

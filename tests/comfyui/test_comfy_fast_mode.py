@@ -121,7 +121,7 @@ def test_cache_larger_than_free_memory_is_refused_early(comfy, sd15, monkeypatch
 
     calls = []
     monkeypatch.setattr(model_management, "get_free_memory", lambda *args, **kwargs: 2**20)  # 1 MiB free
-    counted, counter = counting(sd15)
+    counted = sd15.clone()
     counted.set_model_unet_function_wrapper(
         lambda apply_model, args: calls.append(1) or apply_model(args["input"], args["timestep"], **args["c"])
     )

@@ -4,13 +4,9 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import conditioning, sdxl_conditioning, tiny_sd15, tiny_sdxl
+from comfyui_support import conditioning, run, sdxl_conditioning, tiny_sd15, tiny_sdxl
 
 STEPS, START = 8, 2
-
-
-def run(node, *args, **kwargs):
-    return node.execute(*args, **kwargs).result
 
 
 @pytest.fixture(scope="module")

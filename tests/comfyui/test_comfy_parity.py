@@ -4,7 +4,9 @@ import dataclasses
 
 import pytest
 import torch
-from comfyui_support import conditioning, ns_context, tiny_sd15
+from comfyui_support import conditioning, tiny_sd15
+
+from xattn_core.tiny import tiny_context
 
 STEPS, START = 12, 3
 
@@ -55,7 +57,7 @@ class DualBackend:
 def test_inversion_matches_diffusers_step_by_step(setup_models, inversion):
     comfy, _, unet = setup_models
     core = comfy.core
-    with core.diffusers_backend.DiffusersBackend(unet, ns_context(1), ns_context(2), 3.5,
+    with core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), tiny_context(2), 3.5,
                                                  freeu=core.freeu.FreeUSettings()) as backend:
         reference = core.inversion.invert(backend.predict_noise, inversion.clean, inversion.sigmas, START, seed=7)
     assert torch.equal(reference.latents, inversion.latents)  # same seeded draws
@@ -74,7 +76,7 @@ def test_every_generation_step_matches_diffusers(setup_models, inversion):
     holder = {}
 
     def loop(comfy_backend, x, report):
-        reference = core.diffusers_backend.DiffusersBackend(unet, ns_context(1), None, 1.0,
+        reference = core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), None, 1.0,
                                                             freeu=core.freeu.FreeUSettings())
         with reference:
             dual = DualBackend(comfy_backend, reference, core.attention.KeyValueStore)
@@ -98,7 +100,7 @@ def test_end_to_end_short_schedule_matches_diffusers(setup_models, inversion):
     out = comfy.nodes.XAttnCrossImageSampler.execute(model, conditioning(1), conditioning(2), inversion.select([0]),
                                                      inversion.select([1]), 1.0, 3.5, 1.67, -1, 1.0, "auto")
     comfy_output = model.model.process_latent_in(out.result[0]["samples"])
-    with core.diffusers_backend.DiffusersBackend(unet, ns_context(1), None, 1.0,
+    with core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), None, 1.0,
                                                  freeu=core.freeu.FreeUSettings()) as backend:
         reference = core.sampler.transfer(backend, inversion.select([0]), inversion.select([1]))
     difference = (comfy_output - reference.output).abs().max().item()

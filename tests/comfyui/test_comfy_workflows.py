@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from comfyui_support import load_snapshot_module
+from comfyui_support import COMFYUI_PATH, load_snapshot_module
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 SD15_NAME = "v1-5-pruned-emaonly.safetensors"
 SDXL_NAME = "sd_xl_base_1.0.safetensors"
 SAMPLES = {"xattn_structure.png": "structure.png", "xattn_appearance.png": "appearance.png"}
@@ -284,7 +283,7 @@ def test_workflow_runs(server, name):
     for image in images:
         assert image.size == (width, width)
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        assert np.isfinite(pixels).all() and pixels.std() > 0.5  # not a constant (black or NaN-grey) image
+        assert pixels.std() > 0.5  # not a constant (black or NaN-grey) image
     if name == "01_basic_sd15_transfer":
         previews = [item for output in history["outputs"].values() for item in output.get("images", [])
                     if item["type"] == "temp"]
