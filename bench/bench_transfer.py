@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -432,11 +433,12 @@ def eval_targets(steps: int, start: int, plan, inversion_cfg: float, cfg: float)
 
     Counts are image-evaluations, so a guided phase (cfg != 1: cond + uncond) counts each row twice.
     """
+    from xattn_core.plan import model_evaluations
+
     inversion_chunks, generation_chunks = (1 if value == 1.0 else 2 for value in (inversion_cfg, cfg))
     generation_steps = steps - start
-    mixing = sum(1 for step in plan if step.swaps and step.swap_weight is not None)
     inversion = 2 * (steps - start) * inversion_chunks
-    generation = (3 * generation_steps + mixing) * generation_chunks
+    generation = model_evaluations(plan) * generation_chunks
     official = 2 * steps * inversion_chunks + generation_steps * 2 * 3 * generation_chunks
     return {
         "inversion": inversion,
@@ -610,7 +612,9 @@ def main(argv=None) -> int:
                 args.seed,
                 args.steps_per_call,
                 callback=after_inversion_call,
-                cache=CacheSettings(levels=frozenset({0, 1})),  # kept for phase 4; changes no evaluation
+                # kept for phase 4 as the CLI keeps it (cond branch only for an unguided generation): no extra
+                # evaluation, but the copies out of each call are inside this phase's time
+                cache=CacheSettings(chunks=frozenset({0}) if args.cfg == 1.0 else None),
             )
         with clock.section("naive inversion"):
             drain(naive_steps)
@@ -618,8 +622,10 @@ def main(argv=None) -> int:
         phases[name] = Phase(name, count.evaluations, count.calls, clock.wall[name], clock.cpu[name])
     map_difference = (both.noise_maps - naive_inverted["maps"][args.start :]).abs().max().item()
     cached = both.attention
-    both.attention = None  # phases 1-3: the normal mode
-    appearance, structure = both.select([0]), both.select([1])
+    assert cached is not None
+    fast_appearance, fast_structure = both.select([0]), both.select([1])  # phase 4, selected outside its timing
+    normal = dataclasses.replace(both, attention=None)  # phases 1-3: the normal mode
+    appearance, structure = normal.select([0]), normal.select([1])
 
     # -- generation: ours, naive and plain, interleaved step by step ------------------------
     ours.with_guidance(positive, negative, args.cfg)  # as xattn_core.pipeline does
@@ -667,13 +673,12 @@ def main(argv=None) -> int:
     ):
         phases[name] = Phase(name, count.evaluations, count.calls, clock.wall[name], clock.cpu[name])
     # -- ours in fast mode: output rows only, the paths replayed from the inversion's cache -----
-    both.attention = cached
     with Counted(ours) as fast_count:
         with clock.section("ours fast generation"):
             fast = transfer(
                 ours,
-                both.select([0]),
-                both.select([1]),
+                fast_appearance,
+                fast_structure,
                 settings,
                 callback=lambda index, total, *_: progress("fast generation", index + 1, total),
             )
@@ -684,7 +689,7 @@ def main(argv=None) -> int:
         clock.wall["ours fast generation"],
         clock.cpu["ours fast generation"],
     )
-    cache_bytes = cached.nbytes if cached is not None else 0
+    cache_branches = " + ".join({0: "cond", 1: "uncond"}[chunk] for chunk in sorted(cached.chunks))
     fast_difference = (fast.output - result.output).abs().max().item()
     for backend in (ours, naive, plain):
         backend.close()
@@ -733,7 +738,7 @@ def main(argv=None) -> int:
     print(
         f"fast mode / ours generation (run after it, not interleaved): evals "
         f"{ratio(fast_phase.evaluations, normal_phase.evaluations)}, wall {ratio(fast_phase.wall, normal_phase.wall)}; "
-        f"cache kept by the inversion {cache_bytes / MIB:.0f} MiB (float32, 2 images, cond + uncond); "
+        f"cache kept by the inversion {cached.nbytes / MIB:.0f} MiB (float32, 2 images, {cache_branches}); "
         f"output max |fast - ours| {fast_difference:.2e} (an approximation unless inversion cfg == generation cfg, "
         "and random weights amplify any difference; tests/test_fast_mode.py asserts equality under matched cfg)"
     )
@@ -800,7 +805,7 @@ def main(argv=None) -> int:
 
     # -- targets ------------------------------------------------------------------------------
     targets = eval_targets(args.steps, args.start, plan, args.inversion_cfg, args.cfg)
-    paper = (args.steps, args.start, args.inversion_cfg, args.cfg) == (100, 32, 3.5, 1.0)
+    paper = (args.steps, args.start, args.inversion_cfg, args.cfg, args.swap_guidance) == (100, 32, 3.5, 1.0, 3.5)
     if paper:
         expected = {"inversion": 272, "generation": 261, "total": 533, "official": 808, "fast generation": 136}
         assert targets == expected, targets

@@ -194,7 +194,7 @@ def comfy_server(comfyui_path: str | Path, workdir: Path, checkpoints: Path | No
             try:
                 server.get("/system_stats", timeout=5)
                 break
-            except (urllib.error.URLError, ConnectionError, OSError):
+            except OSError:  # URLError and ConnectionError are OSErrors
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"ComfyUI did not start in {startup_timeout} s") from None
                 time.sleep(0.5)
