@@ -24,11 +24,17 @@ def run_cli(*args):
     )
 
 
-def test_command_line_writes_an_image(tmp_path):
-    save_tiny_pipeline(tmp_path / "model")
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    save_tiny_pipeline(folder)
+    return folder
+
+
+def test_command_line_writes_an_image(model_folder, tmp_path):
     out = tmp_path / "result.png"
     done = run_cli(
-        "--model", str(tmp_path / "model"), "--steps", "8", "--start-step", "2", "--size", "256", "--out", str(out)
+        "--model", str(model_folder), "--steps", "8", "--start-step", "2", "--size", "256", "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
     assert "invert" in done.stderr and "generate" in done.stderr  # progress bars
@@ -37,9 +43,8 @@ def test_command_line_writes_an_image(tmp_path):
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 100  # not a blank image
 
 
-def test_fast_flag_gives_the_same_image_under_matched_guidance(tmp_path):
-    save_tiny_pipeline(tmp_path / "model")
-    common = ["--model", str(tmp_path / "model"), "--steps", "8", "--start-step", "2", "--size", "128", "--cfg", "3.5"]
+def test_fast_flag_gives_the_same_image_under_matched_guidance(model_folder, tmp_path):
+    common = ["--model", str(model_folder), "--steps", "8", "--start-step", "2", "--size", "128", "--cfg", "3.5"]
     images = []
     for flags in ([], ["--fast"]):
         out = tmp_path / f"result{len(images)}.png"

@@ -35,14 +35,27 @@ def invert(comfy, model, cfg, fast_mode="on", cond=conditioning):
                         fast_mode=fast_mode).result[0]
 
 
+@pytest.fixture(scope="module")
+def inverted(comfy, sd15):
+    """Inversions of the tiny SD 1.5 model by (cfg, fast_mode), each made once (nothing mutates them)."""
+    made = {}
+
+    def get(cfg, fast_mode):
+        if (cfg, fast_mode) not in made:
+            made[cfg, fast_mode] = invert(comfy, sd15, cfg, fast_mode)
+        return made[cfg, fast_mode]
+
+    return get
+
+
 def transfer(comfy, model, inversion, cfg, positive=1, negative=2, cond=conditioning):
     node = comfy.nodes.XAttnCrossImageSampler
     return node.execute(model, cond(positive), cond(negative), inversion.select([0]), inversion.select([1]), cfg,
                         3.5, 1.67, -1, 1.0, "auto").result
 
 
-def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, caplog):
-    normal_inversion, fast_inversion = invert(comfy, sd15, 1.0, "off"), invert(comfy, sd15, 1.0, "on")
+def test_fast_mode_equals_normal_mode_with_matched_guidance(comfy, sd15, inverted, caplog):
+    normal_inversion, fast_inversion = inverted(1.0, "off"), inverted(1.0, "on")
     assert normal_inversion.attention is None and fast_inversion.attention is not None
     assert torch.equal(normal_inversion.noise_maps, fast_inversion.noise_maps)
 
@@ -82,16 +95,16 @@ def test_sdxl_shaped_fast_mode_under_guidance_equals_normal_mode(comfy, caplog):
     assert (normal_output["samples"] - structure_output["samples"]).abs().mean() > 1e-2
 
 
-def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, caplog):
-    inversion = invert(comfy, sd15, 3.5, "on")  # the paper: cfg 3.5 at inversion, 1.0 in generation
+def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, inverted, caplog):
+    inversion = inverted(3.5, "on")  # the paper: cfg 3.5 at inversion, 1.0 in generation
     with caplog.at_level(logging.INFO):
         output, _, _ = transfer(comfy, sd15, inversion, 1.0)
     assert "structure path is replayed from its inversion (approximate: cfg 3.5 at inversion, 1 here)" in caplog.text
     assert torch.isfinite(output["samples"]).all()
 
 
-def test_prompt_changes_are_reported_and_the_negative_counts_only_under_guidance(comfy, sd15, caplog):
-    inversion = invert(comfy, sd15, 1.0, "on")
+def test_prompt_changes_are_reported_and_the_negative_counts_only_under_guidance(comfy, sd15, inverted, caplog):
+    inversion = inverted(1.0, "on")
     with caplog.at_level(logging.INFO):
         transfer(comfy, sd15, inversion, 1.0, negative=5)  # unguided: the negative prompt is never used
     assert "(exact: same prompts and cfg)" in caplog.text
@@ -101,8 +114,8 @@ def test_prompt_changes_are_reported_and_the_negative_counts_only_under_guidance
     assert "(approximate: other prompts at inversion)" in caplog.text
 
 
-def test_on_keeps_the_cond_branch_and_on_plus_uncond_both(comfy, sd15, caplog):
-    cond_only, both = invert(comfy, sd15, 3.5, "on"), invert(comfy, sd15, 3.5, "on + uncond")
+def test_on_keeps_the_cond_branch_and_on_plus_uncond_both(comfy, sd15, inverted, caplog):
+    cond_only, both = inverted(3.5, "on"), inverted(3.5, "on + uncond")
     assert cond_only.attention.chunks == {0} and both.attention.chunks == {0, 1}
     for step in range(START, STEPS):  # half the keys/values, the same noise predictions
         assert 2 * cond_only.keys_values_at(step).nbytes == both.keys_values_at(step).nbytes
@@ -130,14 +143,14 @@ def test_cache_larger_than_free_memory_is_refused_early(comfy, sd15, monkeypatch
     assert len(calls) == 1  # refused after the first model call, not at the end
 
 
-def test_save_inversion_drops_the_cache(comfy, sd15, tmp_path, monkeypatch, caplog):
+def test_save_inversion_drops_the_cache(comfy, inverted, tmp_path, monkeypatch, caplog):
     import folder_paths
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
     with caplog.at_level(logging.INFO):
-        comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, "on"), "xattn/fast")
+        comfy.nodes.XAttnSaveInversion.execute(inverted(1.0, "on"), "xattn/fast")
     assert "attention cache is not written" in caplog.text
-    comfy.nodes.XAttnSaveInversion.execute(invert(comfy, sd15, 1.0, "off"), "xattn/normal")
+    comfy.nodes.XAttnSaveInversion.execute(inverted(1.0, "off"), "xattn/normal")
     (fast,), (normal,) = tmp_path.glob("xattn/fast_*.safetensors"), tmp_path.glob("xattn/normal_*.safetensors")
     # latents, noise maps and metadata only (safetensors orders the metadata at random, so compare sizes)
     assert fast.stat().st_size == normal.stat().st_size

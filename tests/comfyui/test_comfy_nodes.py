@@ -36,11 +36,17 @@ def pair(comfy, sd15):
     return invert(comfy, sd15, latents(1)), invert(comfy, sd15, latents(2))
 
 
-def test_sd15_chain_produces_a_transfer(comfy, sd15, pair):
-    appearance, structure = pair
+@pytest.fixture(scope="module")
+def plain_transfer(comfy, sd15, pair):
+    """The sampler's outputs on ``pair`` with every setting at its default (several tests compare to it)."""
+    return transfer(comfy, sd15, *pair)
+
+
+def test_sd15_chain_produces_a_transfer(pair, plain_transfer):
+    appearance, _ = pair
     assert appearance.metadata["latent_format"] == "SD15" and appearance.metadata["freeu"] == "True"
     assert appearance.latents.shape == (STEPS + 1 - START, 1, 4, 32, 32)
-    output, appearance_out, structure_out = transfer(comfy, sd15, appearance, structure)
+    output, appearance_out, structure_out = plain_transfer
     assert output["samples"].shape == (1, 4, 32, 32)
     assert torch.isfinite(output["samples"]).all()
     # the output departs from the structure path's own reconstruction: the swap did something
@@ -77,13 +83,13 @@ def test_incompatible_batches_are_refused(comfy, sd15):
         transfer(comfy, sd15, three, two)
 
 
-def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair):
+def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair, plain_transfer):
     appearance, structure = pair
     mask = torch.zeros(1, 100, 60)
     mask[:, 20:80, 10:50] = 1.0
     masked, _, _ = transfer(comfy, sd15, appearance, structure, appearance_mask=torch.ones(64, 64),
                             structure_mask=mask)
-    plain, _, _ = transfer(comfy, sd15, appearance, structure)
+    plain, _, _ = plain_transfer
     assert torch.isfinite(masked["samples"]).all()
     assert (masked["samples"] - plain["samples"]).abs().mean() > 1e-3
     with pytest.warns(UserWarning, match="empty"):
@@ -119,7 +125,7 @@ def test_freeu_fires_once_per_decoder_level(comfy, sd15):
     assert changed == sorted(level_starts) == [0, 2]
 
 
-def test_save_and_load_inversion_round_trip(comfy, sd15, pair, tmp_path, monkeypatch):
+def test_save_and_load_inversion_round_trip(comfy, sd15, pair, plain_transfer, tmp_path, monkeypatch):
     import folder_paths
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
@@ -134,9 +140,8 @@ def test_save_and_load_inversion_round_trip(comfy, sd15, pair, tmp_path, monkeyp
     (loaded,) = run(comfy.nodes.XAttnLoadInversion, name)
     assert torch.equal(loaded.noise_maps, appearance.noise_maps)
     assert loaded.metadata == appearance.metadata
-    first, _, _ = transfer(comfy, sd15, loaded, structure)
-    second, _, _ = transfer(comfy, sd15, appearance, structure)
-    assert torch.equal(first["samples"], second["samples"])
+    from_file, _, _ = transfer(comfy, sd15, loaded, structure)
+    assert torch.equal(from_file["samples"], plain_transfer[0]["samples"])
 
 
 @pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "../../x.safetensors [output]",
@@ -232,7 +237,7 @@ def test_adain_latent_match_node(comfy):
     assert torch.allclose(matched["samples"].mean(dim=(2, 3)), style.mean(dim=(2, 3)), atol=1e-4)
 
 
-def test_options_node_reaches_the_sampler(comfy, sd15, pair):
+def test_options_node_reaches_the_sampler(comfy, sd15, pair, plain_transfer):
     appearance, structure = pair
     (nothing,) = run(comfy.nodes.XAttnOptions, 0.0, 0.0, 0.0, 0.0, 0.05, 0.4, 0.0, 0.0, 16)
     assert nothing["memory_budget"] == 16 * 2**20
@@ -241,5 +246,4 @@ def test_options_node_reaches_the_sampler(comfy, sd15, pair):
     assert torch.equal(output["samples"], structure_out["samples"])
     (defaults,) = run(comfy.nodes.XAttnOptions, 0.1, 0.9, 0.1, 0.7, 0.05, 0.4, 0.2, 1.0, 64)
     with_defaults, _, _ = transfer(comfy, sd15, appearance, structure, options=defaults)
-    plain, _, _ = transfer(comfy, sd15, appearance, structure)
-    assert torch.equal(with_defaults["samples"], plain["samples"])
+    assert torch.equal(with_defaults["samples"], plain_transfer[0]["samples"])
