@@ -10,7 +10,7 @@ Everything runs on a tiny random SD-1.5-shaped diffusers UNet (``xattn_core.tiny
 Per transfer of one appearance + one structure image it measures, in one run:
 
 1. ours: ``xattn_core.inversion.invert`` on both images batched from the start step, then
-   ``xattn_core.sampler.transfer`` (the engine as it is, SDPA for ordinary attention);
+   ``xattn_core.transfer.transfer`` (the engine as it is, SDPA for ordinary attention);
 2. naive: what the official code does: every image inverted separately over all steps
    (2 images x N steps x 2 for cfg), then two full 3-row model calls per generation step (swap and
    no swap) with explicit full-matrix softmax attention, the contrast applied to the whole matrix,
@@ -537,7 +537,7 @@ def main(argv=None) -> int:
     from xattn_core.freeu import FreeUSettings
     from xattn_core.inversion import CacheSettings, invert
     from xattn_core.plan import PlanSettings, build_plan
-    from xattn_core.sampler import TransferSettings, transfer
+    from xattn_core.transfer import TransferSettings, transfer
     from xattn_core.schedule import paper_sigmas
     from xattn_core.tiny import tiny_context, tiny_unet
 
@@ -628,7 +628,7 @@ def main(argv=None) -> int:
     appearance, structure = normal.select([0]), normal.select([1])
 
     # -- generation: ours, naive and plain, interleaved step by step ------------------------
-    ours.with_guidance(positive, negative, args.cfg)  # as xattn_core.pipeline does
+    ours.with_guidance(positive, negative, args.cfg)  # as xattn_core.diffusers_pipeline does
     naive.with_guidance(positive, negative, args.cfg)
     state = NaiveSwapState(contrast=args.contrast)
     naive_layers = install_naive_processors(naive_unet, state)  # naive.close() restores the originals

@@ -12,7 +12,7 @@ from comfy_api.v0_0_2 import io
 from ..xattn_core.attention import DEFAULT_MEMORY_BUDGET
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
-from ..xattn_core.sampler import TransferSettings, check_compatible, pair_rows, transfer
+from ..xattn_core.transfer import TransferSettings, check_compatible, pair_rows, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, Options, freeu_input, freeu_settings
 from .common import Inversion as InversionSocket

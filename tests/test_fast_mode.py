@@ -10,7 +10,7 @@ from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
 from xattn_core.inversion import AttentionCache, CacheSettings, CacheTooLargeError, Inversion, invert
 from xattn_core.plan import build_plan, model_evaluations
-from xattn_core.sampler import TransferSettings, transfer
+from xattn_core.transfer import TransferSettings, transfer
 from xattn_core.schedule import paper_sigmas
 from xattn_core.tiny import tiny_context
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .pipeline import (
+from .diffusers_pipeline import (
     DEFAULT_MODEL,
     SAMPLES,
     ModelLoadError,

@@ -70,7 +70,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         core=SimpleNamespace(
             **{
                 name: _importlib.import_module(f"{PACK_NAME}.xattn_core.{name}")
-                for name in ("attention", "diffusers_backend", "freeu", "inversion", "plan", "sampler", "schedule",
+                for name in ("attention", "diffusers_backend", "freeu", "inversion", "plan", "schedule", "transfer",
                              "tiny")
             }
         ),

@@ -80,7 +80,7 @@ def test_every_generation_step_matches_diffusers(setup_models, inversion):
                                                             freeu=core.freeu.FreeUSettings())
         with reference:
             dual = DualBackend(comfy_backend, reference, core.attention.KeyValueStore)
-            result = core.sampler.transfer(dual, appearance, structure, core.sampler.TransferSettings())
+            result = core.transfer.transfer(dual, appearance, structure, core.transfer.TransferSettings())
         holder["dual"], holder["result"] = dual, result
         return result.output
 
@@ -102,7 +102,7 @@ def test_end_to_end_short_schedule_matches_diffusers(setup_models, inversion):
     comfy_output = model.model.process_latent_in(out.result[0]["samples"])
     with core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), None, 1.0,
                                                  freeu=core.freeu.FreeUSettings()) as backend:
-        reference = core.sampler.transfer(backend, inversion.select([0]), inversion.select([1]))
+        reference = core.transfer.transfer(backend, inversion.select([0]), inversion.select([1]))
     difference = (comfy_output - reference.output).abs().max().item()
     print(f"\nend to end ({STEPS - START} generation steps) max |comfy - diffusers|: {difference:.2e}")
     assert difference <= 1e-3

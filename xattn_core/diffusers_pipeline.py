@@ -15,7 +15,7 @@ from .diffusers_backend import DiffusersBackend
 from .freeu import FreeUSettings
 from .inversion import CacheSettings, Inversion, invert
 from .plan import PlanSettings
-from .sampler import TransferResult, TransferSettings, transfer
+from .transfer import TransferResult, TransferSettings, transfer
 from .schedule import paper_sigmas
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
