@@ -473,7 +473,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cfg", type=float, default=1.0)
     parser.add_argument("--swap-guidance", type=float, default=3.5)
     parser.add_argument("--contrast", type=float, default=1.67)
-    parser.add_argument("--steps-per-call", type=int, default=1, help="inversion steps batched per model call (ours)")
     parser.add_argument("--no-freeu", action="store_true", help="run without the official FreeU variant")
     parser.add_argument("--skip-memory", action="store_true", help="skip the attention-op memory measurement")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "METHOD"), help=argparse.SUPPRESS)
@@ -560,7 +559,7 @@ def main(argv=None) -> int:
         f"settings: {args.steps} steps, start {args.start} ({args.steps - args.start} generation steps), "
         f"inversion cfg {args.inversion_cfg}, generation cfg {args.cfg}, swap guidance {args.swap_guidance}, "
         f"contrast {args.contrast}, "
-        f"official FreeU variant {'off' if args.no_freeu else 'on'}, inversion steps per call {args.steps_per_call}, "
+        f"official FreeU variant {'off' if args.no_freeu else 'on'}, "
         f"seed {args.seed}"
     )
 
@@ -610,11 +609,10 @@ def main(argv=None) -> int:
                 sigmas,
                 args.start,
                 args.seed,
-                args.steps_per_call,
                 callback=after_inversion_call,
                 # kept for phase 4 as the CLI keeps it (cond branch only for an unguided generation): no extra
                 # evaluation, but the copies out of each call are inside this phase's time
-                cache=CacheSettings(chunks=frozenset({0}) if args.cfg == 1.0 else None),
+                cache=CacheSettings(branches=frozenset({0}) if args.cfg == 1.0 else None),
             )
         with clock.section("naive inversion"):
             drain(naive_steps)
@@ -689,7 +687,7 @@ def main(argv=None) -> int:
         clock.wall["ours fast generation"],
         clock.cpu["ours fast generation"],
     )
-    cache_branches = " + ".join({0: "cond", 1: "uncond"}[chunk] for chunk in sorted(cached.chunks))
+    cache_branches = " + ".join({0: "cond", 1: "uncond"}[branch] for branch in sorted(cached.branches))
     fast_difference = (fast.output - result.output).abs().max().item()
     for backend in (ours, naive, plain):
         backend.close()
@@ -700,7 +698,7 @@ def main(argv=None) -> int:
 
     print(
         f"attention, ours: processors {processors}; SwapAttentionProcessor sends ordinary rows to "
-        "F.scaled_dot_product_attention and swapped output rows to contrasted_attention (query chunks)"
+        "F.scaled_dot_product_attention and swapped output rows to contrasted_attention (query blocks)"
     )
     print(f"  aten attention ops in one ours model call (no swap): {ours_kernels}")
     print(

@@ -82,8 +82,8 @@ def _attention_patch(level: int, existing: Callable | None):
             )
 
         layer = (extra_options.get("block"), extra_options.get("block_index", 0))
-        chunks = list(extra_options.get("cond_or_uncond") or [0])
-        return route_attention(q, k, v, heads, layer, level, chunks, extra_options.get(SWAP_KEY), plain)
+        cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
+        return route_attention(q, k, v, heads, layer, level, cond_or_uncond, extra_options.get(SWAP_KEY), plain)
 
     return attn1
 

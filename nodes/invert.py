@@ -30,7 +30,7 @@ def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
     return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)
 
 
-FAST_MODE_CHUNKS = {"on": frozenset({0}), "on + uncond": None}  # cfg chunks kept: cond only, or all
+FAST_MODE_BRANCHES = {"on": frozenset({0}), "on + uncond": None}  # cond_or_uncond kept: cond only, or all
 
 
 def fast_mode_cache(mode: str) -> CacheSettings | None:
@@ -39,7 +39,7 @@ def fast_mode_cache(mode: str) -> CacheSettings | None:
         return None
     device = comfy.model_management.intermediate_device()
     free = comfy.model_management.get_free_memory(device)
-    return CacheSettings(device=device, max_bytes=int(free * 0.75), chunks=FAST_MODE_CHUNKS[mode])
+    return CacheSettings(device=device, max_bytes=int(free * 0.75), branches=FAST_MODE_BRANCHES[mode])
 
 
 FAST_MODE_TOOLTIP = (
@@ -77,7 +77,7 @@ class XAttnInvertImage(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the inversion's noise draws."),
                 freeu_input(),
-                io.Combo.Input("fast_mode", options=["off", *FAST_MODE_CHUNKS], default="off",
+                io.Combo.Input("fast_mode", options=["off", *FAST_MODE_BRANCHES], default="off",
                                tooltip=FAST_MODE_TOOLTIP),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (decreasing, last one above 0) "
                                 "instead of the paper's."),

@@ -56,7 +56,7 @@ def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, po
             differences.append(f"cfg {inverted_cfg:g} at inversion, {cfg:g} here")
         if metadata.get("positive") != positive or (cfg != 1.0 and metadata.get("negative") != negative):
             differences.append("other prompts at inversion")
-        if cfg != 1.0 and 1 not in inversion.attention.chunks:
+        if cfg != 1.0 and 1 not in inversion.attention.branches:
             differences.append("no uncond keys/values kept (fast_mode 'on + uncond' keeps them)")
         how = "approximate: " + ", ".join(differences) if differences else "exact: same prompts and cfg"
         logging.info("Cross-Image Attention fast mode: the %s path is replayed from its inversion (%s)", role, how)
@@ -88,7 +88,7 @@ class XAttnOptions(io.ComfyNode):
                 fraction("adain_start", defaults.adain_range[0], "First step after which AdaIN runs."),
                 fraction("adain_end", defaults.adain_range[1], "Step after which AdaIN stops."),
                 io.Int.Input("attention_memory_mb", default=64, min=1, max=65536,
-                             tooltip="Budget for the explicit attention weights of swapped rows (computed in chunks)."),
+                             tooltip="Budget for the explicit attention weights of swapped rows (computed in query blocks)."),
             ],
             outputs=[Options.Output(display_name="options")],
         )

@@ -55,12 +55,12 @@ def test_route_attention_swaps_only_output_rows_and_reads_captured_appearance():
     # appearance call: two appearance rows, captured for cond chunk 0 and uncond chunk 1
     app_q, app_k, app_v = (torch.randn(4, 20, 32, generator=generator) for _ in range(3))
     store = KeyValueStore()
-    capture = AttentionSwap(levels=frozenset({0}), capture=store)
+    capture = AttentionSwap(levels=frozenset({0}), contrast=1.67, capture_store=store)
     route_attention(app_q, app_k, app_v, 4, "layer", 0, [1, 0], capture, plain)
     assert len(store) == 2
     # output call: rows [output0, output1, structure] per chunk, chunk order [1, 0]
     q, k, v = (torch.randn(6, 24, 32, generator=generator) for _ in range(3))
-    swap = AttentionSwap(levels=frozenset({0}), outputs=(0, 1), sources=(1, 0), source=store)
+    swap = AttentionSwap(frozenset({0}), 1.67, output_rows=(0, 1), source_rows=(1, 0), source_store=store)
     out = route_attention(q, k, v, 4, "layer", 0, [1, 0], swap, plain)
     # uncond chunk (first), output 0 takes appearance row 1 of the uncond capture (rows 0..1 of app)
     assert torch.allclose(out[0:1], naive_contrasted(q[0:1], app_k[1:2], app_v[1:2], 4, 1.67), atol=1e-5)
@@ -76,34 +76,32 @@ def test_route_attention_swaps_only_output_rows_and_reads_captured_appearance():
 def test_route_attention_structure_source_uses_same_call_rows():
     generator = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(2, 16, 32, generator=generator) for _ in range(3))
-    swap = AttentionSwap(levels=frozenset({1}), outputs=(0,), sources=(1,))
+    swap = AttentionSwap(levels=frozenset({1}), contrast=1.67, output_rows=(0,), source_rows=(1,))
     out = route_attention(q, k, v, 4, "layer", 1, [0], swap, plain)
     assert torch.allclose(out[0:1], naive_contrasted(q[0:1], k[1:2], v[1:2], 4, 1.67), atol=1e-5)
     assert torch.allclose(out[1:2], plain(q[1:2], k[1:2], v[1:2]), atol=1e-6)
 
 
 def test_missing_capture_is_a_clear_error():
-    swap = AttentionSwap(levels=frozenset({0}), outputs=(0,), sources=(0,), source=KeyValueStore())
+    swap = AttentionSwap(frozenset({0}), 1.67, output_rows=(0,), source_rows=(0,), source_store=KeyValueStore())
     q = torch.randn(1, 4, 8)
-    with pytest.raises(RuntimeError, match="no keys/values were captured for layer 'layer', batch chunk 0"):
+    with pytest.raises(RuntimeError, match="no keys/values were captured for layer 'layer', cond_or_uncond 0"):
         route_attention(q, q, q, 2, "layer", 0, [0], swap, plain)
 
 
-def test_store_split_select_and_chunk_substitution():
-    store = KeyValueStore(substitute_chunks=True)
-    keys = torch.arange(6.0).reshape(6, 1, 1)  # two steps x three images, one chunk (cond)
+def test_store_select_and_branch_substitution():
+    store = KeyValueStore(substitute_branches=True)
+    keys = torch.arange(3.0).reshape(3, 1, 1)  # three images, one branch (cond)
     store.put("layer", 0, keys, -keys)
-    first, second = store.split(3)
-    assert torch.equal(second.get("layer", 0)[0].flatten(), torch.tensor([3.0, 4.0, 5.0]))
-    assert torch.equal(second.select([2, 0]).get("layer", 0)[1].flatten(), torch.tensor([-5.0, -3.0]))
-    # an inversion without CFG cached only the cond chunk; an uncond row of a guided transfer reuses it
-    assert torch.equal(first.get("layer", 1)[0], first.get("layer", 0)[0])
-    assert first.nbytes == 2 * 3 * 4
+    assert torch.equal(store.select([2, 0]).get("layer", 0)[1].flatten(), torch.tensor([-2.0, 0.0]))
+    # an inversion without CFG cached only the cond branch; an uncond row of a guided transfer reuses it
+    assert torch.equal(store.get("layer", 1)[0], store.get("layer", 0)[0])
+    assert store.nbytes == 2 * 3 * 4
     with pytest.raises(RuntimeError, match="layer 'other'"):
-        first.get("other", 0)
+        store.get("other", 0)
     strict = KeyValueStore()
     strict.put("layer", 0, keys, keys)
-    with pytest.raises(RuntimeError, match="batch chunk 1"):
+    with pytest.raises(RuntimeError, match="cond_or_uncond 1"):
         strict.get("layer", 1)
 
 
@@ -111,8 +109,8 @@ def test_compact_copies_views_out_of_the_model_calls_tensors():
     keys = torch.randn(4, 16, 8)  # one call's keys for [cond, uncond] x 2 rows
     store = KeyValueStore()
     store.put("layer", 0, keys[:2], keys[2:])
-    compact = store.only_chunks(frozenset({0})).compact()
+    compact = store.only_branches(frozenset({0})).compact()
     key, value = compact.get("layer", 0)
     assert torch.equal(key, keys[:2]) and torch.equal(value, keys[2:])
     assert key.untyped_storage().nbytes() == key.nbytes == 2 * 16 * 8 * 4  # no longer the whole call's tensor
-    assert compact.chunks == {0} and store.only_chunks(frozenset({1})).chunks == frozenset()
+    assert compact.branches == {0} and store.only_branches(frozenset({1})).branches == frozenset()

@@ -33,7 +33,7 @@ def inversions(unet):
     generator = torch.Generator().manual_seed(21)
     clean = torch.randn(2, 4, 64, 64, generator=generator)  # appearance, structure at 512 px
     with DiffusersBackend(unet, tiny_context(1), tiny_context(2), cfg=3.5, freeu=FreeUSettings()) as backend:
-        both = invert(backend.predict_noise, clean, paper_sigmas(steps=STEPS), START, seed=5, steps_per_call=2)
+        both = invert(backend.predict_noise, clean, paper_sigmas(steps=STEPS), START, seed=5)
     return both.select([0]), both.select([1])
 
 

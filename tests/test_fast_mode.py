@@ -18,13 +18,13 @@ STEPS, START = 12, 3
 LEVELS = frozenset({0, 1})
 
 
-def invert_and_transfer(unet, clean, cfg, cached, rows=((0,), (1,)), generation_cfg=None, steps_per_call=1):
+def invert_and_transfer(unet, clean, cfg, cached, rows=((0,), (1,)), generation_cfg=None):
     """Invert ``clean`` (with or without the cache) and transfer appearance rows onto structure rows."""
     cache = CacheSettings(LEVELS) if cached else None
     generation_cfg = cfg if generation_cfg is None else generation_cfg
     with DiffusersBackend(unet, tiny_context(1), tiny_context(2), cfg, freeu=FreeUSettings()) as backend:
         both = invert(
-            backend.predict_noise, clean, paper_sigmas(steps=STEPS), START, 5, steps_per_call, cache=cache
+            backend.predict_noise, clean, paper_sigmas(steps=STEPS), START, 5, cache=cache
         )
         inversion_evaluations = backend.image_evaluations
         backend.with_guidance(tiny_context(1), tiny_context(2), generation_cfg)
@@ -64,7 +64,7 @@ def test_fast_mode_equals_normal_mode_under_matched_guidance(unet, clean, cfg):
 def test_fast_mode_batches_and_mixed_caches(unet, clean):
     """One appearance onto two structures: cached rows are selected like the inversion's."""
     _, normal, _, _ = invert_and_transfer(unet, clean, 1.0, False, rows=((0,), (1, 2)))
-    _, fast, _, fast_evals = invert_and_transfer(unet, clean, 1.0, True, rows=((0,), (1, 2)), steps_per_call=3)
+    _, fast, _, fast_evals = invert_and_transfer(unet, clean, 1.0, True, rows=((0,), (1, 2)))
     assert (fast.output - normal.output).abs().max() <= 1e-4
     assert fast_evals == model_evaluations(build_plan(STEPS, START), outputs=2, appearances=0, structures=0)
 
@@ -108,8 +108,8 @@ def test_cache_contents_and_memory_limit(unet, clean):
             invert(backend.predict_noise, clean[:2], paper_sigmas(steps=STEPS), START, 5,
                    cache=CacheSettings(LEVELS, max_bytes=per_step * 8))
         cond_only = invert(backend.predict_noise, clean[:2], paper_sigmas(steps=STEPS), START, 5,
-                           cache=CacheSettings(LEVELS, chunks=frozenset({0})))
-    assert cache.chunks == {0, 1} and cond_only.attention.chunks == {0}
+                           cache=CacheSettings(LEVELS, branches=frozenset({0})))
+    assert cache.branches == {0, 1} and cond_only.attention.branches == {0}
     assert cond_only.attention.keys_values[0].nbytes == per_step // 2
     assert torch.equal(cond_only.attention.predictions, cache.predictions)
     assert inversion.select([1]).attention.keys_values[0].nbytes == per_step // 2

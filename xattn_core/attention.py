@@ -35,7 +35,7 @@ def contrasted_attention(
     """softmax(QK^T/sqrt(d)) contrasted as clip(c*A - (c-1)/N_keys, 0, 1), not renormalised, times V.
 
     Rows of softmax weights sum to one, so their mean over keys is 1/N_keys and the official
-    ``(A - mean) * c + mean`` reduces to the expression above. Queries are processed in chunks so
+    ``(A - mean) * c + mean`` reduces to the expression above. Queries are processed in blocks so
     that at most ``memory_budget`` bytes of weights exist at once; the maths runs in float32 so
     fp16/bf16 models cannot overflow here.
     """
@@ -46,15 +46,16 @@ def contrasted_attention(
     k = key.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
     v = value.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
     scale = dim_head**-0.5
-    # the scores and their softmax are both alive at once: two float32 matrices per query chunk
+    # the scores and their softmax are both alive at once: two float32 matrices per query block
     bytes_per_query = 2 * rows * heads * key_tokens * 4
-    chunk = max(1, memory_budget // bytes_per_query)
+    query_block = max(1, memory_budget // bytes_per_query)
     offset = (contrast - 1.0) / key_tokens
     out = torch.empty_like(q)
-    for start in range(0, query_tokens, chunk):
-        weights = torch.softmax((q[:, :, start : start + chunk] @ k.transpose(-1, -2)) * scale, dim=-1)
+    for start in range(0, query_tokens, query_block):
+        block = slice(start, start + query_block)
+        weights = torch.softmax((q[:, :, block] @ k.transpose(-1, -2)) * scale, dim=-1)
         weights = weights.mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
-        out[:, :, start : start + chunk] = weights @ v
+        out[:, :, block] = weights @ v
         del weights
     return out.transpose(1, 2).reshape(rows, query_tokens, width).to(query.dtype)
 
@@ -65,59 +66,50 @@ def _own_storage(tensor: Tensor) -> Tensor:
 
 
 class KeyValueStore:
-    """Keys/values of the swapping layers, per (layer, cond/uncond chunk), each ``[rows, tokens, width]``.
+    """Keys/values of the swapping layers, per (layer, cond_or_uncond entry), each ``[rows, tokens, width]``.
 
     Filled by a capturing model call: the appearance call of the same step, or the inversion pass
-    (fast mode). A store from the inversion may be asked for a chunk it does not hold (the inversion
-    ran without CFG or kept the cond branch only, and the transfer is guided); ``substitute_chunks``
-    then answers with another chunk's keys/values of the same layer (the cond one first), an
+    (fast mode). A store from the inversion may be asked for a branch it does not hold (the inversion
+    ran without CFG or kept the cond branch only, and the transfer is guided); ``substitute_branches``
+    then answers with another branch's keys/values of the same layer (the cond one first), an
     approximation the README documents.
     """
 
-    def __init__(self, substitute_chunks: bool = False) -> None:
+    def __init__(self, substitute_branches: bool = False) -> None:
         self._entries: dict[tuple[Hashable, int], tuple[Tensor, Tensor]] = {}
-        self.substitute_chunks = substitute_chunks
+        self.substitute_branches = substitute_branches
 
-    def put(self, layer: Hashable, chunk: int, key: Tensor, value: Tensor) -> None:
-        self._entries[(layer, chunk)] = (key, value)
+    def put(self, layer: Hashable, branch: int, key: Tensor, value: Tensor) -> None:
+        """Store the keys/values of ``layer`` for one cond_or_uncond entry (0 = cond, 1 = uncond)."""
+        self._entries[(layer, branch)] = (key, value)
 
-    def get(self, layer: Hashable, chunk: int) -> tuple[Tensor, Tensor]:
-        entry = self._entries.get((layer, chunk))
-        if entry is None and self.substitute_chunks:
-            others = sorted(c for (name, c) in self._entries if name == layer)
+    def get(self, layer: Hashable, branch: int) -> tuple[Tensor, Tensor]:
+        entry = self._entries.get((layer, branch))
+        if entry is None and self.substitute_branches:
+            others = sorted(b for (name, b) in self._entries if name == layer)
             entry = self._entries[(layer, others[0])] if others else None
         if entry is None:
             raise RuntimeError(
-                f"no keys/values were captured for layer {layer!r}, batch chunk {chunk}; the capturing call "
+                f"no keys/values were captured for layer {layer!r}, cond_or_uncond {branch}; the capturing call "
                 "(the appearance call of the step, or the inversion in fast mode) must cover this layer"
             )
         return entry
 
-    def split(self, rows: int) -> list[KeyValueStore]:
-        """Stores of consecutive ``rows``-row groups (one per step of a several-steps inversion call)."""
-        parts: list[KeyValueStore] = []
-        for (layer, chunk), (key, value) in self._entries.items():
-            for index, (key_part, value_part) in enumerate(zip(key.split(rows), value.split(rows), strict=True)):
-                if index == len(parts):
-                    parts.append(KeyValueStore(self.substitute_chunks))
-                parts[index].put(layer, chunk, key_part, value_part)
-        return parts
-
-    def _mapped(self, transform: Callable[[Tensor], Tensor], chunks: frozenset[int] | None = None) -> KeyValueStore:
-        """A new store with ``transform`` applied to every key and value (of ``chunks`` only, if given)."""
-        mapped = KeyValueStore(self.substitute_chunks)
-        for (layer, chunk), (key, value) in self._entries.items():
-            if chunks is None or chunk in chunks:
-                mapped.put(layer, chunk, transform(key), transform(value))
+    def _mapped(self, transform: Callable[[Tensor], Tensor], branches: frozenset[int] | None = None) -> KeyValueStore:
+        """A new store with ``transform`` applied to every key and value (of ``branches`` only, if given)."""
+        mapped = KeyValueStore(self.substitute_branches)
+        for (layer, branch), (key, value) in self._entries.items():
+            if branches is None or branch in branches:
+                mapped.put(layer, branch, transform(key), transform(value))
         return mapped
 
     def select(self, rows: list[int]) -> KeyValueStore:
         """The same keys/values for a subset of rows (images)."""
         return self._mapped(lambda tensor: tensor[rows])
 
-    def only_chunks(self, chunks: frozenset[int]) -> KeyValueStore:
-        """The entries of the given cond/uncond chunks only (0 = cond, 1 = uncond)."""
-        return self._mapped(lambda tensor: tensor, chunks)
+    def only_branches(self, branches: frozenset[int]) -> KeyValueStore:
+        """The entries of the given cond_or_uncond values only (0 = cond, 1 = uncond)."""
+        return self._mapped(lambda tensor: tensor, branches)
 
     def to(self, device: torch.device | str | None) -> KeyValueStore:
         return self._mapped(lambda tensor: tensor.to(device))
@@ -127,8 +119,8 @@ class KeyValueStore:
         return self._mapped(_own_storage)
 
     @property
-    def chunks(self) -> frozenset[int]:
-        return frozenset(chunk for _, chunk in self._entries)
+    def branches(self) -> frozenset[int]:
+        return frozenset(branch for _, branch in self._entries)
 
     @property
     def nbytes(self) -> int:
@@ -142,19 +134,19 @@ class KeyValueStore:
 class AttentionSwap:
     """What the swapping layers do during one model call.
 
-    Row indices count within one cond/uncond chunk. ``capture`` stores every row's keys/values
-    (the appearance call, or the inversion in fast mode). ``outputs[j]`` attends with its own
-    queries to the keys/values of row ``sources[j]`` of ``source`` (a store captured earlier:
-    the appearance's, or a cached structure's) or, when ``source`` is None, of this call
-    (the structure rows of the joint call).
+    Row indices count within one cond_or_uncond branch of the batch. ``capture_store`` receives every
+    row's keys/values (the appearance call, or the inversion in fast mode). ``output_rows[j]`` attends
+    with its own queries to the keys/values of row ``source_rows[j]`` of ``source_store`` (a store
+    captured earlier: the appearance's, or a cached structure's) or, when ``source_store`` is None, of
+    this call (the structure rows of the joint call).
     """
 
     levels: frozenset[int]
-    contrast: float = 1.67
-    capture: KeyValueStore | None = None
-    outputs: tuple[int, ...] = ()
-    sources: tuple[int, ...] = ()
-    source: KeyValueStore | None = None
+    contrast: float
+    capture_store: KeyValueStore | None = None
+    output_rows: tuple[int, ...] = ()
+    source_rows: tuple[int, ...] = ()
+    source_store: KeyValueStore | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
 
 
@@ -165,36 +157,37 @@ def route_attention(
     heads: int,
     layer: Hashable,
     level: int | None,
-    chunks: list[int],
+    cond_or_uncond: list[int],
     swap: AttentionSwap | None,
     plain: PlainAttention,
 ) -> Tensor:
-    """Attention for one self-attention layer over a whole batch of cond/uncond ``chunks``."""
+    """Attention for one self-attention layer over a batch made of one block of rows per ``cond_or_uncond`` entry."""
     if swap is None or level is None or level not in swap.levels:
         return plain(query, key, value)
-    rows = query.shape[0] // len(chunks)
-    if swap.capture is not None:
-        for c, chunk in enumerate(chunks):
-            swap.capture.put(layer, chunk, key[c * rows : (c + 1) * rows], value[c * rows : (c + 1) * rows])
-    if not swap.outputs:
+    rows = query.shape[0] // len(cond_or_uncond)
+    branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
+    if swap.capture_store is not None:
+        for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
+            swap.capture_store.put(layer, branch, key[block], value[block])
+    if not swap.output_rows:
         return plain(query, key, value)
 
-    swapped = {c * rows + row for c in range(len(chunks)) for row in swap.outputs}
+    swapped = {block.start + row for block in branch_rows for row in swap.output_rows}
     ordinary = [i for i in range(query.shape[0]) if i not in swapped]
     out = torch.empty_like(query)
     if ordinary:
         out[ordinary] = plain(query[ordinary], key[ordinary], value[ordinary])
-    for c, chunk in enumerate(chunks):
-        if swap.source is None:
-            source_key, source_value = key[c * rows : (c + 1) * rows], value[c * rows : (c + 1) * rows]
+    for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
+        if swap.source_store is None:
+            source_keys, source_values = key[block], value[block]
         else:
-            source_key, source_value = swap.source.get(layer, chunk)
-        for row, source in zip(swap.outputs, swap.sources, strict=True):
-            index = c * rows + row
+            source_keys, source_values = swap.source_store.get(layer, branch)
+        for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
+            index = block.start + output_row
             out[index : index + 1] = contrasted_attention(
                 query[index : index + 1],
-                source_key[source : source + 1].to(query.device, query.dtype),
-                source_value[source : source + 1].to(query.device, query.dtype),
+                source_keys[source_row : source_row + 1].to(query.device, query.dtype),
+                source_values[source_row : source_row + 1].to(query.device, query.dtype),
                 heads,
                 swap.contrast,
                 swap.memory_budget,

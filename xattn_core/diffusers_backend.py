@@ -33,7 +33,7 @@ class _CallState:
 
     def __init__(self) -> None:
         self.swap: AttentionSwap | None = None
-        self.chunks: list[int] = [0]
+        self.cond_or_uncond: list[int] = [0]
 
 
 class SwapAttentionProcessor:
@@ -53,7 +53,7 @@ class SwapAttentionProcessor:
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
         out = route_attention(
-            query, key, value, attn.heads, self.layer, self.level, self.state.chunks, self.state.swap, _sdpa(attn.heads)
+            query, key, value, attn.heads, self.layer, self.level, self.state.cond_or_uncond, self.state.swap, _sdpa(attn.heads)
         )
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -123,22 +123,22 @@ class DiffusersBackend:
         rows = latents.shape[0]
         sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1).expand(rows)
         guided = self.cfg != 1.0 and self.negative is not None
-        chunks = [1, 0] if guided else [0]
+        cond_or_uncond = [1, 0] if guided else [0]
         contexts = [self.negative, self.positive] if guided else [self.positive]
-        model_in = (latents / (sigmas**2 + 1).sqrt().reshape(-1, 1, 1, 1)).repeat(len(chunks), 1, 1, 1)
-        timesteps = timestep_for_sigma(sigmas, self.sigma_table).repeat(len(chunks))
+        model_in = (latents / (sigmas**2 + 1).sqrt().reshape(-1, 1, 1, 1)).repeat(len(cond_or_uncond), 1, 1, 1)
+        timesteps = timestep_for_sigma(sigmas, self.sigma_table).repeat(len(cond_or_uncond))
         context = torch.cat([c.expand(rows, -1, -1) for c in contexts]).to(latents.device, self.unet.dtype)
-        self._state.swap, self._state.chunks = swap, chunks
+        self._state.swap, self._state.cond_or_uncond = swap, cond_or_uncond
         try:
             with torch.no_grad():
                 prediction = self.unet(model_in.to(self.unet.dtype), timesteps, encoder_hidden_states=context).sample
         finally:
-            self._state.swap, self._state.chunks = None, [0]
+            self._state.swap, self._state.cond_or_uncond = None, [0]
         self.model_calls += 1
-        self.image_evaluations += rows * len(chunks)
+        self.image_evaluations += rows * len(cond_or_uncond)
         prediction = prediction.float()
         if self.prediction_type == "v_prediction":
-            sig = sigmas.repeat(len(chunks)).reshape(-1, 1, 1, 1)
+            sig = sigmas.repeat(len(cond_or_uncond)).reshape(-1, 1, 1, 1)
             alpha = 1 / (sig**2 + 1).sqrt()
             prediction = alpha * prediction + (1 - alpha**2).sqrt() * model_in.float()
         if guided:

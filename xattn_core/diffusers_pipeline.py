@@ -132,8 +132,8 @@ def transfer_images(
 
         # fast mode keeps the swapping levels' keys/values in RAM, whatever device the model runs on, and the
         # uncond branch only when generation is guided
-        chunks = frozenset({0}) if options.cfg == 1.0 else None
-        cache = CacheSettings(device="cpu", chunks=chunks) if options.fast else None
+        branches = frozenset({0}) if options.cfg == 1.0 else None
+        cache = CacheSettings(device="cpu", branches=branches) if options.fast else None
         both: Inversion = invert(
             backend.predict_noise,
             clean,

@@ -27,7 +27,7 @@ class AttentionCache:
     """What fast mode takes from the inversion pass instead of running the model again.
 
     Per stored step: the guided noise prediction (small) and the keys/values of every swapping
-    self-attention layer for every image and cond/uncond chunk (large). Kept in memory only.
+    self-attention layer for every image and cond_or_uncond branch (large). Kept in memory only.
     """
 
     predictions: Tensor  # [steps - start_step, B, C, H, W]
@@ -38,9 +38,9 @@ class AttentionCache:
         return self.predictions.nbytes + sum(store.nbytes for store in self.keys_values)
 
     @property
-    def chunks(self) -> frozenset[int]:
-        """The cond/uncond chunks whose keys/values were kept (0 = cond, 1 = uncond)."""
-        return self.keys_values[0].chunks if self.keys_values else frozenset()
+    def branches(self) -> frozenset[int]:
+        """The cond_or_uncond branches whose keys/values were kept (0 = cond, 1 = uncond)."""
+        return self.keys_values[0].branches if self.keys_values else frozenset()
 
     def select(self, rows: list[int]) -> AttentionCache:
         return AttentionCache(self.predictions[:, rows], [store.select(rows) for store in self.keys_values])
@@ -53,7 +53,7 @@ class CacheSettings:
     levels: frozenset[int] = SWAP_LEVELS
     device: torch.device | str | None = None  # None: where the model computes
     max_bytes: int | None = None  # refuse once the first step shows the cache would be larger
-    chunks: frozenset[int] | None = None  # cond/uncond chunks to keep (0 = cond, 1 = uncond); None: all
+    branches: frozenset[int] | None = None  # cond_or_uncond branches to keep (0 = cond, 1 = uncond); None: all
 
 
 class CacheTooLargeError(MemoryError):
@@ -156,15 +156,12 @@ def invert(
     sigmas: Tensor,
     start_step: int = 0,
     seed: int = 0,
-    steps_per_call: int = 1,
     zero_last_noise: bool = True,
     callback: StepCallback | None = None,
     cache: CacheSettings | None = None,
 ) -> Inversion:
-    """Invert a batch of clean latents.
+    """Invert a batch of clean latents, one model call per step for all images of the batch.
 
-    Each noise map depends only on its own two independently drawn latents, so the model calls
-    for different steps are independent: ``steps_per_call`` batches several steps in one call.
     ``zero_last_noise`` reproduces the official code, which zeroes the last noise map. With
     ``cache`` (fast mode) the predictions and the swapping levels' keys/values are kept too.
     """
@@ -175,30 +172,26 @@ def invert(
         raise ValueError("cannot invert an empty latent batch")
     noisy = draw_noisy_latents(clean, sigmas, seed)
     batch = clean.shape[0]
-    todo = list(range(start_step, steps))
+    todo = range(start_step, steps)
     noise_maps: list[Tensor] = []
     kept_predictions: list[Tensor] = []
     kept_keys_values: list[KeyValueStore] = []
-    for first in range(0, len(todo), max(1, steps_per_call)):
-        group = todo[first : first + max(1, steps_per_call)]
-        rows = torch.cat([noisy[i] for i in group])
-        row_sigmas = torch.cat([sigmas[i].expand(batch) for i in group]).to(clean.device)
+    for done, i in enumerate(todo, start=1):
         captured, swap = None, None
         if cache is not None:
-            captured = KeyValueStore(substitute_chunks=True)
-            swap = AttentionSwap(levels=cache.levels, capture=captured)
-        predictions = predict_noise(rows, row_sigmas, swap).split(batch)
-        for i, prediction in zip(group, predictions, strict=True):
-            noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
+            captured = KeyValueStore(substitute_branches=True)
+            swap = AttentionSwap(levels=cache.levels, contrast=1.0, capture_store=captured)  # capture only
+        prediction = predict_noise(noisy[i], sigmas[i].expand(batch).to(clean.device), swap)
+        noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
         if cache is not None and captured is not None:
-            kept_predictions.extend(predictions)
-            if cache.chunks is not None:
-                captured = captured.only_chunks(cache.chunks)
-            kept_keys_values.extend(part.to(cache.device).compact() for part in captured.split(batch))
-            if first == 0:  # the first step's size tells the whole cache's
+            kept_predictions.append(prediction)
+            if cache.branches is not None:
+                captured = captured.only_branches(cache.branches)
+            kept_keys_values.append(captured.to(cache.device).compact())
+            if done == 1:  # the first step's size tells the whole cache's
                 _check_cache_size(kept_keys_values[0].nbytes * len(todo), len(todo), cache.max_bytes)
         if callback is not None:
-            callback(first + len(group), len(todo))
+            callback(done, len(todo))
     if zero_last_noise:
         noise_maps[-1] = torch.zeros_like(noise_maps[-1])
     attention = None

@@ -108,17 +108,17 @@ def _swap_for(
         return None
     outputs = len(pairs)
     if step.kv_source is KeyValueSource.APPEARANCE:
-        source, sources = appearance_keys_values, tuple(appearance for appearance, _ in pairs)
+        source_store, source_rows = appearance_keys_values, tuple(appearance for appearance, _ in pairs)
     elif structure_keys_values is not None:
-        source, sources = structure_keys_values, tuple(structure for _, structure in pairs)
+        source_store, source_rows = structure_keys_values, tuple(structure for _, structure in pairs)
     else:
-        source, sources = None, tuple(outputs + structure for _, structure in pairs)
+        source_store, source_rows = None, tuple(outputs + structure for _, structure in pairs)
     return AttentionSwap(
         levels=step.swap_levels,
         contrast=settings.contrast,
-        outputs=tuple(range(outputs)),
-        sources=sources,
-        source=source,
+        output_rows=tuple(range(outputs)),
+        source_rows=source_rows,
+        source_store=source_store,
         memory_budget=settings.memory_budget,
     )
 
@@ -169,7 +169,11 @@ def transfer(
                 appearance_keys_values = appearance.keys_values_at(i).to(output.device)
         else:
             appearance_keys_values = KeyValueStore() if wants_appearance else None
-            capture = AttentionSwap(step.swap_levels, capture=appearance_keys_values) if wants_appearance else None
+            capture = (
+                AttentionSwap(step.swap_levels, settings.contrast, capture_store=appearance_keys_values)
+                if wants_appearance
+                else None
+            )
             appearance_noise = backend.predict_noise(appearance_path, sigma, capture)
 
         structure_keys_values: KeyValueStore | None = None

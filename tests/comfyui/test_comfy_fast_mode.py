@@ -116,7 +116,7 @@ def test_prompt_changes_are_reported_and_the_negative_counts_only_under_guidance
 
 def test_on_keeps_the_cond_branch_and_on_plus_uncond_both(comfy, sd15, inverted, caplog):
     cond_only, both = inverted(3.5, "on"), inverted(3.5, "on + uncond")
-    assert cond_only.attention.chunks == {0} and both.attention.chunks == {0, 1}
+    assert cond_only.attention.branches == {0} and both.attention.branches == {0, 1}
     for step in range(START, STEPS):  # half the keys/values, the same noise predictions
         assert 2 * cond_only.keys_values_at(step).nbytes == both.keys_values_at(step).nbytes
         assert torch.equal(cond_only.prediction_at(step), both.prediction_at(step))

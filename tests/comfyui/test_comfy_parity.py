@@ -44,13 +44,13 @@ class DualBackend:
         def twin(store):
             return None if store is None else self.twin_stores.setdefault(id(store), self.store_type())
 
-        return dataclasses.replace(swap, capture=twin(swap.capture), source=twin(swap.source))
+        return dataclasses.replace(swap, capture_store=twin(swap.capture_store), source_store=twin(swap.source_store))
 
     def predict_noise(self, latents, sigma, swap=None):
         twin = self._twin(swap)
         ours = self.comfy_backend.predict_noise(latents, sigma, swap)
         reference = self.diffusers_backend.predict_noise(latents, sigma, twin)
-        self.differences.append(((ours - reference).abs().max().item(), swap is not None and bool(swap.outputs)))
+        self.differences.append(((ours - reference).abs().max().item(), swap is not None and bool(swap.output_rows)))
         return ours
 
 
