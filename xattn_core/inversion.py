@@ -11,6 +11,7 @@ from torch import Tensor
 from .attention import AttentionSwap, KeyValueStore
 from .plan import SWAP_LEVELS
 from .schedule import noise_map
+from .settings import bounded, check_ranges
 
 NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
 """``(latents [R, C, H, W], sigmas [R], swap) -> noise prediction [R, C, H, W]``, guidance included.
@@ -20,6 +21,21 @@ NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
 
 StepCallback = Callable[[int, int], None]
 """``(steps done, steps total)``; called after every model call so callers can report and interrupt."""
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """The paper's inversion (official run.py / config.py): 100 steps, generation from step 32, CFG 3.5."""
+
+    steps: int = bounded(100, 2, 1000)  # schedule length
+    start_step: int = bounded(32, 0, 999)  # first step generation uses; earlier ones are never computed
+    cfg: float = bounded(3.5, 0.0, 30.0)
+    seed: int = bounded(0, 0, 2**64 - 1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.start_step >= self.steps:
+            raise ValueError(f"start_step ({self.start_step}) must be below steps ({self.steps})")
 
 
 @dataclass

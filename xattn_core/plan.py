@@ -13,6 +13,8 @@ from enum import Enum
 
 import torch
 
+from .settings import bounded, check_ranges
+
 
 class KeyValueSource(str, Enum):
     APPEARANCE = "appearance"
@@ -21,14 +23,21 @@ class KeyValueSource(str, Enum):
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """Official defaults; every range is ``[start, end)`` in fractions of the schedule length."""
+    """Official defaults (paper Sec. 4, official config.py); every range is ``[start, end)`` in fractions of
+    the schedule length."""
 
-    swap_guidance: float = 3.5
+    swap_guidance: float = bounded(3.5, 0.0, 20.0)
     level_ranges: tuple[tuple[float, float], ...] = ((0.10, 0.90), (0.10, 0.70))
-    structure_kv_period: float = 0.05  # structure K/V every 5 counter steps at N = 100 ...
-    structure_kv_end: float = 0.40  # ... below counter 40
+    structure_kv_period: float = bounded(0.05, 0.0, 1.0)  # structure K/V every 5 counter steps at N = 100 ...
+    structure_kv_end: float = bounded(0.40, 0.0, 1.0)  # ... below counter 40
     adain_range: tuple[float, float] = (0.20, 1.00)
     swap_guidance_range: tuple[float, float] = (0.10, 0.90)  # inclusive at both ends, in loop steps
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        for low, high in (*self.level_ranges, self.adain_range, self.swap_guidance_range):
+            if not 0.0 <= low <= 1.0 or not 0.0 <= high <= 1.0:
+                raise ValueError(f"step ranges are fractions of the schedule in 0..1, got ({low:g}, {high:g})")
 
 
 SWAP_LEVELS = frozenset(range(len(PlanSettings().level_ranges)))

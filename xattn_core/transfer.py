@@ -27,6 +27,7 @@ from .attention import DEFAULT_MEMORY_BUDGET, AttentionSwap, KeyValueStore
 from .inversion import Inversion
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
 from .schedule import ddpm_step
+from .settings import bounded, check_ranges
 
 
 class Backend(Protocol):
@@ -37,11 +38,17 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class TransferSettings:
+    """The generation's settings; defaults are the paper's (official config.py and run.py)."""
+
     plan: PlanSettings = field(default_factory=PlanSettings)
-    contrast: float = 1.67
+    contrast: float = bounded(1.67, 1.0, 5.0)  # attention contrast of the swapped rows
+    cfg: float = bounded(1.0, 0.0, 30.0)  # prompt guidance the backend applies while generating (paper: none)
     start_step: int | None = None  # None: the later of the two inversions' start steps
-    adain_strength: float = 1.0
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    adain_strength: float = bounded(1.0, 0.0, 1.0)
+    memory_budget: int = bounded(DEFAULT_MEMORY_BUDGET, 2**20, 2**36)  # bytes of explicit attention weights
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -123,6 +130,126 @@ def _swap_for(
     )
 
 
+@dataclass
+class PathLatents:
+    """The three paths' sigma-space latents at one step."""
+
+    output: Tensor  # [outputs, C, H, W]
+    appearance: Tensor  # [appearances, C, H, W]
+    structure: Tensor  # [structures, C, H, W]
+
+
+@dataclass
+class StepNoise:
+    """The guided noise predictions of one step (the output's already mixed by swap guidance)."""
+
+    output: Tensor
+    appearance: Tensor
+    structure: Tensor
+
+
+class JointSampler:
+    """The three-path generation, one step at a time; :func:`transfer` runs every step of the plan.
+
+    Split into :meth:`predict` (the model calls) and :meth:`advance` (DDPM steps and AdaIN), so a test
+    can hand two samplers the same latents at a step and compare one step (random weights amplify
+    rounding step by step, so whole trajectories are no test of equality).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        appearance: Inversion,
+        structure: Inversion,
+        settings: TransferSettings = TransferSettings(),
+        appearance_mask: Tensor | None = None,
+        structure_mask: Tensor | None = None,
+    ) -> None:
+        self.backend, self.appearance, self.structure, self.settings = backend, appearance, structure, settings
+        self.start = check_compatible(appearance, structure, settings.start_step)
+        self.pairs = pair_rows(appearance.batch_size, structure.batch_size)
+        self.appearance_rows = [a for a, _ in self.pairs]
+        self.structure_rows = [s for _, s in self.pairs]
+        self.plan = build_plan(appearance.steps, self.start, settings.plan)
+        self.sigmas = appearance.sigmas.tolist()
+        self.content_mask = self.style_mask = None
+        if structure_mask is not None:
+            resized = resize_mask(structure_mask, structure.clean.shape[-2:], structure.batch_size)
+            self.content_mask = resized[self.structure_rows]
+        if appearance_mask is not None:
+            resized = resize_mask(appearance_mask, appearance.clean.shape[-2:], appearance.batch_size)
+            self.style_mask = resized[self.appearance_rows]
+
+    def initial_latents(self) -> PathLatents:
+        return PathLatents(
+            output=self.structure.latent_at(self.start)[self.structure_rows].clone(),
+            appearance=self.appearance.latent_at(self.start).clone(),
+            structure=self.structure.latent_at(self.start).clone(),
+        )
+
+    def predict(self, step: StepPlan, latents: PathLatents) -> StepNoise:
+        """The model calls of ``step``: appearance rows, output + structure rows, the plain output pass."""
+        appearance, structure, backend = self.appearance, self.structure, self.backend
+        i, outputs = step.global_step, len(self.pairs)
+        sigma = self.sigmas[i]
+        wants_appearance = step.swaps and step.kv_source is KeyValueSource.APPEARANCE
+        wants_structure = step.swaps and step.kv_source is KeyValueSource.STRUCTURE
+        device, dtype = latents.output.device, latents.output.dtype
+
+        appearance_keys_values: KeyValueStore | None = None
+        if appearance.attention is not None:
+            appearance_noise = appearance.prediction_at(i).to(device, dtype)
+            if wants_appearance:
+                appearance_keys_values = appearance.keys_values_at(i).to(device)
+        else:
+            appearance_keys_values = KeyValueStore() if wants_appearance else None
+            capture = (
+                AttentionSwap(step.swap_levels, self.settings.contrast, capture_store=appearance_keys_values)
+                if wants_appearance
+                else None
+            )
+            appearance_noise = backend.predict_noise(latents.appearance, sigma, capture)
+
+        if structure.attention is not None:
+            structure_noise = structure.prediction_at(i).to(device, dtype)
+            structure_keys_values = structure.keys_values_at(i).to(device) if wants_structure else None
+            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, structure_keys_values)
+            output_noise = backend.predict_noise(latents.output, sigma, swap)
+        else:
+            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, None)
+            joint_noise = backend.predict_noise(torch.cat([latents.output, latents.structure]), sigma, swap)
+            output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
+        if step.swap_weight is not None:
+            plain_noise = backend.predict_noise(latents.output, sigma, None)
+            output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
+        return StepNoise(output=output_noise, appearance=appearance_noise, structure=structure_noise)
+
+    def advance(self, step: StepPlan, latents: PathLatents, noise: StepNoise) -> PathLatents:
+        """Every path's DDPM step with its own stored noise map, then AdaIN on the output."""
+        i = step.global_step
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        structure_maps = self.structure.noise_at(i)
+        output = ddpm_step(latents.output, noise.output, sigma, sigma_next, structure_maps[self.structure_rows])
+        appearance_path = ddpm_step(latents.appearance, noise.appearance, sigma, sigma_next, self.appearance.noise_at(i))
+        structure_path = ddpm_step(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
+        if step.adain:
+            style = appearance_path[self.appearance_rows]
+            output = adain(output, style, self.content_mask, self.style_mask, self.settings.adain_strength)
+        return PathLatents(output=output, appearance=appearance_path, structure=structure_path)
+
+    def run(self, callback: GenerationCallback | None = None) -> TransferResult:
+        latents = self.initial_latents()
+        for step in self.plan:
+            noise = self.predict(step, latents)
+            denoised = latents.output - self.sigmas[step.global_step] * noise.output  # for previews
+            latents = self.advance(step, latents, noise)
+            if callback is not None:
+                callback(step.index, len(self.plan), latents.output, denoised)
+        return TransferResult(
+            output=latents.output, appearance=latents.appearance, structure=latents.structure, pairs=self.pairs
+        )
+
+
 def transfer(
     backend: Backend,
     appearance: Inversion,
@@ -138,68 +265,5 @@ def transfer(
     cached noise predictions and keys/values, so only the output rows (and the other path, if it
     has no cache) go through the model.
     """
-    start = check_compatible(appearance, structure, settings.start_step)
-    pairs = pair_rows(appearance.batch_size, structure.batch_size)
-    appearance_rows = [a for a, _ in pairs]
-    structure_rows = [s for _, s in pairs]
-    plan = build_plan(appearance.steps, start, settings.plan)
-    sigmas = appearance.sigmas.tolist()
-
-    content_mask = style_mask = None
-    if structure_mask is not None:
-        content_mask = resize_mask(structure_mask, structure.clean.shape[-2:], structure.batch_size)[structure_rows]
-    if appearance_mask is not None:
-        style_mask = resize_mask(appearance_mask, appearance.clean.shape[-2:], appearance.batch_size)[appearance_rows]
-
-    output = structure.latent_at(start)[structure_rows].clone()
-    appearance_path = appearance.latent_at(start).clone()
-    structure_path = structure.latent_at(start).clone()
-    outputs = len(pairs)
-
-    for step in plan:
-        i = step.global_step
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        wants_appearance = step.swaps and step.kv_source is KeyValueSource.APPEARANCE
-        wants_structure = step.swaps and step.kv_source is KeyValueSource.STRUCTURE
-
-        appearance_keys_values: KeyValueStore | None = None
-        if appearance.attention is not None:
-            appearance_noise = appearance.prediction_at(i).to(output.device, output.dtype)
-            if wants_appearance:
-                appearance_keys_values = appearance.keys_values_at(i).to(output.device)
-        else:
-            appearance_keys_values = KeyValueStore() if wants_appearance else None
-            capture = (
-                AttentionSwap(step.swap_levels, settings.contrast, capture_store=appearance_keys_values)
-                if wants_appearance
-                else None
-            )
-            appearance_noise = backend.predict_noise(appearance_path, sigma, capture)
-
-        structure_keys_values: KeyValueStore | None = None
-        if structure.attention is not None:
-            structure_noise = structure.prediction_at(i).to(output.device, output.dtype)
-            if wants_structure:
-                structure_keys_values = structure.keys_values_at(i).to(output.device)
-            swap = _swap_for(step, pairs, settings, appearance_keys_values, structure_keys_values)
-            output_noise = backend.predict_noise(output, sigma, swap)
-        else:
-            swap = _swap_for(step, pairs, settings, appearance_keys_values, None)
-            joint_noise = backend.predict_noise(torch.cat([output, structure_path]), sigma, swap)
-            output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
-        if step.swap_weight is not None:
-            plain_noise = backend.predict_noise(output, sigma, None)
-            output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
-        del appearance_keys_values, structure_keys_values, swap
-
-        denoised = output - sigma * output_noise  # for previews
-        structure_maps = structure.noise_at(i)
-        output = ddpm_step(output, output_noise, sigma, sigma_next, structure_maps[structure_rows])
-        appearance_path = ddpm_step(appearance_path, appearance_noise, sigma, sigma_next, appearance.noise_at(i))
-        structure_path = ddpm_step(structure_path, structure_noise, sigma, sigma_next, structure_maps)
-        if step.adain:
-            output = adain(output, appearance_path[appearance_rows], content_mask, style_mask, settings.adain_strength)
-        if callback is not None:
-            callback(step.index, len(plan), output, denoised)
-
-    return TransferResult(output=output, appearance=appearance_path, structure=structure_path, pairs=pairs)
+    sampler = JointSampler(backend, appearance, structure, settings, appearance_mask, structure_mask)
+    return sampler.run(callback)
