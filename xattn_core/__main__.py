@@ -1,102 +1,185 @@
-"""Command line: ``python -m xattn_core transfer --model <diffusers folder or hub id> ...``."""
+"""Command line: ``python -m xattn_core transfer --model <diffusers folder or hub id> ...``.
+
+Every argument is checked before anything is loaded, so a mistake costs no model load; errors are
+one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
-from .diffusers_pipeline import (
-    DEFAULT_MODEL,
-    SAMPLES,
-    ModelLoadError,
-    TransferOptions,
-    load_image,
-    load_pipeline,
-    transfer_images,
-)
+from .diffusers_pipeline import DEFAULT_MODEL, SAMPLES, ModelLoadError, TransferOptions, check_model_name
+from .inversion import InversionSettings
+from .plan import PlanSettings
+from .transfer import TransferSettings
+
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TransferOptions()
     parser = argparse.ArgumentParser(
-        prog="python -m xattn_core", description="Cross-Image Attention appearance transfer"
+        prog="python -m xattn_core", description="Cross-Image Attention appearance transfer", formatter_class=HELP_FORMAT
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("transfer", help="transfer the appearance of one image onto the structure of another")
+    run = commands.add_parser(
+        "transfer",
+        help="transfer the appearance of one image onto the structure of another",
+        description="Invert both images, generate the structure with the appearance's look, write the result. "
+        "On a GPU a 512 px transfer at the paper's settings takes 533 model evaluations.",
+        formatter_class=HELP_FORMAT,
+    )
     run.add_argument("--appearance", default=str(SAMPLES / "appearance.png"), help="image giving colours/materials")
     run.add_argument("--structure", default=str(SAMPLES / "structure.png"), help="image giving the shape to keep")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="diffusers SD 1.x/2.x folder or hub id")
-    run.add_argument(
-        "--prompt", default="A photo of an object", help='inversion/generation prompt, "A photo of a <domain>"'
-    )
-    run.add_argument("--out", default="out.png", help="where to write the result")
-    run.add_argument("--steps", type=int, default=defaults.steps)
-    run.add_argument("--start-step", type=int, default=defaults.start_step)
-    run.add_argument("--inversion-cfg", type=float, default=defaults.inversion_cfg)
-    run.add_argument("--cfg", type=float, default=defaults.cfg)
-    run.add_argument("--swap-guidance", type=float, default=defaults.swap_guidance)
-    run.add_argument("--contrast", type=float, default=defaults.contrast)
-    run.add_argument("--seed", type=int, default=defaults.seed)
-    run.add_argument("--size", type=int, default=defaults.size, help="square working size in px (multiple of 64)")
-    run.add_argument("--no-freeu", action="store_true", help="turn off the official FreeU variant")
-    run.add_argument(
+    run.add_argument("--prompt", default="A photo of an object", help='inversion/generation prompt, "A photo of a <domain>"')
+    run.add_argument("--out", default="out.png", help="where to write the result (.png, .jpg, .webp, ...)")
+    add_setting_flags(run)
+    return parser
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """The model and transfer settings; defaults come from the engine's settings dataclasses."""
+    inversion, transfer, plan = InversionSettings(), TransferSettings(), PlanSettings()
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="diffusers SD 1.x/2.x folder or hub id")
+    parser.add_argument("--steps", type=int, default=inversion.steps, help="schedule length")
+    parser.add_argument("--start-step", type=int, default=inversion.start_step, help="first step generation uses")
+    parser.add_argument("--inversion-cfg", type=float, default=inversion.cfg, help="guidance while inverting")
+    parser.add_argument("--cfg", type=float, default=transfer.cfg, help="prompt guidance while generating")
+    parser.add_argument("--swap-guidance", type=float, default=plan.swap_guidance, help="swap guidance scale")
+    parser.add_argument("--contrast", type=float, default=transfer.contrast, help="attention contrast")
+    parser.add_argument("--seed", type=int, default=inversion.seed, help="seed of the inversion's noise")
+    parser.add_argument("--size", type=int, default=TransferOptions().size, help="square working size in px (x64)")
+    parser.add_argument("--no-freeu", action="store_true", help="turn off the official FreeU variant")
+    parser.add_argument(
         "--fast",
         action="store_true",
         help="fast mode: keep the inversion's attention keys/values (in RAM, ~1.6 GB per image for SD 1.5 at "
         "512 px in fp16) and evaluate only the output row while generating; exact only when --cfg equals "
         "--inversion-cfg, otherwise an approximation",
     )
-    run.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    return parser
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
 
 
-def _cuda() -> bool:
+def options_from(args: argparse.Namespace) -> TransferOptions:
+    """The parsed flags as TransferOptions; ValueError names the first flag out of range."""
+    inversion = InversionSettings(
+        steps=args.steps, start_step=args.start_step, cfg=args.inversion_cfg, seed=args.seed
+    )
+    transfer = TransferSettings(
+        plan=PlanSettings(swap_guidance=args.swap_guidance), contrast=args.contrast, cfg=args.cfg
+    )
+    return TransferOptions(inversion=inversion, transfer=transfer, size=args.size, freeu=not args.no_freeu,
+                           fast=args.fast)
+
+
+def available_devices() -> list[str]:
     import torch
 
-    return torch.cuda.is_available()
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(name: str | None):
+    """``name`` as a torch.device that exists here, or ValueError listing the devices that do."""
+    import torch
+
+    available = available_devices()
+    if name is None:
+        return torch.device("cuda" if len(available) > 1 and available[1].startswith("cuda") else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; this machine has: {', '.join(available)}") from None
+    wanted = f"{device.type}:{device.index or 0}" if device.type == "cuda" else device.type
+    if wanted not in available:
+        raise ValueError(f"device {name!r} is not available on this machine; it has: {', '.join(available)}")
+    return device
+
+
+def check_output(path: str) -> Path:
+    """Refuse an output file whose format is unknown or whose folder cannot be written."""
+    from PIL import Image
+
+    out = Path(path)
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {path!r}: unknown image format {out.suffix!r}; use .png, .jpg or .webp")
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {path!r}: cannot write into {folder}")
+    return out
+
+
+class PhaseProgress:
+    """One progress display per phase, closed when the phase ends; plain lines when stderr is not a terminal."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.phase: str | None = None
+        self.bar = None
+        self.started = 0.0
+        self.reported = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase, self.started, self.reported = phase, time.monotonic(), 0
+            if self.interactive:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=phase, unit="step", file=self.stream, leave=True)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif done * 10 // total > self.reported * 10 // total or done == total:
+            self.reported = done
+            print(f"{phase}: {done}/{total} steps, {time.monotonic() - self.started:.1f} s", file=self.stream,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.phase = None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = TransferOptions(
-        steps=args.steps,
-        start_step=args.start_step,
-        inversion_cfg=args.inversion_cfg,
-        cfg=args.cfg,
-        swap_guidance=args.swap_guidance,
-        contrast=args.contrast,
-        seed=args.seed,
-        size=args.size,
-        freeu=not args.no_freeu,
-        fast=args.fast,
-    )
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences import-time notices unrelated to us
     try:
+        options = options_from(args)
+        device = resolve_device(args.device)
+        out = check_output(args.out)
+        check_model_name(args.model)
+        from .diffusers_pipeline import load_image
+
         appearance = load_image(args.appearance, options.size)
         structure = load_image(args.structure, options.size)
-        pipe = load_pipeline(args.model, args.device)
     except (ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from tqdm.auto import tqdm
+    from .diffusers_pipeline import load_pipeline, transfer_images
 
-    bars: dict[str, tqdm] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase) or bars.setdefault(phase, tqdm(total=total, desc=phase, unit="step"))
-        bar.update(done - bar.n)
-
+    progress = PhaseProgress()
     try:
+        pipe = load_pipeline(args.model, device)
         image, _ = transfer_images(pipe, appearance, structure, args.prompt, options, progress)
-    except ValueError as error:
+    except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
-        for bar in bars.values():
-            bar.close()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.out)
-    print(f"wrote {args.out}")
+        progress.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    print(f"wrote {out}")
     return 0
 
 

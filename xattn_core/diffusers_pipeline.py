@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,9 @@ from torch import Tensor
 
 from .diffusers_backend import DiffusersBackend
 from .freeu import FreeUSettings
-from .inversion import CacheSettings, Inversion, invert
-from .plan import PlanSettings
-from .transfer import TransferResult, TransferSettings, transfer
+from .inversion import CacheSettings, Inversion, InversionSettings, invert
 from .schedule import paper_sigmas
+from .transfer import TransferResult, TransferSettings, transfer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SAMPLES = Path(__file__).parent / "samples"
@@ -29,51 +28,86 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A diffusers Stable Diffusion pipeline from a local folder or a hub id, or a one-line error."""
+def _looks_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).suffix != "" or Path(model).expanduser().exists()
+
+
+def check_model_name(model: str) -> None:
+    """Refuse, before anything is loaded, a local path that is not a diffusers model folder."""
+    if _looks_local(model) and not (Path(model).expanduser() / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{model!r} is not a diffusers model folder (no model_index.json); pass --model with such a folder "
+            f"or a hub id such as {DEFAULT_MODEL}"
+        )
+
+
+def _hub_failure(model: str, error: Exception) -> str:
+    """What to do when a hub id could not be loaded, in one line (diffusers' own message is long)."""
+    text = f"{type(error).__name__}: {error}"
+    if "RepositoryNotFound" in text or "404" in text:
+        why = "there is no such model on the hub, or it is private"
+    elif "Gated" in text or "401" in text or "403" in text:
+        why = "the model is gated: accept its licence on the hub and log in (huggingface-cli login)"
+    else:
+        why = "it is not in the local cache and could not be downloaded (offline, or the hub is unreachable)"
+    return (
+        f"cannot load {model!r} from the Hugging Face hub: {why}; pass --model with a local diffusers folder "
+        "(one with model_index.json)"
+    )
+
+
+def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A diffusers Stable Diffusion pipeline from a local folder or a hub id, or a one-line ModelLoadError."""
+    check_model_name(model)
     try:
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ModelLoadError("the reference path needs diffusers: pip install 'xattn[diffusers]'") from error
-    looks_local = model.startswith((".", "/", "~")) or Path(model).suffix != ""
-    if looks_local and not (Path(model).expanduser() / "model_index.json").is_file():
-        raise ModelLoadError(
-            f"{model!r} is not a diffusers model folder (no model_index.json); pass --model with such a folder "
-            f"or a hub id such as {DEFAULT_MODEL}"
-        )
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()  # loading bars: noise next to the transfer's own progress
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - diffusers' SD pipeline needs transformers anyway
+        pass
     try:
         pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, safety_checker=None)
     except Exception as error:  # noqa: BLE001 - diffusers raises many kinds; all mean "cannot load"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(
-            f"cannot load diffusers model {model!r} ({reason}); pass --model with a local diffusers folder "
-            "(one with model_index.json) or a hub id this machine can download"
-        ) from None
+        if not _looks_local(model):
+            raise ModelLoadError(_hub_failure(model, error)) from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ModelLoadError(f"cannot load the diffusers model in {model!r} ({reason})") from None
     return pipe.to(device)
 
 
 @dataclass(frozen=True)
 class TransferOptions:
-    """The paper's settings (SPEC 2.7)."""
+    """Everything one command-line transfer needs; the defaults are the engine's (the paper's)."""
 
-    steps: int = 100
-    start_step: int = 32
-    inversion_cfg: float = 3.5
-    cfg: float = 1.0
-    swap_guidance: float = 3.5
-    contrast: float = 1.67
-    seed: int = 0
-    size: int = 512
-    freeu: bool = True
+    inversion: InversionSettings = field(default_factory=InversionSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    size: int = 512  # square working size in px
+    freeu: bool = True  # the official FreeU variant, as in the paper
     fast: bool = False  # keep the inversion's attention cache (in RAM) and evaluate only the output row
+
+    def __post_init__(self) -> None:
+        if self.size < 64 or self.size % 64:
+            raise ValueError(f"size must be a positive multiple of 64 px, got {self.size}")
 
 
 def load_image(path: str | Path, size: int) -> Image.Image:
-    if size % 64:
-        raise ValueError(f"image size must be a multiple of 64 px, got {size}")
-    return Image.open(path).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    """An image file as RGB at ``size`` x ``size``, or a one-line OSError/ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read {path} as an image ({error})") from None
 
 
 def _to_tensor(image: Image.Image) -> Tensor:
@@ -118,12 +152,13 @@ def transfer_images(
     progress: Progress | None = None,
 ) -> tuple[Image.Image, TransferResult]:
     """Invert both images, run the joint sampler, decode the output."""
+    inversion_settings, settings = options.inversion, options.transfer
     table = sigma_table(pipe)
-    sigmas = paper_sigmas(table, options.steps)
+    sigmas = paper_sigmas(table, inversion_settings.steps)
     positive = encode_prompt(pipe, prompt)
     negative = encode_prompt(pipe, "")
     freeu = FreeUSettings() if options.freeu else None
-    with DiffusersBackend(pipe.unet, positive, negative, options.inversion_cfg, table, freeu) as backend:
+    with DiffusersBackend(pipe.unet, positive, negative, inversion_settings.cfg, table, freeu) as backend:
         clean = torch.cat([encode_image(pipe, appearance), encode_image(pipe, structure)])
 
         def report_inversion(done: int, total: int) -> None:
@@ -132,19 +167,18 @@ def transfer_images(
 
         # fast mode keeps the swapping levels' keys/values in RAM, whatever device the model runs on, and the
         # uncond branch only when generation is guided
-        branches = frozenset({0}) if options.cfg == 1.0 else None
+        branches = frozenset({0}) if settings.cfg == 1.0 else None
         cache = CacheSettings(device="cpu", branches=branches) if options.fast else None
         both: Inversion = invert(
             backend.predict_noise,
             clean,
             sigmas,
-            options.start_step,
-            options.seed,
+            inversion_settings.start_step,
+            inversion_settings.seed,
             callback=report_inversion,
             cache=cache,
         )
-        backend.with_guidance(positive, negative, options.cfg)
-        settings = TransferSettings(plan=PlanSettings(swap_guidance=options.swap_guidance), contrast=options.contrast)
+        backend.with_guidance(positive, negative, settings.cfg)
         result = transfer(
             backend,
             both.select([0]),
