@@ -1,0 +1,310 @@
+"""Automatic object masks from the model's own attention ("self-segmentation", as in the official code).
+
+Tokens that attend alike belong to the same region, so k-means over the rows of a self-attention map splits
+the image into a few segments. The cross-attention map of an object word then says which segments show that
+object: a segment whose mean (normalised) word attention stands out from the others is kept. Everything here
+is plain torch so that it runs wherever the model runs, with no numpy or scikit-learn at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KMEANS_CLUSTERS = 5
+KMEANS_RESTARTS = 10
+OBJECT_SCORE_RATIO = 1.4
+
+_SPECIAL_TOKEN = re.compile(r"^<\|.*\|>$|^<pad>$|^<s>$|^</s>$")
+_END_TOKENS = frozenset({"<|endoftext|>", "</s>"})  # what follows the first of these is padding
+_WORD_END = "</w>"
+_INCREMENTAL_FRACTION = 4  # recompute cluster sums in full while more than N / 4 points change cluster
+
+
+class ObjectWordError(ValueError):
+    """An object word that the prompt does not contain, so its attention map cannot be read."""
+
+
+def _squared_distances(features: Tensor, squared_norms: Tensor, centres: Tensor) -> Tensor:
+    """``[N, M]`` squared Euclidean distances to ``centres`` ``[M, D]`` in the ||x||^2 - 2 x.c + ||c||^2 form.
+
+    One matmul; for the skinny shapes here it is bound by reading ``features`` once, which is why all the
+    restarts are run side by side and share each pass.
+    """
+    cross = features @ centres.T
+    return (squared_norms[:, None] - 2 * cross + (centres * centres).sum(1)[None]).clamp_min_(0)
+
+
+def _plus_plus_centres(
+    features: Tensor, squared_norms: Tensor, clusters: int, generators: list[torch.Generator]
+) -> Tensor:
+    """Greedy k-means++ for every restart at once: ``[restarts, clusters, D]`` initial centres.
+
+    As in scikit-learn, the first centre is a uniformly drawn point and each further one the best (lowest
+    potential) of ``2 + floor(ln k)`` candidates drawn with probability proportional to the squared distance to
+    the nearest centre so far. Each restart draws from its own generator, so running them side by side gives
+    the same centres as running them one after another.
+    """
+    count, device = features.shape[0], features.device
+    restarts, trials = len(generators), 2 + int(math.log(clusters))
+    first = torch.cat([torch.randint(count, (1,), generator=generator) for generator in generators]).to(device)
+    chosen = [first]
+    closest = _squared_distances(features, squared_norms, features[first]).T.double()  # [restarts, N]
+    potential = closest.sum(1)
+    rows = torch.arange(restarts, device=device)
+    for _ in range(1, clusters):
+        draws = torch.stack([torch.rand(trials, generator=generator, dtype=torch.float64) for generator in generators])
+        draws = draws.to(device) * potential[:, None]
+        candidates = torch.searchsorted(closest.cumsum(1), draws).clamp_max_(count - 1)  # [restarts, trials]
+        to_candidates = _squared_distances(features, squared_norms, features[candidates.flatten()]).T.double()
+        closest_if_added = torch.minimum(closest[:, None], to_candidates.view(restarts, trials, count))
+        potentials = closest_if_added.sum(2)
+        best = potentials.argmin(1)
+        closest, potential = closest_if_added[rows, best], potentials[rows, best]
+        chosen.append(candidates[rows, best])
+    return features[torch.stack(chosen, 1)]  # [restarts, clusters, D]
+
+
+def _fill_empty_clusters(labels: Tensor, own_distances: Tensor, clusters: int) -> Tensor:
+    """Move the points farthest from their centres into empty clusters, one each (scikit-learn's relocation).
+
+    ``labels`` and ``own_distances`` are ``[N]``. Only points of clusters with more than one member move, so
+    no cluster is emptied in turn; with at least ``clusters`` points every cluster ends up with a member.
+    """
+    counts = torch.bincount(labels, minlength=clusters)
+    labels = labels.clone()
+    for cluster in (counts == 0).nonzero().flatten().tolist():
+        movable = counts[labels] > 1
+        point = int(torch.where(movable, own_distances, -math.inf).argmax())
+        counts[labels[point]] -= 1
+        counts[cluster] = 1
+        labels[point] = cluster
+    return labels
+
+
+def _assign(features: Tensor, squared_norms: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
+    """Labels and squared distances ``[R, N]`` to the nearest of each restart's centres ``[R, k, D]``.
+
+    No cluster is left empty (see _fill_empty_clusters).
+    """
+    restarts, clusters, _ = centres.shape
+    distances = _squared_distances(features, squared_norms, centres.flatten(0, 1))
+    own, labels = distances.view(-1, restarts, clusters).min(2)
+    own, labels = own.T.contiguous(), labels.T.contiguous()
+    counts = F.one_hot(labels, clusters).sum(1)  # [R, k]
+    for restart in (counts == 0).any(1).nonzero().flatten().tolist():
+        labels[restart] = _fill_empty_clusters(labels[restart], own[restart], clusters)
+        own[restart] = distances.view(-1, restarts, clusters)[:, restart].gather(1, labels[restart, :, None])[:, 0]
+    return labels, own
+
+
+def _cluster_sums(features: Tensor, labels: Tensor, clusters: int) -> Tensor:
+    """``[R, k, D]`` sum of the points in each cluster, for labels ``[R, n]`` of the points ``features`` ``[n, D]``."""
+    members = F.one_hot(labels, clusters).transpose(1, 2).to(features.dtype)  # [R, k, n]
+    return members @ features
+
+
+def _lloyd(
+    features: Tensor, squared_norms: Tensor, centres: Tensor, max_iterations: int, tolerance: float
+) -> tuple[Tensor, Tensor]:
+    """Lloyd iterations for all restarts' ``centres`` ``[R, k, D]``: labels ``[R, N]`` and inertia ``[R]``.
+
+    A restart stops, as in scikit-learn, when its labels repeat (strict convergence) or its total squared
+    centre shift is at most ``tolerance`` (absolute here); stopped restarts keep their centres and leave the
+    shared passes, so the result is that of running each restart alone (up to float rounding in the shared
+    matmul). Once few points change cluster, the cluster sums are updated with just those points, which saves
+    a pass over the data per iteration.
+    """
+    restarts, clusters, _ = centres.shape
+    count = features.shape[0]
+    centres = centres.clone()
+    sums = torch.zeros_like(centres)
+    previous = torch.full((restarts, count), -1, dtype=torch.long, device=features.device)
+    running = torch.arange(restarts, device=features.device)
+    for _iteration in range(max_iterations):
+        labels, _ = _assign(features, squared_norms, centres[running])
+        old_labels = previous[running]
+        changed = (labels != old_labels).any(0).nonzero().flatten()
+        if changed.numel() > count // _INCREMENTAL_FRACTION or bool((old_labels < 0).any()):
+            sums[running] = _cluster_sums(features, labels, clusters)
+        else:
+            moved = features[changed]
+            sums[running] += _cluster_sums(moved, labels[:, changed], clusters)
+            sums[running] -= _cluster_sums(moved, old_labels[:, changed], clusters)
+        sizes = F.one_hot(labels, clusters).sum(1)  # never 0: _assign fills empty clusters
+        new_centres = sums[running] / sizes[..., None]
+        shift = ((new_centres - centres[running]) ** 2).flatten(1).sum(1, dtype=torch.float64)
+        stopped = (labels == old_labels).all(1) | (shift <= tolerance)
+        centres[running] = new_centres
+        previous[running] = labels
+        running = running[~stopped]
+        if running.numel() == 0:
+            break
+    # labels for the final centres (after strict convergence these are the labels the run ended with)
+    labels, own = _assign(features, squared_norms, centres)
+    return labels, own.sum(1, dtype=torch.float64)
+
+
+def kmeans(
+    features: Tensor,
+    clusters: int = KMEANS_CLUSTERS,
+    restarts: int = KMEANS_RESTARTS,
+    seed: int = 0,
+    max_iterations: int = 300,
+    tolerance: float = 1e-4,
+) -> Tensor:
+    """Labels ``[N]`` (int64) of the best of ``restarts`` seeded greedy k-means++ / Lloyd runs (lowest inertia).
+
+    ``features`` is ``[N, D]``, one point per row. ``tolerance`` is relative, as in scikit-learn: a run stops
+    when the total squared centre shift is at most ``tolerance`` times the mean per-feature variance of the
+    data. Deterministic for a given seed (all random draws come from seeded CPU generators); runs on the
+    features' device in float32, with float64 sums for potentials, shifts and inertia. The data are centred
+    first (k-means does not care) so that the matmul distance form keeps its precision, e.g. for attention
+    rows whose entries are all near 1 / N. No cluster is ever left empty.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"k-means features must be [N, D], got shape {tuple(features.shape)}")
+    if clusters < 1 or restarts < 1:
+        raise ValueError(f"k-means needs at least one cluster and one restart, got {clusters} and {restarts}")
+    if features.shape[0] < clusters:
+        raise ValueError(f"k-means needs at least {clusters} points for {clusters} clusters, got {features.shape[0]}")
+    features = features.float()
+    features = features - features.mean(0)
+    squared_norms = (features * features).sum(1)
+    mean_variance = float(squared_norms.sum(dtype=torch.float64)) / features.numel()
+    seeds = torch.randint(2**62, (restarts,), generator=torch.Generator().manual_seed(seed)).tolist()
+    generators = [torch.Generator().manual_seed(restart_seed) for restart_seed in seeds]
+    centres = _plus_plus_centres(features, squared_norms, clusters, generators)
+    labels, inertia = _lloyd(features, squared_norms, centres, max_iterations, tolerance * mean_variance)
+    return labels[int(inertia.argmin())]
+
+
+def _normalise(word_maps: Tensor) -> Tensor:
+    """The official per-word scaling ``(m - |min m|) / max m``; a map whose maximum is 0 scores 0 everywhere."""
+    flat = word_maps.flatten(1)
+    low = flat.min(1).values.abs()
+    high = flat.max(1).values
+    safe_high = torch.where(high == 0, torch.ones_like(high), high)
+    normalised = (flat - low[:, None]) / safe_high[:, None]
+    return torch.where((high == 0)[:, None], torch.zeros_like(normalised), normalised).view_as(word_maps)
+
+
+def label_clusters(labels: Tensor, word_maps: Tensor, is_object: Sequence[bool], clusters: int | None = None) -> Tensor:
+    """Which clusters show the object: a bool tensor ``[clusters]``.
+
+    ``labels`` is ``[h, w]`` (int), ``word_maps`` ``[words, h, w]`` (already upsampled, not yet normalised) and
+    ``is_object`` says for each word whether it names the object (the others are scored only to compete).
+    ``clusters`` defaults to ``labels.max() + 1``. A cluster's score for a word is the mean of that word's
+    normalised map over the cluster; a cluster is the object when its best score exceeds
+    ``OBJECT_SCORE_RATIO`` times the mean best score of the other clusters (one top-scoring cluster left out)
+    and its best word is an object word. Empty clusters score nothing and are never the object; with fewer
+    than two non-empty clusters nothing can stand out, so none is.
+    """
+    if word_maps.dim() != 3 or word_maps.shape[1:] != labels.shape:
+        raise ValueError(
+            f"word maps must be [words, {', '.join(map(str, labels.shape))}], got {tuple(word_maps.shape)}"
+        )
+    if len(is_object) != word_maps.shape[0]:
+        raise ValueError(f"is_object has {len(is_object)} entries for {word_maps.shape[0]} word maps")
+    count = int(labels.max()) + 1 if clusters is None else clusters
+    flat_labels = labels.flatten().long()
+    maps = _normalise(word_maps.float()).flatten(1)  # [words, pixels]
+    members = F.one_hot(flat_labels, count).to(maps.dtype)  # [pixels, clusters]
+    sizes = members.sum(0)
+    scores = (maps @ members) / sizes.clamp_min(1)  # [words, clusters]
+    best_scores, best_words = scores.max(0)
+    present = sizes > 0
+    present_scores = best_scores[present]
+    if present_scores.numel() < 2:
+        return torch.zeros(count, dtype=torch.bool, device=labels.device)  # nothing to compare against
+    top = int(present_scores.argmax())
+    mean_score = torch.cat([present_scores[:top], present_scores[top + 1 :]]).mean()
+    word_is_object = torch.tensor(list(is_object), dtype=torch.bool, device=labels.device)
+    return present & (best_scores > OBJECT_SCORE_RATIO * mean_score) & word_is_object[best_words]
+
+
+def object_mask(
+    self_map: Tensor,
+    cross_map: Tensor,
+    word_positions: Sequence[Sequence[int]],
+    is_object: Sequence[bool],
+    self_grid: tuple[int, int],
+    cross_grid: tuple[int, int],
+    size: tuple[int, int],
+    seed: int = 0,
+) -> Tensor:
+    """A float 0/1 mask ``[H, W]`` (``size``) of the object in one image.
+
+    ``self_map`` ``[T0, T0]`` is the head-averaged self-attention at the highest-resolution decoder level
+    (``self_grid`` = (h0, w0) tokens) and ``cross_map`` ``[T1, context_tokens]`` the head-averaged
+    cross-attention at the next level (``cross_grid`` = (h1, w1)). ``word_positions`` holds the context token
+    positions of each scored word (the columns of a multi-token word are averaged) and ``is_object`` whether
+    each word names the object. The mask is resized with nearest neighbour, since the level-0 grid need not
+    match the latent (on SDXL it is half its size).
+    """
+    (h0, w0), (h1, w1) = self_grid, cross_grid
+    if self_map.shape != (h0 * w0, h0 * w0):
+        raise ValueError(f"self map must be [{h0 * w0}, {h0 * w0}] for a {h0}x{w0} grid, got {tuple(self_map.shape)}")
+    if cross_map.dim() != 2 or cross_map.shape[0] != h1 * w1:
+        raise ValueError(f"cross map must be [{h1 * w1}, tokens] for a {h1}x{w1} grid, got {tuple(cross_map.shape)}")
+    if len(word_positions) != len(is_object) or not word_positions:
+        raise ValueError(f"need one is_object flag per word, got {len(is_object)} for {len(word_positions)} words")
+    if not any(is_object):
+        raise ValueError("at least one scored word must be an object word")
+    context_tokens = cross_map.shape[1]
+    for positions in word_positions:
+        if not positions or not all(0 <= p < context_tokens for p in positions):
+            raise ValueError(f"word token positions {list(positions)} are not in 0..{context_tokens - 1}")
+    labels = kmeans(self_map, seed=seed).view(h0, w0)
+    cross = cross_map.to(self_map.device, torch.float32)
+    word_maps = torch.stack([cross[:, list(positions)].mean(1) for positions in word_positions])
+    word_maps = F.interpolate(word_maps.view(1, -1, h1, w1), size=(h0, w0), mode="nearest")[0]
+    objects = label_clusters(labels, word_maps, is_object, clusters=KMEANS_CLUSTERS)
+    mask = objects[labels].float()
+    return F.interpolate(mask[None, None], size=tuple(size), mode="nearest")[0, 0]
+
+
+def _before_end(tokens: Sequence[str]) -> list[str]:
+    """The tokens up to the first end marker: after it come only padding tokens (on SDXL's second CLIP, '!')."""
+    tokens = list(tokens)
+    ends = [index for index, token in enumerate(tokens) if token in _END_TOKENS]
+    return tokens[: ends[0]] if ends else tokens
+
+
+def _readable(tokens: Sequence[str]) -> tuple[list[str], str]:
+    """The prompt's tokens without special markers and '</w>', and the text they spell (CLIP-style joins)."""
+    pieces = [token for token in _before_end(tokens) if not _SPECIAL_TOKEN.match(token)]
+    shown = [token.removesuffix(_WORD_END) for token in pieces]
+    if any(token.endswith(_WORD_END) for token in pieces):
+        text = "".join(token.removesuffix(_WORD_END) + (" " if token.endswith(_WORD_END) else "") for token in pieces)
+    else:
+        text = " ".join(shown)
+    return shown, text.strip()
+
+
+def word_positions(prompt_tokens: Sequence[str], word_tokens: Sequence[str], word: str) -> list[int]:
+    """Positions in ``prompt_tokens`` of every occurrence of the contiguous token run ``word_tokens``.
+
+    ``prompt_tokens`` are the prompt's token strings as the model's tokenizer gives them, start token at 0, so
+    the positions index the cross-attention columns; padding after the end token is not searched. Raises
+    ObjectWordError, naming the word and showing the prompt's tokens, when the word has no tokens or does not
+    occur: the mask cannot be found without it.
+    """
+    shown, text = _readable(prompt_tokens)
+    where = f"the prompt reads {text!r} (tokens: {', '.join(shown)})"
+    run = list(word_tokens)
+    if not run:
+        raise ObjectWordError(f"object word {word!r} gives no tokens; {where}")
+    tokens = _before_end(prompt_tokens)
+    positions: set[int] = set()
+    for start in range(len(tokens) - len(run) + 1):
+        if tokens[start : start + len(run)] == run:
+            positions.update(range(start, start + len(run)))
+    if not positions:
+        raise ObjectWordError(f"object word {word!r} is not in the prompt; {where}")
+    return sorted(positions)
