@@ -5,7 +5,8 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..xattn_core.adain import adain
-from .common import CATEGORY
+from ..xattn_core.transfer import TransferSettings
+from .common import CATEGORY, setting_input
 
 
 class XAttnAdaINLatentMatch(io.ComfyNode):
@@ -20,7 +21,7 @@ class XAttnAdaINLatentMatch(io.ComfyNode):
             inputs=[
                 io.Latent.Input("content", tooltip="Latent whose statistics are changed."),
                 io.Latent.Input("style", tooltip="Latent whose statistics are taken (batch 1 or the content's)."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
+                setting_input(io.Float, TransferSettings, "adain_strength", socket="strength", step=0.01,
                                tooltip="1 = full match, 0 = content unchanged."),
                 io.Mask.Input("content_mask", optional=True, tooltip="Where the content is changed and measured; "
                               "any size, soft values allowed. An empty mask falls back to no mask."),

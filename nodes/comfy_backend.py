@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
@@ -161,18 +162,22 @@ class ComfyBackend:
         return self._call(latents, sigmas.expand(latents.shape[0]).to(latents.dtype), swap)
 
 
-LoopFunction = Callable[[ComfyBackend, Tensor, Callable[[int, Tensor, Tensor, float], None]], Tensor]
-"""``(backend, model-space latent, preview(step, x, denoised, sigma)) -> model-space result``."""
+Payload = TypeVar("Payload")
+LoopFunction = Callable[[ComfyBackend, Tensor, Callable[[int, Tensor, Tensor, float], None]], tuple[Tensor, Payload]]
+"""``(backend, model-space latent, preview(step, x, denoised, sigma)) -> (model-space result, payload)``."""
 
 
 def run_in_guider(
     model, positive, negative, cfg: float, latent: Tensor, sigmas: Tensor, loop: LoopFunction, callback=None
-) -> Tensor:
-    """Run ``loop`` as a sampler through ``CFGGuider.sample``; returns the (latent-space) result.
+) -> tuple[Tensor, Payload]:
+    """Run ``loop`` as a sampler through ``CFGGuider.sample``; returns the (latent-space) result and the payload.
 
     ``latent`` is a LATENT's samples; the guider converts it to model space and hands it to the
-    loop unchanged (zero noise). ``callback`` is ComfyUI's ``(step, x0, x, total)`` preview/progress.
+    loop unchanged (zero noise). The loop's payload (an inversion, the reconstructed paths, ...) comes
+    back beside the latent, which is all a sampler may return to ComfyUI. ``callback`` is ComfyUI's
+    ``(step, x0, x, total)`` preview/progress.
     """
+    payloads = []
 
     def sampler_function(denoiser, x, _sigmas, extra_args=None, callback=None, disable=None):
         backend = ComfyBackend(denoiser, extra_args or {})
@@ -181,13 +186,16 @@ def run_in_guider(
             if callback is not None:
                 callback({"i": step, "x": current, "denoised": denoised, "sigma": sigma, "sigma_hat": sigma})
 
-        return loop(backend, x, preview)
+        result, payload = loop(backend, x, preview)
+        payloads.append(payload)
+        return result
 
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     noise = torch.zeros_like(latent)
     logging.debug("xattn: sampling %s rows over %d sigmas", latent.shape[0], len(sigmas) - 1)
-    return guider.sample(
+    samples = guider.sample(
         noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, callback=callback, disable_pbar=True
     )
+    return samples, payloads[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..xattn_core.freeu import FreeUSettings
+from ..xattn_core.settings import value_range
 from .comfy_backend import is_sd1
 
 CATEGORY = "appearance transfer"
@@ -12,6 +13,12 @@ Inversion = io.Custom("XATTN_INVERSION")
 Options = io.Custom("XATTN_OPTIONS")
 
 FREEU_CHOICES = ["auto", "on", "off"]
+
+
+def setting_input(kind: type, settings_type: type, name: str, socket: str | None = None, **options):
+    """A number widget whose default and min/max are the engine's (``settings_type`` field ``name``)."""
+    low, high = value_range(settings_type, name)
+    return kind.Input(socket or name, default=getattr(settings_type(), name), min=low, max=high, **options)
 
 
 def freeu_input() -> io.Combo.Input:

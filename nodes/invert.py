@@ -9,10 +9,10 @@ import latent_preview
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xattn_core.inversion import CacheSettings, Inversion, invert
+from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
 from ..xattn_core.schedule import paper_sigmas
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
-from .common import CATEGORY, freeu_input, freeu_settings
+from .common import CATEGORY, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
 
 
@@ -68,14 +68,14 @@ class XAttnInvertImage(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="VAE-encoded image(s); every image in the batch is inverted."),
                 io.Conditioning.Input("positive", tooltip='Inversion prompt; the paper uses "A photo of a <domain>".'),
                 io.Conditioning.Input("negative", tooltip="Negative prompt for the inversion's CFG (paper: empty)."),
-                io.Int.Input("steps", default=100, min=2, max=1000, tooltip="Schedule length (paper: 100). "
-                             "Ignored when SIGMAS is connected."),
-                io.Int.Input("start_step", default=32, min=0, max=999, tooltip="First step that generation will use "
-                             "(paper: 32). Higher keeps more of the structure image; steps before it are skipped."),
-                io.Float.Input("cfg", default=3.5, min=0.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Guidance during inversion (paper: 3.5)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the inversion's noise draws."),
+                setting_input(io.Int, InversionSettings, "steps", tooltip="Schedule length (paper: 100). Ignored "
+                              "when SIGMAS is connected."),
+                setting_input(io.Int, InversionSettings, "start_step", tooltip="First step that generation will use "
+                              "(paper: 32). Higher keeps more of the structure image; steps before it are skipped."),
+                setting_input(io.Float, InversionSettings, "cfg", step=0.1, round=0.01,
+                              tooltip="Guidance during inversion (paper: 3.5)."),
+                setting_input(io.Int, InversionSettings, "seed", control_after_generate=True,
+                              tooltip="Seed of the inversion's noise draws."),
                 freeu_input(),
                 io.Combo.Input("fast_mode", options=["off", *FAST_MODE_BRANCHES], default="off",
                                tooltip=FAST_MODE_TOOLTIP),
@@ -105,18 +105,15 @@ class XAttnInvertImage(io.ComfyNode):
         freeu_on = freeu_settings(freeu, model)
         patched = patch_model(model, freeu_on)
         preview = latent_preview.prepare_callback(patched, total - start_step)
-        result: list[Inversion] = []
         cache = fast_mode_cache(fast_mode)
 
         def loop(backend, clean, report):
             def progress(done, _total):
                 report(done - 1, clean, clean, float(full[start_step + done - 1]))
 
-            result.append(invert(backend.predict_noise, clean, full, start_step, seed, callback=progress, cache=cache))
-            return clean
+            return clean, invert(backend.predict_noise, clean, full, start_step, seed, callback=progress, cache=cache)
 
-        run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
-        inversion = result[0]
+        _, inversion = run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
         model_object = model.model
         inversion.metadata.update(
             latent_format=type(model_object.latent_format).__name__,

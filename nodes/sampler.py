@@ -9,12 +9,12 @@ import latent_preview
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xattn_core.attention import DEFAULT_MEMORY_BUDGET
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
+from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings, check_compatible, pair_rows, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
-from .common import CATEGORY, Options, freeu_input, freeu_settings
+from .common import CATEGORY, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
 
 
@@ -67,6 +67,7 @@ class XAttnOptions(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         defaults = PlanSettings()
         (l0_start, l0_end), (l1_start, l1_end) = defaults.level_ranges
+        low_memory, high_memory = value_range(TransferSettings, "memory_budget")
 
         def fraction(name, value, tooltip):
             return io.Float.Input(name, default=value, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
@@ -87,8 +88,10 @@ class XAttnOptions(io.ComfyNode):
                 fraction("structure_kv_end", defaults.structure_kv_end, "No structure keys/values after this."),
                 fraction("adain_start", defaults.adain_range[0], "First step after which AdaIN runs."),
                 fraction("adain_end", defaults.adain_range[1], "Step after which AdaIN stops."),
-                io.Int.Input("attention_memory_mb", default=64, min=1, max=65536,
-                             tooltip="Budget for the explicit attention weights of swapped rows (computed in query blocks)."),
+                io.Int.Input("attention_memory_mb", default=TransferSettings().memory_budget // 2**20,
+                             min=low_memory // 2**20, max=high_memory // 2**20,
+                             tooltip="Budget for the explicit attention weights of swapped rows (computed in query "
+                             "blocks)."),
             ],
             outputs=[Options.Output(display_name="options")],
         )
@@ -122,19 +125,19 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 InversionSocket.Input("appearance", tooltip="Inversion of the image(s) giving colours/materials."),
                 InversionSocket.Input("structure", tooltip="Inversion of the image(s) giving the shape to keep. "
                                       "Batches: 1 structure x N appearances, N x 1, or N x N paired."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Prompt guidance during generation (paper: 1.0, i.e. none)."),
-                io.Float.Input("swap_guidance", default=3.5, min=0.0, max=20.0, step=0.05,
-                               tooltip="Pushes the output away from a plain reconstruction of the structure. Raise "
+                setting_input(io.Float, TransferSettings, "cfg", step=0.1, round=0.01,
+                              tooltip="Prompt guidance during generation (paper: 1.0, i.e. none)."),
+                setting_input(io.Float, PlanSettings, "swap_guidance", step=0.05,
+                              tooltip="Pushes the output away from a plain reconstruction of the structure. Raise "
                                "if the output looks like the structure input; lower if it loses the structure. "
                                "1 or below turns it off (and saves one model call per step)."),
-                io.Float.Input("contrast", default=1.67, min=1.0, max=5.0, step=0.01,
-                               tooltip="Sharpens the cross-image attention weights. Raise for crisper texture "
+                setting_input(io.Float, TransferSettings, "contrast", step=0.01,
+                              tooltip="Sharpens the cross-image attention weights. Raise for crisper texture "
                                "from the appearance; lower for smoother, blended results."),
                 io.Int.Input("start_step", default=-1, min=-1, max=999,
                              tooltip="-1 = the inversions' start step. A later step keeps more of the structure."),
-                io.Float.Input("adain_strength", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="How strongly the output's colour statistics are pulled to the appearance."),
+                setting_input(io.Float, TransferSettings, "adain_strength", step=0.01,
+                              tooltip="How strongly the output's colour statistics are pulled to the appearance."),
                 freeu_input(),
                 io.Mask.Input("appearance_mask", optional=True, tooltip="Region of the appearance image to take "
                               "colours from (masked AdaIN). Any size, soft allowed."),
@@ -164,15 +167,15 @@ class XAttnCrossImageSampler(io.ComfyNode):
         settings = TransferSettings(
             plan=dataclasses.replace(options.get("plan", PlanSettings()), swap_guidance=swap_guidance),
             contrast=contrast,
+            cfg=cfg,
             start_step=start,
             adain_strength=adain_strength,
-            memory_budget=options.get("memory_budget", DEFAULT_MEMORY_BUDGET),
+            memory_budget=options.get("memory_budget", TransferSettings().memory_budget),
         )
         patched = patch_model(model, freeu_settings(freeu, model))
         generation_sigmas = appearance.sigmas[start:]
         preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
         output_shape = (len(pairs), *structure.clean.shape[1:])
-        paths = {}
 
         def loop(backend, x, report):
             device = x.device
@@ -182,11 +185,10 @@ class XAttnCrossImageSampler(io.ComfyNode):
 
             result = transfer(backend, appearance.to(device), structure.to(device), settings,
                               appearance_mask, structure_mask, callback=progress)
-            paths["appearance"], paths["structure"] = result.appearance, result.structure
-            return result.output.to(x.dtype)
+            return result.output.to(x.dtype), result
 
-        samples = run_in_guider(patched, positive, negative, cfg, torch.zeros(output_shape), generation_sigmas,
-                                loop, preview)
-        appearance_latent = model.model.process_latent_out(paths["appearance"].float().cpu())
-        structure_latent = model.model.process_latent_out(paths["structure"].float().cpu())
+        samples, result = run_in_guider(patched, positive, negative, cfg, torch.zeros(output_shape),
+                                        generation_sigmas, loop, preview)
+        appearance_latent = model.model.process_latent_out(result.appearance.float().cpu())
+        structure_latent = model.model.process_latent_out(result.structure.float().cpu())
         return io.NodeOutput({"samples": samples}, {"samples": appearance_latent}, {"samples": structure_latent})
