@@ -67,6 +67,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         pack=pack,
         nodes=_importlib.import_module(f"{PACK_NAME}.nodes"),
         backend=_importlib.import_module(f"{PACK_NAME}.nodes.comfy_backend"),
+        common=_importlib.import_module(f"{PACK_NAME}.nodes.common"),
         core=SimpleNamespace(
             **{
                 name: _importlib.import_module(f"{PACK_NAME}.xattn_core.{name}")
@@ -155,6 +156,35 @@ def tiny_sdxl(ns, seed: int = 0):
 def run(node, *args, **kwargs):
     """A V3 node's outputs, called as ComfyUI would (classmethod ``execute``)."""
     return node.execute(*args, **kwargs).result
+
+
+def invert_node(ns, model, samples, *, positive=None, negative=None, steps=8, start_step=2, cfg=3.5, seed=0,
+                freeu="auto", fast_mode="off", **optional):
+    """Invert Image (DDPM) on a latent batch ``samples``; small test-sized schedule unless told otherwise.
+
+    ``optional`` takes the node's optional inputs (``sigmas``) and extra LATENT entries (``noise_mask``).
+    """
+    latent = {"samples": samples}
+    if "noise_mask" in optional:
+        latent["noise_mask"] = optional.pop("noise_mask")
+    (inversion,) = run(ns.nodes.XAttnInvertImage, model=model, latent=latent,
+                       positive=conditioning(1) if positive is None else positive,
+                       negative=conditioning(2) if negative is None else negative, steps=steps,
+                       start_step=start_step, cfg=cfg, seed=seed, freeu=freeu, fast_mode=fast_mode, **optional)
+    return inversion
+
+
+def sample_node(ns, model, appearance, structure, *, positive=None, negative=None, **inputs):
+    """The Cross-Image Attention Sampler's outputs (output, appearance and structure reconstructions).
+
+    Every widget takes the node's own default unless given in ``inputs``, as a graph would send it.
+    """
+    widgets = {spec.id: spec.default for spec in ns.nodes.XAttnCrossImageSampler.define_schema().inputs
+               if getattr(spec, "default", None) is not None}
+    widgets.update(inputs)
+    return run(ns.nodes.XAttnCrossImageSampler, model=model, positive=conditioning(1) if positive is None else positive,
+               negative=conditioning(2) if negative is None else negative, appearance=appearance,
+               structure=structure, **widgets)
 
 
 def conditioning(seed: int):

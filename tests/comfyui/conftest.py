@@ -1,9 +1,11 @@
 """Integration tier: a real ComfyUI checkout named by COMFYUI_PATH. Skipped, loudly, without one."""
 
+import shutil
 import warnings
 
 import pytest
-from comfyui_support import COMFYUI_PATH
+from comfy_tasks import run_task
+from comfyui_support import COMFYUI_PATH, REPO, load_snapshot_module
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,3 +31,26 @@ def comfy():
     from comfyui_support import setup
 
     return setup(COMFYUI_PATH)
+
+
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the name the shipped workflows use
+SAMPLE_INPUTS = {"xattn_structure.png": "structure.png", "xattn_appearance.png": "appearance.png"}
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """A folder with a random-weight SD-1.5-architecture checkpoint under the workflows' name (made once)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    run_task("checkpoint", "sd15", str(folder / SD15_CHECKPOINT))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(checkpoints, tmp_path_factory):
+    """One real ComfyUI server (CPU, loopback) with this pack, shared by the whole test run."""
+    workdir = tmp_path_factory.mktemp("comfy")
+    (workdir / "input").mkdir()
+    for name, sample in SAMPLE_INPUTS.items():
+        shutil.copy(REPO / "xattn_core" / "samples" / sample, workdir / "input" / name)
+    with load_snapshot_module().comfy_server(COMFYUI_PATH, workdir, checkpoints=checkpoints) as running:
+        yield running

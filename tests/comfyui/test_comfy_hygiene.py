@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from comfyui_support import conditioning, run, tiny_sd15
+from comfyui_support import conditioning, invert_node, sample_node, tiny_sd15
 
 STEPS, START = 8, 2
 
@@ -23,11 +23,9 @@ def options_snapshot(model):
 
 
 def transfer_chain(comfy, model, seed=0):
-    latent = {"samples": torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(seed))}
-    (inversion,) = run(comfy.nodes.XAttnInvertImage, model, latent, conditioning(1), conditioning(2), STEPS, START,
-                       3.5, 0, "auto")
-    return run(comfy.nodes.XAttnCrossImageSampler, model, conditioning(1), conditioning(2), inversion.select([0]),
-               inversion.select([1]), 1.0, 3.5, 1.67, -1, 1.0, "auto")[0]["samples"]
+    samples = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+    inversion = invert_node(comfy, model, samples, steps=STEPS, start_step=START)
+    return sample_node(comfy, model, inversion.select([0]), inversion.select([1]))[0]["samples"]
 
 
 @pytest.fixture(scope="module")

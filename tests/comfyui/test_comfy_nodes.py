@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import conditioning, run, sdxl_conditioning, tiny_sd15, tiny_sdxl
+from comfyui_support import conditioning, invert_node, run, sample_node, sdxl_conditioning, tiny_sd15, tiny_sdxl
 
 STEPS, START = 8, 2
 
@@ -15,16 +15,12 @@ def sd15(comfy):
     return model
 
 
-def invert(comfy, model, samples, cond=conditioning, steps=STEPS, start=START, seed=0, freeu="auto"):
-    (inversion,) = run(comfy.nodes.XAttnInvertImage, model, {"samples": samples}, cond(1), cond(2), steps, start, 3.5,
-                       seed, freeu)
-    return inversion
+def invert(comfy, model, samples, cond=conditioning, steps=STEPS, start=START):
+    return invert_node(comfy, model, samples, positive=cond(1), negative=cond(2), steps=steps, start_step=start)
 
 
-def transfer(comfy, model, appearance, structure, cond=conditioning, **kwargs):
-    settings = dict(cfg=1.0, swap_guidance=3.5, contrast=1.67, start_step=-1, adain_strength=1.0, freeu="auto")
-    settings.update(kwargs)
-    return run(comfy.nodes.XAttnCrossImageSampler, model, cond(1), cond(2), appearance, structure, **settings)
+def transfer(comfy, model, appearance, structure, cond=conditioning, **inputs):
+    return sample_node(comfy, model, appearance, structure, positive=cond(1), negative=cond(2), **inputs)
 
 
 def latents(seed, batch=1, height=32, width=32):

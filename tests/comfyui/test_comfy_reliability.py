@@ -6,15 +6,13 @@ import weakref
 
 import pytest
 import torch
-from comfyui_support import conditioning, run, tiny_sd15
+from comfyui_support import invert_node, sample_node, tiny_sd15
 
 
 def chain(comfy, model, height=16, width=16, steps=6, start=2, seed=0):
-    latent = {"samples": torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(seed))}
-    (inversion,) = run(comfy.nodes.XAttnInvertImage, model, latent, conditioning(1), conditioning(2), steps, start,
-                       3.5, seed, "auto")
-    output, _, structure = run(comfy.nodes.XAttnCrossImageSampler, model, conditioning(1), conditioning(2),
-                               inversion.select([0]), inversion.select([1]), 1.0, 3.5, 1.67, -1, 1.0, "auto")
+    samples = torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(seed))
+    inversion = invert_node(comfy, model, samples, steps=steps, start_step=start, seed=seed)
+    output, _, structure = sample_node(comfy, model, inversion.select([0]), inversion.select([1]))
     return output["samples"], structure["samples"]
 
 
