@@ -536,9 +536,9 @@ def main(argv=None) -> int:
     from xattn_core.freeu import FreeUSettings
     from xattn_core.inversion import CacheSettings, invert
     from xattn_core.plan import PlanSettings, build_plan
-    from xattn_core.transfer import TransferSettings, transfer
     from xattn_core.schedule import paper_sigmas
     from xattn_core.tiny import tiny_context, tiny_unet
+    from xattn_core.transfer import TransferSettings, transfer
 
     run_start = time.perf_counter()
     shown = sys.argv[1:] if argv is None else list(argv)

@@ -21,10 +21,20 @@ class XAttnAdaINLatentMatch(io.ComfyNode):
             inputs=[
                 io.Latent.Input("content", tooltip="Latent whose statistics are changed."),
                 io.Latent.Input("style", tooltip="Latent whose statistics are taken (batch 1 or the content's)."),
-                setting_input(io.Float, TransferSettings, "adain_strength", socket="strength", step=0.01,
-                               tooltip="1 = full match, 0 = content unchanged."),
-                io.Mask.Input("content_mask", optional=True, tooltip="Where the content is changed and measured; "
-                              "any size, soft values allowed. An empty mask falls back to no mask."),
+                setting_input(
+                    io.Float,
+                    TransferSettings,
+                    "adain_strength",
+                    socket="strength",
+                    step=0.01,
+                    tooltip="1 = full match, 0 = content unchanged.",
+                ),
+                io.Mask.Input(
+                    "content_mask",
+                    optional=True,
+                    tooltip="Where the content is changed and measured; "
+                    "any size, soft values allowed. An empty mask falls back to no mask.",
+                ),
                 io.Mask.Input("style_mask", optional=True, tooltip="Where the style statistics are measured."),
             ],
             outputs=[io.Latent.Output()],

@@ -53,8 +53,11 @@ class XAttnSaveInversion(io.ComfyNode):
             "transfers without inverting again.",
             inputs=[
                 InversionSocket.Input("inversion", tooltip="From Invert Image (DDPM)."),
-                io.String.Input("filename_prefix", default="xattn/inversion",
-                                tooltip="Path under the output folder; a counter and .safetensors are appended."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="xattn/inversion",
+                    tooltip="Path under the output folder; a counter and .safetensors are appended.",
+                ),
             ],
             outputs=[],
             is_output_node=True,
@@ -84,9 +87,11 @@ class XAttnLoadInversion(io.ComfyNode):
             description="Load an inversion saved by Save Inversion (from the output folder) or placed in the input "
             "folder. Files are validated; nothing is unpickled.",
             inputs=[
-                io.Combo.Input("inversion_file", options=inversion_files(),
-                               tooltip="Inversion files found in the input folder and (marked [output]) the output "
-                               "folder."),
+                io.Combo.Input(
+                    "inversion_file",
+                    options=inversion_files(),
+                    tooltip="Inversion files found in the input folder and (marked [output]) the output folder.",
+                ),
             ],
             outputs=[InversionSocket.Output(display_name="inversion")],
         )

@@ -68,19 +68,43 @@ class XAttnInvertImage(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="VAE-encoded image(s); every image in the batch is inverted."),
                 io.Conditioning.Input("positive", tooltip='Inversion prompt; the paper uses "A photo of a <domain>".'),
                 io.Conditioning.Input("negative", tooltip="Negative prompt for the inversion's CFG (paper: empty)."),
-                setting_input(io.Int, InversionSettings, "steps", tooltip="Schedule length (paper: 100). Ignored "
-                              "when SIGMAS is connected."),
-                setting_input(io.Int, InversionSettings, "start_step", tooltip="First step that generation will use "
-                              "(paper: 32). Higher keeps more of the structure image; steps before it are skipped."),
-                setting_input(io.Float, InversionSettings, "cfg", step=0.1, round=0.01,
-                              tooltip="Guidance during inversion (paper: 3.5)."),
-                setting_input(io.Int, InversionSettings, "seed", control_after_generate=True,
-                              tooltip="Seed of the inversion's noise draws."),
+                setting_input(
+                    io.Int,
+                    InversionSettings,
+                    "steps",
+                    tooltip="Schedule length (paper: 100). Ignored when SIGMAS is connected.",
+                ),
+                setting_input(
+                    io.Int,
+                    InversionSettings,
+                    "start_step",
+                    tooltip="First step that generation will use "
+                    "(paper: 32). Higher keeps more of the structure image; steps before it are skipped.",
+                ),
+                setting_input(
+                    io.Float,
+                    InversionSettings,
+                    "cfg",
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Guidance during inversion (paper: 3.5).",
+                ),
+                setting_input(
+                    io.Int,
+                    InversionSettings,
+                    "seed",
+                    control_after_generate=True,
+                    tooltip="Seed of the inversion's noise draws.",
+                ),
                 freeu_input(),
-                io.Combo.Input("fast_mode", options=["off", *FAST_MODE_BRANCHES], default="off",
-                               tooltip=FAST_MODE_TOOLTIP),
-                io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (decreasing, last one above 0) "
-                                "instead of the paper's."),
+                io.Combo.Input(
+                    "fast_mode", options=["off", *FAST_MODE_BRANCHES], default="off", tooltip=FAST_MODE_TOOLTIP
+                ),
+                io.Sigmas.Input(
+                    "sigmas",
+                    optional=True,
+                    tooltip="Optional schedule (decreasing, last one above 0) instead of the paper's.",
+                ),
             ],
             outputs=[InversionSocket.Output(display_name="inversion")],
         )
@@ -126,6 +150,9 @@ class XAttnInvertImage(io.ComfyNode):
             freeu=str(freeu_on is not None),
         )
         if cache is not None and inversion.attention is not None:
-            logging.info("Cross-Image Attention fast mode: kept %.2f GiB of attention keys/values on %s",
-                         inversion.attention.nbytes / 2**30, cache.device)
+            logging.info(
+                "Cross-Image Attention fast mode: kept %.2f GiB of attention keys/values on %s",
+                inversion.attention.nbytes / 2**30,
+                cache.device,
+            )
         return io.NodeOutput(inversion)

@@ -22,22 +22,30 @@ def check_against_model(inversion: Inversion, role: str, model, fingerprint: str
     """Refuse an inversion from another latent format; warn when it came from other weights (``fingerprint``:
     :func:`model_fingerprint` of ``model``, computed once per run)."""
     if not isinstance(inversion, Inversion):
-        raise TypeError(f"the {role} input needs an XATTN_INVERSION from Invert Image (DDPM) or Load Inversion, "
-                        f"not {type(inversion).__name__}")
+        raise TypeError(
+            f"the {role} input needs an XATTN_INVERSION from Invert Image (DDPM) or Load Inversion, "
+            f"not {type(inversion).__name__}"
+        )
     latent_format = type(model.model.latent_format).__name__
     stored_format = inversion.metadata.get("latent_format")
     if stored_format and stored_format != latent_format:
-        raise ValueError(f"the {role} inversion was made for latent format {stored_format}, but this MODEL uses "
-                         f"{latent_format}; invert the image again with this model")
+        raise ValueError(
+            f"the {role} inversion was made for latent format {stored_format}, but this MODEL uses "
+            f"{latent_format}; invert the image again with this model"
+        )
     channels = model.model.latent_format.latent_channels
     if inversion.clean.shape[1] != channels:
-        raise ValueError(f"the {role} inversion has {inversion.clean.shape[1]} latent channels but this MODEL "
-                         f"expects {channels}; invert the image again with this model")
+        raise ValueError(
+            f"the {role} inversion has {inversion.clean.shape[1]} latent channels but this MODEL "
+            f"expects {channels}; invert the image again with this model"
+        )
     stored_model = inversion.metadata.get("model")
     if stored_model and stored_model != fingerprint:
-        logging.warning("Cross-Image Attention: the %s inversion was made with other model weights (or LoRAs); "
-                        "the transfer proceeds, but results are best when inversion and transfer share the model",
-                        role)
+        logging.warning(
+            "Cross-Image Attention: the %s inversion was made with other model weights (or LoRAs); "
+            "the transfer proceeds, but results are best when inversion and transfer share the model",
+            role,
+        )
 
 
 def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, positive: str, negative: str) -> None:
@@ -83,22 +91,39 @@ class XAttnOptions(io.ComfyNode):
                 fraction("level0_end", l0_end, "Highest-resolution decoder level: step where swapping stops."),
                 fraction("level1_start", l1_start, "Second decoder level: first step that swaps."),
                 fraction("level1_end", l1_end, "Second decoder level: step where swapping stops."),
-                fraction("structure_kv_period", defaults.structure_kv_period, "Every this many steps the output "
-                         "attends to the structure instead of the appearance (keeps the layout)."),
+                fraction(
+                    "structure_kv_period",
+                    defaults.structure_kv_period,
+                    "Every this many steps the output "
+                    "attends to the structure instead of the appearance (keeps the layout).",
+                ),
                 fraction("structure_kv_end", defaults.structure_kv_end, "No structure keys/values after this."),
                 fraction("adain_start", defaults.adain_range[0], "First step after which AdaIN runs."),
                 fraction("adain_end", defaults.adain_range[1], "Step after which AdaIN stops."),
-                io.Int.Input("attention_memory_mb", default=TransferSettings().memory_budget // 2**20,
-                             min=low_memory // 2**20, max=high_memory // 2**20,
-                             tooltip="Budget for the explicit attention weights of swapped rows (computed in query "
-                             "blocks)."),
+                io.Int.Input(
+                    "attention_memory_mb",
+                    default=TransferSettings().memory_budget // 2**20,
+                    min=low_memory // 2**20,
+                    max=high_memory // 2**20,
+                    tooltip="Budget for the explicit attention weights of swapped rows (computed in query blocks).",
+                ),
             ],
             outputs=[Options.Output(display_name="options")],
         )
 
     @classmethod
-    def execute(cls, level0_start, level0_end, level1_start, level1_end, structure_kv_period, structure_kv_end,
-                adain_start, adain_end, attention_memory_mb):
+    def execute(
+        cls,
+        level0_start,
+        level0_end,
+        level1_start,
+        level1_end,
+        structure_kv_period,
+        structure_kv_end,
+        adain_start,
+        adain_end,
+        attention_memory_mb,
+    ):
         plan = PlanSettings(
             level_ranges=((level0_start, level0_end), (level1_start, level1_end)),
             structure_kv_period=structure_kv_period,
@@ -123,26 +148,63 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip='Prompt for generation, e.g. "A photo of a <domain>".'),
                 io.Conditioning.Input("negative", tooltip="Used only when cfg is above 1."),
                 InversionSocket.Input("appearance", tooltip="Inversion of the image(s) giving colours/materials."),
-                InversionSocket.Input("structure", tooltip="Inversion of the image(s) giving the shape to keep. "
-                                      "Batches: 1 structure x N appearances, N x 1, or N x N paired."),
-                setting_input(io.Float, TransferSettings, "cfg", step=0.1, round=0.01,
-                              tooltip="Prompt guidance during generation (paper: 1.0, i.e. none)."),
-                setting_input(io.Float, PlanSettings, "swap_guidance", step=0.05,
-                              tooltip="Pushes the output away from a plain reconstruction of the structure. Raise "
-                               "if the output looks like the structure input; lower if it loses the structure. "
-                               "1 or below turns it off (and saves one model call per step)."),
-                setting_input(io.Float, TransferSettings, "contrast", step=0.01,
-                              tooltip="Sharpens the cross-image attention weights. Raise for crisper texture "
-                               "from the appearance; lower for smoother, blended results."),
-                io.Int.Input("start_step", default=-1, min=-1, max=999,
-                             tooltip="-1 = the inversions' start step. A later step keeps more of the structure."),
-                setting_input(io.Float, TransferSettings, "adain_strength", step=0.01,
-                              tooltip="How strongly the output's colour statistics are pulled to the appearance."),
+                InversionSocket.Input(
+                    "structure",
+                    tooltip="Inversion of the image(s) giving the shape to keep. "
+                    "Batches: 1 structure x N appearances, N x 1, or N x N paired.",
+                ),
+                setting_input(
+                    io.Float,
+                    TransferSettings,
+                    "cfg",
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Prompt guidance during generation (paper: 1.0, i.e. none).",
+                ),
+                setting_input(
+                    io.Float,
+                    PlanSettings,
+                    "swap_guidance",
+                    step=0.05,
+                    tooltip="Pushes the output away from a plain reconstruction of the structure. Raise "
+                    "if the output looks like the structure input; lower if it loses the structure. "
+                    "1 or below turns it off (and saves one model call per step).",
+                ),
+                setting_input(
+                    io.Float,
+                    TransferSettings,
+                    "contrast",
+                    step=0.01,
+                    tooltip="Sharpens the cross-image attention weights. Raise for crisper texture "
+                    "from the appearance; lower for smoother, blended results.",
+                ),
+                io.Int.Input(
+                    "start_step",
+                    default=-1,
+                    min=-1,
+                    max=999,
+                    tooltip="-1 = the inversions' start step. A later step keeps more of the structure.",
+                ),
+                setting_input(
+                    io.Float,
+                    TransferSettings,
+                    "adain_strength",
+                    step=0.01,
+                    tooltip="How strongly the output's colour statistics are pulled to the appearance.",
+                ),
                 freeu_input(),
-                io.Mask.Input("appearance_mask", optional=True, tooltip="Region of the appearance image to take "
-                              "colours from (masked AdaIN). Any size, soft allowed."),
-                io.Mask.Input("structure_mask", optional=True, tooltip="Region of the structure image to recolour "
-                              "(masked AdaIN); outside it AdaIN leaves the output alone."),
+                io.Mask.Input(
+                    "appearance_mask",
+                    optional=True,
+                    tooltip="Region of the appearance image to take "
+                    "colours from (masked AdaIN). Any size, soft allowed.",
+                ),
+                io.Mask.Input(
+                    "structure_mask",
+                    optional=True,
+                    tooltip="Region of the structure image to recolour "
+                    "(masked AdaIN); outside it AdaIN leaves the output alone.",
+                ),
                 Options.Input("options", optional=True, tooltip="Advanced step ranges from the Options node."),
             ],
             outputs=[
@@ -153,8 +215,23 @@ class XAttnCrossImageSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, appearance, structure, cfg, swap_guidance, contrast, start_step,
-                adain_strength, freeu, appearance_mask=None, structure_mask=None, options=None):
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        appearance,
+        structure,
+        cfg,
+        swap_guidance,
+        contrast,
+        start_step,
+        adain_strength,
+        freeu,
+        appearance_mask=None,
+        structure_mask=None,
+        options=None,
+    ):
         fingerprint = model_fingerprint(model)
         check_against_model(appearance, "appearance", model, fingerprint)
         check_against_model(structure, "structure", model, fingerprint)
@@ -183,12 +260,20 @@ class XAttnCrossImageSampler(io.ComfyNode):
             def progress(step, _total, output, denoised):
                 report(step, output, denoised, float(generation_sigmas[step]))
 
-            result = transfer(backend, appearance.to(device), structure.to(device), settings,
-                              appearance_mask, structure_mask, callback=progress)
+            result = transfer(
+                backend,
+                appearance.to(device),
+                structure.to(device),
+                settings,
+                appearance_mask,
+                structure_mask,
+                callback=progress,
+            )
             return result.output.to(x.dtype), result
 
-        samples, result = run_in_guider(patched, positive, negative, cfg, torch.zeros(output_shape),
-                                        generation_sigmas, loop, preview)
+        samples, result = run_in_guider(
+            patched, positive, negative, cfg, torch.zeros(output_shape), generation_sigmas, loop, preview
+        )
         appearance_latent = model.model.process_latent_out(result.appearance.float().cpu())
         structure_latent = model.model.process_latent_out(result.structure.float().cpu())
         return io.NodeOutput({"samples": samples}, {"samples": appearance_latent}, {"samples": structure_latent})

@@ -131,8 +131,9 @@ class ComfyServer:
             return json.loads(response.read())
 
     def post(self, path: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:
-        request = urllib.request.Request(self.base + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.base + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read())
@@ -156,8 +157,9 @@ class ComfyServer:
 
 
 @contextlib.contextmanager
-def comfy_server(comfyui_path: str | Path, workdir: Path, checkpoints: Path | None = None,
-                 startup_timeout: float = 180) -> Iterator[ComfyServer]:
+def comfy_server(
+    comfyui_path: str | Path, workdir: Path, checkpoints: Path | None = None, startup_timeout: float = 180
+) -> Iterator[ComfyServer]:
     """Start ComfyUI (CPU, 127.0.0.1, SDPA attention) with this repo as a pack; stop it on exit.
 
     workdir receives custom_nodes/ (a symlink to the repo), input/, output/, temp/, user/, the paths file and
@@ -178,11 +180,31 @@ def comfy_server(comfyui_path: str | Path, workdir: Path, checkpoints: Path | No
     paths.write_text("\n".join(lines) + "\n")
     port = free_port()
     log = workdir / "server.log"
-    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-               "--extra-model-paths-config", str(paths), "--output-directory", str(output_dir),
-               "--input-directory", str(input_dir), "--temp-directory", str(workdir), "--user-directory",
-               str(user_dir), "--use-pytorch-cross-attention", "--log-stdout"]
+    command = [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-auto-launch",
+        "--disable-api-nodes",
+        "--database-url",
+        "sqlite:///:memory:",
+        "--extra-model-paths-config",
+        str(paths),
+        "--output-directory",
+        str(output_dir),
+        "--input-directory",
+        str(input_dir),
+        "--temp-directory",
+        str(workdir),
+        "--user-directory",
+        str(user_dir),
+        "--use-pytorch-cross-attention",
+        "--log-stdout",
+    ]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, cwd=str(comfyui_path), stdout=log_file, stderr=subprocess.STDOUT)
     server = ComfyServer(f"http://127.0.0.1:{port}", process, log, input_dir, output_dir)
@@ -220,8 +242,10 @@ def main() -> int:
     args = parser.parse_args()
     if not args.comfyui:
         parser.error("name the ComfyUI checkout with --comfyui or COMFYUI_PATH")
-    with tempfile.TemporaryDirectory(prefix="xattn-snapshot-") as workdir, \
-            comfy_server(args.comfyui, Path(workdir)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="xattn-snapshot-") as workdir,
+        comfy_server(args.comfyui, Path(workdir)) as server,
+    ):
         text = dump(snapshot(server.get("/object_info")))
     if args.check:
         stale = not SNAPSHOT.exists() or SNAPSHOT.read_text() != text

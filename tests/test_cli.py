@@ -76,8 +76,14 @@ def test_a_missing_image_is_an_error_before_loading(nothing_loads, capsys, model
 
 def test_help_shows_the_paper_defaults():
     text = build_parser()._subparsers._group_actions[0].choices["transfer"].format_help()
-    for flag, default in (("--steps", "100"), ("--start-step", "32"), ("--inversion-cfg", "3.5"),
-                          ("--swap-guidance", "3.5"), ("--contrast", "1.67"), ("--size", "512")):
+    for flag, default in (
+        ("--steps", "100"),
+        ("--start-step", "32"),
+        ("--inversion-cfg", "3.5"),
+        ("--swap-guidance", "3.5"),
+        ("--contrast", "1.67"),
+        ("--size", "512"),
+    ):
         assert f"{flag}" in text and f"(default: {default})" in text, flag
 
 

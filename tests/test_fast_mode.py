@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.stepwise import teacher_forced
 from xattn_core.attention import KeyValueStore
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
@@ -18,8 +19,6 @@ from xattn_core.plan import build_plan, model_evaluations
 from xattn_core.schedule import paper_sigmas
 from xattn_core.tiny import tiny_context
 from xattn_core.transfer import JointSampler, TransferSettings, transfer
-
-from tests.stepwise import teacher_forced
 
 STEPS, START = 10, 3
 LEVELS = frozenset({0, 1})
@@ -113,7 +112,9 @@ def test_whole_trajectory_smoke(unet, inverted):
     normal, _ = inverted(3.5, False)
     fast, _ = inverted(3.5, True)
     with backend_for(unet, 3.5) as backend:
-        outputs = [transfer(backend, inversion.select([0]), inversion.select([1])).output for inversion in (normal, fast)]
+        outputs = [
+            transfer(backend, inversion.select([0]), inversion.select([1])).output for inversion in (normal, fast)
+        ]
     assert (outputs[0] - outputs[1]).abs().max() <= 1e-2
 
 
@@ -129,8 +130,9 @@ def test_batches_and_mixed_caches(unet, inverted):
         before = backend.image_evaluations
         mixed = transfer(backend, mixed_appearance, normal.select([1, 2]), TransferSettings())
         mixed_evals = backend.image_evaluations - before
-        plain_sampler = JointSampler(backend, dataclasses.replace(mixed_appearance, attention=None),
-                                     normal.select([1, 2]))
+        plain_sampler = JointSampler(
+            backend, dataclasses.replace(mixed_appearance, attention=None), normal.select([1, 2])
+        )
         mixed_sampler = JointSampler(backend, mixed_appearance, normal.select([1, 2]))
         worst = max(teacher_forced(plain_sampler, mixed_sampler))
     assert mixed_evals == model_evaluations(build_plan(STEPS, START), outputs=2, appearances=0, structures=2)
@@ -160,8 +162,14 @@ def test_cache_contents_and_memory_limit(unet, clean, inverted):
     assert all(store.nbytes == per_step and len(store) == 2 * 4 for store in cache.keys_values)
     assert cache.nbytes == per_step * (STEPS - START) + cache.predictions.nbytes
     with backend_for(unet, 3.5) as backend, pytest.raises(CacheTooLargeError, match=r"keep .* GiB .* for 7 steps"):
-        invert(backend.predict_noise, clean, paper_sigmas(steps=STEPS), START, 5,
-               cache=CacheSettings(LEVELS, max_bytes=per_step * 6))
+        invert(
+            backend.predict_noise,
+            clean,
+            paper_sigmas(steps=STEPS),
+            START,
+            5,
+            cache=CacheSettings(LEVELS, max_bytes=per_step * 6),
+        )
     cond_only, _ = inverted(3.5, True, frozenset({0}))
     assert cache.branches == {0, 1} and cond_only.attention.branches == {0}
     assert cond_only.attention.keys_values[0].nbytes == per_step // 2

@@ -26,8 +26,7 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 SHIPPED_FILES = {
     "ckpt_name": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
     "image": {"xattn_structure.png", "xattn_appearance.png"},
-    "inversion_file": {"xattn/structure_00001_.safetensors [output]",
-                       "xattn/appearances_00001_.safetensors [output]"},
+    "inversion_file": {"xattn/structure_00001_.safetensors [output]", "xattn/appearances_00001_.safetensors [output]"},
 }
 EXPECTED = [
     "01_basic_sd15_transfer",
@@ -41,8 +40,10 @@ SCHEMAS = json.loads(SNAPSHOT.read_text())
 
 
 def load(name: str) -> tuple[dict, dict]:
-    return (json.loads((WORKFLOWS / f"{name}.json").read_text()),
-            json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
+    return (
+        json.loads((WORKFLOWS / f"{name}.json").read_text()),
+        json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()),
+    )
 
 
 def widget_inputs(schema: dict) -> list[dict]:
@@ -147,8 +148,10 @@ def ui_problems(workflow: dict) -> list[str]:
             continue
         out_slot, in_slot = outputs[source_slot], inputs[target_slot]
         if out_slot["type"] != kind or in_slot["type"] not in (kind, "*"):
-            problems.append(f"{where}: {nodes[source]['type']}.{out_slot['name']} ({out_slot['type']}) -> "
-                            f"{nodes[target]['type']}.{in_slot['name']} ({in_slot['type']}), link says {kind}")
+            problems.append(
+                f"{where}: {nodes[source]['type']}.{out_slot['name']} ({out_slot['type']}) -> "
+                f"{nodes[target]['type']}.{in_slot['name']} ({in_slot['type']}), link says {kind}"
+            )
         if link_id not in (out_slot.get("links") or []):
             problems.append(f"{where}: missing from the source output's links")
         if in_slot.get("link") != link_id:
@@ -311,8 +314,11 @@ def test_checker_rejects_wrong_widget_counts_and_values():
     next(node for node in extra["nodes"] if node["id"] == invert["id"])["widgets_values"].append(1)
     assert any("too many" in p for p in ui_problems(extra))
     invert_id = str(invert["id"])
-    for key, value, message in (("start_step", 5000, "outside"), ("freeu", "maybe", "not one of"),
-                                ("bogus", 1, "no input named")):
+    for key, value, message in (
+        ("start_step", 5000, "outside"),
+        ("freeu", "maybe", "not one of"),
+        ("bogus", 1, "no input named"),
+    ):
         bad = copy.deepcopy(prompt)
         bad[invert_id]["inputs"][key] = value
         assert any(message in p for p in api_problems(bad)), key
@@ -329,13 +335,19 @@ def test_basic_workflow_uses_the_paper_defaults():
     inversions = by_type(prompt, "XAttnInvertImage")
     assert len(inversions) == 2
     for node in inversions:
-        assert {k: node["inputs"][k] for k in ("steps", "start_step", "cfg")} == {"steps": 100, "start_step": 32,
-                                                                                 "cfg": 3.5}
+        assert {k: node["inputs"][k] for k in ("steps", "start_step", "cfg")} == {
+            "steps": 100,
+            "start_step": 32,
+            "cfg": 3.5,
+        }
         positive, negative = (prompt[node["inputs"][k][0]]["inputs"]["text"] for k in ("positive", "negative"))
         assert positive.startswith("A photo of a ") and negative == ""
     (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
     assert {k: sampler["inputs"][k] for k in ("cfg", "swap_guidance", "contrast")} == {
-        "cfg": 1.0, "swap_guidance": 3.5, "contrast": 1.67}
+        "cfg": 1.0,
+        "swap_guidance": 3.5,
+        "contrast": 1.67,
+    }
     assert len(by_type(prompt, "LoadImage")) == 2 and len(by_type(prompt, "SaveImage")) == 1
     previews = by_type(prompt, "PreviewImage")
     decoded = {tuple(prompt[p["inputs"]["images"][0]]["inputs"]["samples"]) for p in previews}
@@ -355,7 +367,8 @@ def test_masked_workflow_feeds_core_masks_to_the_sampler():
 def test_sdxl_workflow_runs_at_1024():
     _, prompt = load("03_sdxl_transfer")
     assert [n["inputs"]["ckpt_name"] for n in by_type(prompt, "CheckpointLoaderSimple")] == [
-        "sd_xl_base_1.0.safetensors"]
+        "sd_xl_base_1.0.safetensors"
+    ]
     scales = by_type(prompt, "ImageScale")
     assert len(scales) == 2 and all(n["inputs"]["width"] == n["inputs"]["height"] == 1024 for n in scales)
     assert not by_type(prompt, "EmptyLatentImage")
@@ -364,8 +377,10 @@ def test_sdxl_workflow_runs_at_1024():
 def test_colour_variants_batches_appearances_and_saves_the_structure():
     _, prompt = load("04_colour_variants")
     assert by_type(prompt, "ImageBatch")
-    saved = {prompt[n["inputs"]["inversion"][0]]["_meta"]["title"]: n["inputs"]["filename_prefix"]
-             for n in by_type(prompt, "XAttnSaveInversion")}
+    saved = {
+        prompt[n["inputs"]["inversion"][0]]["_meta"]["title"]: n["inputs"]["filename_prefix"]
+        for n in by_type(prompt, "XAttnSaveInversion")
+    }
     assert saved["Invert structure"] == "xattn/structure"
     (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
     assert prompt[sampler["inputs"]["structure"][0]]["_meta"]["title"] == "Invert structure"
@@ -388,6 +403,7 @@ def test_saved_inversions_workflow_needs_no_images():
     loads = by_type(prompt, "XAttnLoadInversion")
     assert sorted(n["inputs"]["inversion_file"] for n in loads) == sorted(SHIPPED_FILES["inversion_file"])
     _, variants = load("04_colour_variants")
-    saved = {n["inputs"]["filename_prefix"] + "_00001_.safetensors [output]"
-             for n in by_type(variants, "XAttnSaveInversion")}
+    saved = {
+        n["inputs"]["filename_prefix"] + "_00001_.safetensors [output]" for n in by_type(variants, "XAttnSaveInversion")
+    }
     assert saved == SHIPPED_FILES["inversion_file"]  # workflow 4 writes what workflow 6 reads

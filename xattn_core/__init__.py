@@ -19,8 +19,8 @@ from .adain import adain
 from .attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
 from .inversion import AttentionCache, CacheSettings, Inversion, invert
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan, model_evaluations
-from .transfer import Backend, TransferResult, TransferSettings, pair_rows, transfer
 from .schedule import ancestral_split, ddpm_step, paper_sigmas, paper_timesteps
+from .transfer import Backend, TransferResult, TransferSettings, pair_rows, transfer
 
 __all__ = [
     "AttentionCache",

@@ -22,7 +22,9 @@ HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m xattn_core", description="Cross-Image Attention appearance transfer", formatter_class=HELP_FORMAT
+        prog="python -m xattn_core",
+        description="Cross-Image Attention appearance transfer",
+        formatter_class=HELP_FORMAT,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
@@ -34,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--appearance", default=str(SAMPLES / "appearance.png"), help="image giving colours/materials")
     run.add_argument("--structure", default=str(SAMPLES / "structure.png"), help="image giving the shape to keep")
-    run.add_argument("--prompt", default="A photo of an object", help='inversion/generation prompt, "A photo of a <domain>"')
+    run.add_argument(
+        "--prompt", default="A photo of an object", help='inversion/generation prompt, "A photo of a <domain>"'
+    )
     run.add_argument("--out", default="out.png", help="where to write the result (.png, .jpg, .webp, ...)")
     add_setting_flags(run)
     return parser
@@ -60,19 +64,20 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         "512 px in fp16) and evaluate only the output row while generating; exact only when --cfg equals "
         "--inversion-cfg, otherwise an approximation",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    parser.add_argument(
+        "--device", default=argparse.SUPPRESS, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+    )
 
 
 def options_from(args: argparse.Namespace) -> TransferOptions:
     """The parsed flags as TransferOptions; ValueError names the first flag out of range."""
-    inversion = InversionSettings(
-        steps=args.steps, start_step=args.start_step, cfg=args.inversion_cfg, seed=args.seed
-    )
+    inversion = InversionSettings(steps=args.steps, start_step=args.start_step, cfg=args.inversion_cfg, seed=args.seed)
     transfer = TransferSettings(
         plan=PlanSettings(swap_guidance=args.swap_guidance), contrast=args.contrast, cfg=args.cfg
     )
-    return TransferOptions(inversion=inversion, transfer=transfer, size=args.size, freeu=not args.no_freeu,
-                           fast=args.fast)
+    return TransferOptions(
+        inversion=inversion, transfer=transfer, size=args.size, freeu=not args.no_freeu, fast=args.fast
+    )
 
 
 def available_devices() -> list[str]:
@@ -141,8 +146,9 @@ class PhaseProgress:
             self.bar.update(done - self.bar.n)
         elif done * 10 // total > self.reported * 10 // total or done == total:
             self.reported = done
-            print(f"{phase}: {done}/{total} steps, {time.monotonic() - self.started:.1f} s", file=self.stream,
-                  flush=True)
+            print(
+                f"{phase}: {done}/{total} steps, {time.monotonic() - self.started:.1f} s", file=self.stream, flush=True
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences import-time notices unrelated to us
     try:
         options = options_from(args)
-        device = resolve_device(args.device)
+        device = resolve_device(getattr(args, "device", None))
         out = check_output(args.out)
         check_model_name(args.model)
         from .diffusers_pipeline import load_image

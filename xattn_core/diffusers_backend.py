@@ -53,7 +53,15 @@ class SwapAttentionProcessor:
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
         out = route_attention(
-            query, key, value, attn.heads, self.layer, self.level, self.state.cond_or_uncond, self.state.swap, _sdpa(attn.heads)
+            query,
+            key,
+            value,
+            attn.heads,
+            self.layer,
+            self.level,
+            self.state.cond_or_uncond,
+            self.state.swap,
+            _sdpa(attn.heads),
         )
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

@@ -29,4 +29,9 @@ def check_ranges(settings: Any) -> None:
         bounds = declared.metadata.get("range")
         value = getattr(settings, declared.name)
         if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
-            raise ValueError(f"{declared.name} must be in {bounds[0]:g}..{bounds[1]:g}, got {value:g}")
+            low, high = (_shown(bound) for bound in bounds)
+            raise ValueError(f"{declared.name} must be in {low}..{high}, got {_shown(value)}")
+
+
+def _shown(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"

@@ -230,7 +230,9 @@ class JointSampler:
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         structure_maps = self.structure.noise_at(i)
         output = ddpm_step(latents.output, noise.output, sigma, sigma_next, structure_maps[self.structure_rows])
-        appearance_path = ddpm_step(latents.appearance, noise.appearance, sigma, sigma_next, self.appearance.noise_at(i))
+        appearance_path = ddpm_step(
+            latents.appearance, noise.appearance, sigma, sigma_next, self.appearance.noise_at(i)
+        )
         structure_path = ddpm_step(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
         if step.adain:
             style = appearance_path[self.appearance_rows]

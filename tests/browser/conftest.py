@@ -17,8 +17,11 @@ from comfyui_support import CHROMIUM, COMFYUI_PATH  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "browser: opens the shipped workflows in ComfyUI's front end in headless "
-                            "Chromium (needs COMFYUI_PATH and chromium)")
+    config.addinivalue_line(
+        "markers",
+        "browser: opens the shipped workflows in ComfyUI's front end in headless "
+        "Chromium (needs COMFYUI_PATH and chromium)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

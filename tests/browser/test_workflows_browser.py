@@ -32,7 +32,6 @@ PLACEHOLDERS = ["checkpoints/v1-5-pruned-emaonly.safetensors", "checkpoints/sd_x
 INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
 
 
-
 class DevTools:
     """A minimal Chrome DevTools protocol client on one page (aiohttp websocket)."""
 
@@ -52,8 +51,9 @@ class DevTools:
             self.events.append(message)
 
     async def evaluate(self, expression: str, timeout: float = 60):
-        result = await self.send("Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True,
-                                 returnByValue=True)
+        result = await self.send(
+            "Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True, returnByValue=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page JS failed: {json.dumps(result['exceptionDetails'])[:2000]}")
         return result["result"].get("value")
@@ -64,8 +64,10 @@ class DevTools:
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                errors.append("console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in
-                                                      params.get("args", [])))
+                errors.append(
+                    "console: "
+                    + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+                )
             elif method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
                 errors.append("exception: " + str(details.get("exception", {}).get("description", details.get("text"))))
@@ -77,10 +79,22 @@ class DevTools:
 
 
 def start_chromium(profile: Path) -> tuple[subprocess.Popen, int]:
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-               f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars", "about:blank"]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--hide-scrollbars",
+        "about:blank",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
@@ -149,15 +163,19 @@ async def open_workflows(base: str, port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
         page = next(t for t in json.loads(response.read()) if t["type"] == "page")
     results = {}
-    async with aiohttp.ClientSession() as session, session.ws_connect(page["webSocketDebuggerUrl"],
-                                                                       max_msg_size=0) as socket:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as socket,
+    ):
         tools = DevTools(socket)
         for domain in ("Runtime", "Log", "Page"):
             await tools.send(f"{domain}.enable")
         await tools.send("Page.navigate", url=base + "/")
         for _ in range(240):
-            ready = await tools.evaluate("!!(window.app && window.app.graph && window.app.canvas && "
-                                         "window.app.vueAppReady !== false && document.querySelector('canvas'))")
+            ready = await tools.evaluate(
+                "!!(window.app && window.app.graph && window.app.canvas && "
+                "window.app.vueAppReady !== false && document.querySelector('canvas'))"
+            )
             if ready:
                 break
             await asyncio.sleep(0.5)
@@ -177,8 +195,9 @@ async def open_workflows(base: str, port: int) -> dict:
         tools.take_errors()
         for name in NAMES:
             workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
-            await tools.evaluate(f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(name)})"
-                                 ".then(() => true)")
+            await tools.evaluate(
+                f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(name)}).then(() => true)"
+            )
             await asyncio.sleep(1.5)  # image previews of Load Image, first draw
             info = await tools.evaluate(INSPECT)
             info["dialogs"] = await tools.evaluate(DIALOGS)
@@ -204,14 +223,23 @@ def browser_results(tmp_path_factory):
         (models / placeholder).write_bytes(b"")
     settings = workdir / "user" / "default" / "comfy.settings.json"  # no first-run template dialog
     settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                                    "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.1}))
+    settings.write_text(
+        json.dumps(
+            {
+                "Comfy.TutorialCompleted": True,
+                "Comfy.Minimap.Visible": False,
+                "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.1,
+            }
+        )
+    )
     for inversion in INVERSIONS:
         (workdir / "output" / inversion).parent.mkdir(parents=True, exist_ok=True)
         (workdir / "output" / inversion).write_bytes(b"")
     snapshot = load_snapshot_module()
-    with snapshot.comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server, \
-            tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile:
+    with (
+        snapshot.comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server,
+        tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile,
+    ):
         process, port = start_chromium(Path(profile))
         try:
             results = asyncio.run(open_workflows(server.base, port))
@@ -222,7 +250,8 @@ def browser_results(tmp_path_factory):
 
 def test_front_end_starts_without_errors_from_the_pack(browser_results):
     assert not [e for e in browser_results["_startup_errors"] if "xattn" in e.lower()], browser_results[
-        "_startup_errors"]
+        "_startup_errors"
+    ]
 
 
 def test_the_checks_see_a_missing_node_type(browser_results):
@@ -243,7 +272,8 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
     assert info["dialogs"] == []
     twin = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in info["output"].items()} == {
-        k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()}
+        k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)

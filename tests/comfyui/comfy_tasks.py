@@ -1,7 +1,7 @@
 """ComfyUI work the tests run in a subprocess, with ComfyUI imported there (it parses its own state at import).
 
-    python comfy_tasks.py checkpoint sd15|sdxl FILE   # write a random-weight checkpoint
-    python comfy_tasks.py validate INPUT_DIR OUTPUT_DIR CKPT_DIR API_FILE...  # execution.validate_prompt
+python comfy_tasks.py checkpoint sd15|sdxl FILE   # write a random-weight checkpoint
+python comfy_tasks.py validate INPUT_DIR OUTPUT_DIR CKPT_DIR API_FILE...  # execution.validate_prompt
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
 def run_task(*args: str, timeout: float = 900) -> str:
     """Run this file with ``args`` in ComfyUI's folder; its stdout (the test fails on a non-zero exit)."""
-    result = subprocess.run([sys.executable, __file__, *args], cwd=COMFYUI_PATH, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, __file__, *args], cwd=COMFYUI_PATH, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -60,30 +61,67 @@ def make_checkpoint(family: str, path: str) -> None:
     import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    vae_config = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-                  "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-    common = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-              "use_spatial_transformer": True, "legacy": False, "dtype": torch.float16,
-              "use_temporal_attention": False, "use_temporal_resblock": False}
+    vae_config = {
+        "double_z": True,
+        "z_channels": 4,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 128,
+        "ch_mult": [1, 2, 4, 4],
+        "num_res_blocks": 2,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
+    common = {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": 320,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "dtype": torch.float16,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
     with torch.device("meta"):
         if family == "sd15":
-            unet_config = {**common, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
-                           "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
-                           "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-                           "context_dim": 768, "num_heads": 8, "use_linear_in_transformer": False,
-                           "adm_in_channels": None}
+            unet_config = {
+                **common,
+                "num_res_blocks": [2, 2, 2, 2],
+                "channel_mult": [1, 2, 4, 4],
+                "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+                "transformer_depth_middle": 1,
+                "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                "context_dim": 768,
+                "num_heads": 8,
+                "use_linear_in_transformer": False,
+                "adm_in_channels": None,
+            }
             unet = comfy.model_base.BaseModel(comfy.supported_models.SD15(unet_config)).diffusion_model
             text = {"cond_stage_model.": comfy.sd1_clip.SDClipModel(device="meta")}
         else:
-            unet_config = {**common, "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
-                           "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
-                           "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "context_dim": 2048,
-                           "num_head_channels": 64, "num_heads": -1, "use_linear_in_transformer": True,
-                           "adm_in_channels": 2816, "num_classes": "sequential"}
+            unet_config = {
+                **common,
+                "num_res_blocks": [2, 2, 2],
+                "channel_mult": [1, 2, 4],
+                "transformer_depth": [0, 0, 2, 2, 10, 10],
+                "transformer_depth_middle": 10,
+                "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+                "context_dim": 2048,
+                "num_head_channels": 64,
+                "num_heads": -1,
+                "use_linear_in_transformer": True,
+                "adm_in_channels": 2816,
+                "num_classes": "sequential",
+            }
             model_config = comfy.supported_models.SDXL(unet_config)
             unet = comfy.model_base.SDXL(model_config).diffusion_model
-            text = {"clip_l.": comfy.sd1_clip.SDClipModel(device="meta", layer="hidden", layer_idx=-2),
-                    "clip_g.": comfy.sdxl_clip.SDXLClipG(device="meta")}
+            text = {
+                "clip_l.": comfy.sd1_clip.SDClipModel(device="meta", layer="hidden", layer_idx=-2),
+                "clip_g.": comfy.sdxl_clip.SDXLClipG(device="meta"),
+            }
         vae = AutoencoderKL(ddconfig=vae_config, embed_dim=4)
     state = _random_state(unet, "model.diffusion_model.", 0)
     del unet
@@ -115,11 +153,11 @@ async def _validate(input_dir: str, output_dir: str, checkpoints: str, files: li
     assert await nodes.load_custom_node(str(link), ignore=set(), module_parent="custom_nodes")
     results = {}
     for file in files:
-        ok, error, outputs, node_errors = await execution.validate_prompt(Path(file).stem, json.loads(
-            Path(file).read_text()), None)
+        ok, error, outputs, node_errors = await execution.validate_prompt(
+            Path(file).stem, json.loads(Path(file).read_text()), None
+        )
         results[Path(file).stem] = {"ok": ok, "error": error, "outputs": sorted(outputs), "node_errors": node_errors}
     return results
-
 
 
 if __name__ == "__main__":

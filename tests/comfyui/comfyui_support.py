@@ -18,8 +18,11 @@ if str(REPO) not in sys.path:  # also imported by scripts run in ComfyUI's folde
 from xattn_core.tiny import tiny_context  # noqa: E402
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")  # the ComfyUI checkout; unset: these tiers are skipped
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or (
-    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM = (
+    os.environ.get("CHROMIUM")
+    or shutil.which("chromium")
+    or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+)
 PACK_NAME = "xattn_pack"  # the repo folder may be called anything; ComfyUI imports it by folder name
 CPU = torch.device("cpu")
 _state: dict = {}
@@ -71,8 +74,16 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         core=SimpleNamespace(
             **{
                 name: _importlib.import_module(f"{PACK_NAME}.xattn_core.{name}")
-                for name in ("attention", "diffusers_backend", "freeu", "inversion", "plan", "schedule", "transfer",
-                             "tiny")
+                for name in (
+                    "attention",
+                    "diffusers_backend",
+                    "freeu",
+                    "inversion",
+                    "plan",
+                    "schedule",
+                    "transfer",
+                    "tiny",
+                )
             }
         ),
         comfy=comfy,
@@ -158,8 +169,21 @@ def run(node, *args, **kwargs):
     return node.execute(*args, **kwargs).result
 
 
-def invert_node(ns, model, samples, *, positive=None, negative=None, steps=8, start_step=2, cfg=3.5, seed=0,
-                freeu="auto", fast_mode="off", **optional):
+def invert_node(
+    ns,
+    model,
+    samples,
+    *,
+    positive=None,
+    negative=None,
+    steps=8,
+    start_step=2,
+    cfg=3.5,
+    seed=0,
+    freeu="auto",
+    fast_mode="off",
+    **optional,
+):
     """Invert Image (DDPM) on a latent batch ``samples``; small test-sized schedule unless told otherwise.
 
     ``optional`` takes the node's optional inputs (``sigmas``) and extra LATENT entries (``noise_mask``).
@@ -167,10 +191,20 @@ def invert_node(ns, model, samples, *, positive=None, negative=None, steps=8, st
     latent = {"samples": samples}
     if "noise_mask" in optional:
         latent["noise_mask"] = optional.pop("noise_mask")
-    (inversion,) = run(ns.nodes.XAttnInvertImage, model=model, latent=latent,
-                       positive=conditioning(1) if positive is None else positive,
-                       negative=conditioning(2) if negative is None else negative, steps=steps,
-                       start_step=start_step, cfg=cfg, seed=seed, freeu=freeu, fast_mode=fast_mode, **optional)
+    (inversion,) = run(
+        ns.nodes.XAttnInvertImage,
+        model=model,
+        latent=latent,
+        positive=conditioning(1) if positive is None else positive,
+        negative=conditioning(2) if negative is None else negative,
+        steps=steps,
+        start_step=start_step,
+        cfg=cfg,
+        seed=seed,
+        freeu=freeu,
+        fast_mode=fast_mode,
+        **optional,
+    )
     return inversion
 
 
@@ -179,12 +213,21 @@ def sample_node(ns, model, appearance, structure, *, positive=None, negative=Non
 
     Every widget takes the node's own default unless given in ``inputs``, as a graph would send it.
     """
-    widgets = {spec.id: spec.default for spec in ns.nodes.XAttnCrossImageSampler.define_schema().inputs
-               if getattr(spec, "default", None) is not None}
+    widgets = {
+        spec.id: spec.default
+        for spec in ns.nodes.XAttnCrossImageSampler.define_schema().inputs
+        if getattr(spec, "default", None) is not None
+    }
     widgets.update(inputs)
-    return run(ns.nodes.XAttnCrossImageSampler, model=model, positive=conditioning(1) if positive is None else positive,
-               negative=conditioning(2) if negative is None else negative, appearance=appearance,
-               structure=structure, **widgets)
+    return run(
+        ns.nodes.XAttnCrossImageSampler,
+        model=model,
+        positive=conditioning(1) if positive is None else positive,
+        negative=conditioning(2) if negative is None else negative,
+        appearance=appearance,
+        structure=structure,
+        **widgets,
+    )
 
 
 def conditioning(seed: int):

@@ -32,8 +32,18 @@ def counting(model):
 
 def invert(comfy, model, cfg, fast_mode="on", cond=conditioning):
     samples = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(12))  # appearance, structure
-    return invert_node(comfy, model, samples, positive=cond(1), negative=cond(2), steps=STEPS, start_step=START,
-                       cfg=cfg, seed=4, fast_mode=fast_mode)
+    return invert_node(
+        comfy,
+        model,
+        samples,
+        positive=cond(1),
+        negative=cond(2),
+        steps=STEPS,
+        start_step=START,
+        cfg=cfg,
+        seed=4,
+        fast_mode=fast_mode,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +60,15 @@ def inverted(comfy, sd15):
 
 
 def transfer(comfy, model, inversion, cfg, positive=1, negative=2, cond=conditioning):
-    return sample_node(comfy, model, inversion.select([0]), inversion.select([1]), positive=cond(positive),
-                       negative=cond(negative), cfg=cfg)
+    return sample_node(
+        comfy,
+        model,
+        inversion.select([0]),
+        inversion.select([1]),
+        positive=cond(positive),
+        negative=cond(negative),
+        cfg=cfg,
+    )
 
 
 def stepwise_fast_vs_normal(comfy, model, normal, fast, cfg, cond=conditioning) -> list[float]:
@@ -59,12 +76,15 @@ def stepwise_fast_vs_normal(comfy, model, normal, fast, cfg, cond=conditioning) 
     patched = comfy.backend.patch_model(model, comfy.common.freeu_settings("auto", model))
 
     def loop(backend, x, report):
-        samplers = [comfy.core.transfer.JointSampler(backend, inversion.select([0]), inversion.select([1]))
-                    for inversion in (normal, fast)]
+        samplers = [
+            comfy.core.transfer.JointSampler(backend, inversion.select([0]), inversion.select([1]))
+            for inversion in (normal, fast)
+        ]
         return x, teacher_forced(*samplers)
 
-    _, differences = comfy.backend.run_in_guider(patched, cond(1), cond(2), cfg, torch.zeros(1, 4, 16, 16),
-                                                 normal.sigmas[START:], loop)
+    _, differences = comfy.backend.run_in_guider(
+        patched, cond(1), cond(2), cfg, torch.zeros(1, 4, 16, 16), normal.sigmas[START:], loop
+    )
     return differences
 
 

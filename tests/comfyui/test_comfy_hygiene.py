@@ -11,8 +11,9 @@ def plain_ksampler(model):
     import nodes as comfy_nodes  # ComfyUI's own nodes.py
 
     latent = {"samples": torch.zeros(1, 4, 32, 32)}
-    (out,) = comfy_nodes.common_ksampler(model, 42, 4, 5.0, "euler_ancestral", "normal", conditioning(1),
-                                         conditioning(2), latent)
+    (out,) = comfy_nodes.common_ksampler(
+        model, 42, 4, 5.0, "euler_ancestral", "normal", conditioning(1), conditioning(2), latent
+    )
     return out["samples"]
 
 

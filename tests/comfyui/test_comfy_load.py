@@ -2,8 +2,14 @@
 
 from comfyui_support import load_snapshot_module
 
-NODE_IDS = ["XAttnInvertImage", "XAttnCrossImageSampler", "XAttnOptions", "XAttnAdaINLatentMatch",
-            "XAttnSaveInversion", "XAttnLoadInversion"]
+NODE_IDS = [
+    "XAttnInvertImage",
+    "XAttnCrossImageSampler",
+    "XAttnOptions",
+    "XAttnAdaINLatentMatch",
+    "XAttnSaveInversion",
+    "XAttnLoadInversion",
+]
 
 
 def test_the_pack_imports_without_failure(server):

@@ -83,8 +83,7 @@ def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair, plain_transfer)
     appearance, structure = pair
     mask = torch.zeros(1, 100, 60)
     mask[:, 20:80, 10:50] = 1.0
-    masked, _, _ = transfer(comfy, sd15, appearance, structure, appearance_mask=torch.ones(64, 64),
-                            structure_mask=mask)
+    masked, _, _ = transfer(comfy, sd15, appearance, structure, appearance_mask=torch.ones(64, 64), structure_mask=mask)
     plain, _, _ = plain_transfer
     assert torch.isfinite(masked["samples"]).all()
     assert (masked["samples"] - plain["samples"]).abs().mean() > 1e-3
@@ -112,11 +111,18 @@ def test_freeu_fires_once_per_decoder_level(comfy, sd15):
 
     model_management.load_models_gpu([patched])
     with torch.no_grad():
-        patched.model.apply_model(latents(8), torch.tensor([3.0]), c_crossattn=conditioning(1)[0][0],
-                                  transformer_options=patched.model_options["transformer_options"])
+        patched.model.apply_model(
+            latents(8),
+            torch.tensor([3.0]),
+            c_crossattn=conditioning(1)[0][0],
+            transformer_options=patched.model_options["transformer_options"],
+        )
     assert len(recorded["before"]) == 4
-    changed = [block for (block, before), (_, after) in zip(recorded["before"], recorded["after"], strict=True)
-               if not torch.equal(before, after)]
+    changed = [
+        block
+        for (block, before), (_, after) in zip(recorded["before"], recorded["after"], strict=True)
+        if not torch.equal(before, after)
+    ]
     _, level_starts = comfy.backend.decoder_levels(sd15.get_model_object("diffusion_model"))
     assert changed == sorted(level_starts) == [0, 2]
 
@@ -140,8 +146,7 @@ def test_save_and_load_inversion_round_trip(comfy, sd15, pair, plain_transfer, t
     assert torch.equal(from_file["samples"], plain_transfer[0]["samples"])
 
 
-@pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "../../x.safetensors [output]",
-                                  "notes.txt"])
+@pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd", "../../x.safetensors [output]", "notes.txt"])
 def test_load_refuses_paths_outside_the_folders(comfy, name):
     message = comfy.nodes.XAttnLoadInversion.validate_inputs(name)
     assert isinstance(message, str) and "refusing" in message
@@ -161,9 +166,23 @@ def test_unsupported_model_is_refused_before_sampling(comfy):
     import comfy.model_patcher as model_patcher
     import comfy.supported_models as supported_models
 
-    config = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
-                  hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
-                  theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
+    config = dict(
+        image_model="flux",
+        in_channels=16,
+        out_channels=16,
+        vec_in_dim=32,
+        context_in_dim=32,
+        hidden_size=64,
+        mlp_ratio=2.0,
+        num_heads=2,
+        depth=1,
+        depth_single_blocks=1,
+        axes_dim=[8, 12, 12],
+        theta=10000,
+        patch_size=2,
+        qkv_bias=True,
+        guidance_embed=False,
+    )
 
     class TinyFlux(supported_models.Flux):
         unet_config = config
@@ -207,8 +226,10 @@ def test_inversions_of_different_schedules_are_refused(comfy, sd15, pair):
 
 
 def test_start_step_rules(comfy, sd15, pair):
-    assert comfy.nodes.XAttnInvertImage.validate_inputs(steps=10, start_step=10) == \
-        "start_step (10) must be below steps (10)"
+    assert (
+        comfy.nodes.XAttnInvertImage.validate_inputs(steps=10, start_step=10)
+        == "start_step (10) must be below steps (10)"
+    )
     assert comfy.nodes.XAttnInvertImage.validate_inputs(steps=10, start_step=9) is True
     appearance, structure = pair
     with pytest.raises(ValueError, match="start step 1 is not available"):

@@ -55,8 +55,9 @@ class DualBackend:
 def test_inversion_matches_diffusers_step_by_step(setup_models, inversion):
     comfy, _, unet = setup_models
     core = comfy.core
-    with core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), tiny_context(2), 3.5,
-                                                 freeu=core.freeu.FreeUSettings()) as backend:
+    with core.diffusers_backend.DiffusersBackend(
+        unet, tiny_context(1), tiny_context(2), 3.5, freeu=core.freeu.FreeUSettings()
+    ) as backend:
         reference = core.inversion.invert(backend.predict_noise, inversion.clean, inversion.sigmas, START, seed=7)
     assert torch.equal(reference.latents, inversion.latents)  # same seeded draws
     for i in range(START, STEPS - 1):
@@ -73,15 +74,17 @@ def test_every_generation_step_matches_diffusers(setup_models, inversion):
     appearance, structure = inversion.select([0]), inversion.select([1])
 
     def loop(comfy_backend, x, report):
-        reference = core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), None, 1.0,
-                                                            freeu=core.freeu.FreeUSettings())
+        reference = core.diffusers_backend.DiffusersBackend(
+            unet, tiny_context(1), None, 1.0, freeu=core.freeu.FreeUSettings()
+        )
         with reference:
             dual = DualBackend(comfy_backend, reference, core.attention.KeyValueStore)
             result = core.transfer.transfer(dual, appearance, structure, core.transfer.TransferSettings())
         return result.output, dual
 
-    _, dual = backend_module.run_in_guider(patched, conditioning(1), conditioning(2), 1.0,
-                                           torch.zeros(1, 4, 32, 32), inversion.sigmas[START:], loop)
+    _, dual = backend_module.run_in_guider(
+        patched, conditioning(1), conditioning(2), 1.0, torch.zeros(1, 4, 32, 32), inversion.sigmas[START:], loop
+    )
     differences = dual.differences
     swapped = [d for d, swaps in differences if swaps]
     assert len(swapped) > 0
@@ -97,8 +100,9 @@ def test_end_to_end_smoke_against_diffusers(setup_models, inversion):
     core = comfy.core
     output, _, _ = sample_node(comfy, model, inversion.select([0]), inversion.select([1]))
     comfy_output = model.model.process_latent_in(output["samples"])
-    with core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), None, 1.0,
-                                                 freeu=core.freeu.FreeUSettings()) as backend:
+    with core.diffusers_backend.DiffusersBackend(
+        unet, tiny_context(1), None, 1.0, freeu=core.freeu.FreeUSettings()
+    ) as backend:
         reference = core.transfer.transfer(backend, inversion.select([0]), inversion.select([1]))
     difference = (comfy_output - reference.output).abs().max().item()
     print(f"\nend to end ({STEPS - START} generation steps) max |comfy - diffusers|: {difference:.2e}")

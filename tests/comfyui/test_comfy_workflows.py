@@ -149,8 +149,12 @@ def test_workflow_runs(server, name):
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
         assert pixels.std() > 0.5  # not a constant (black or NaN-grey) image
     if name == "01_basic_sd15_transfer":
-        previews = [item for output in history["outputs"].values() for item in output.get("images", [])
-                    if item["type"] == "temp"]
+        previews = [
+            item
+            for output in history["outputs"].values()
+            for item in output.get("images", [])
+            if item["type"] == "temp"
+        ]
         assert len(previews) == 2  # the two reconstructions
     print(f"{name}: {time.monotonic() - started:.1f} s")
 
@@ -164,4 +168,3 @@ def test_sdxl_workflow_runs(server, checkpoints):
     history = queue(server, shrink(api_twin("03_sdxl_transfer")), timeout=1800)
     images = saved_images(server, history)
     assert len(images) == 1 and images[0].size == (SIZE, SIZE)
-
