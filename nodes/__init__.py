@@ -5,10 +5,12 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from .adain import XAttnAdaINLatentMatch
 from .inversion_files import XAttnLoadInversion, XAttnSaveInversion
 from .invert import XAttnInvertImage
+from .object_word import XAttnObjectPrompt
 from .sampler import XAttnCrossImageSampler, XAttnOptions
 
 NODES: list[type[io.ComfyNode]] = [
     XAttnInvertImage,
+    XAttnObjectPrompt,
     XAttnCrossImageSampler,
     XAttnOptions,
     XAttnAdaINLatentMatch,

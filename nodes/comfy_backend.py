@@ -22,7 +22,7 @@ import comfy.samplers
 import torch
 from torch import Tensor
 
-from ..xattn_core.attention import AttentionSwap, route_attention
+from ..xattn_core.attention import AttentionSwap, record_attention_maps, route_attention
 from ..xattn_core.freeu import FreeUSettings, official_freeu
 from ..xattn_core.plan import SWAP_LEVELS
 
@@ -71,7 +71,10 @@ def is_sd1(model) -> bool:
     return any(cls.__name__ == "SD15" for cls in type(config).__mro__)
 
 
-def _attention_patch(level: int, existing: Callable | None):
+def _attention_patch(level: int, existing: Callable | None, records_maps_at: int | None = None):
+    """attn1 of one output block; ``records_maps_at`` is the transformer index whose maps the automatic masks
+    read, when this block holds that layer."""
+
     def attn1(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
         heads = extra_options["n_heads"]
 
@@ -82,11 +85,38 @@ def _attention_patch(level: int, existing: Callable | None):
                 query, key, value, heads, attn_precision=extra_options.get("attn_precision")
             )
 
-        layer = (extra_options.get("block"), extra_options.get("block_index", 0))
+        block_index = extra_options.get("block_index", 0)
+        layer = (extra_options.get("block"), block_index)
         cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
-        return route_attention(q, k, v, heads, layer, level, cond_or_uncond, extra_options.get(SWAP_KEY), plain)
+        swap = extra_options.get(SWAP_KEY)
+        records = block_index == records_maps_at
+        return route_attention(q, k, v, heads, layer, level, cond_or_uncond, swap, plain, records)
 
     return attn1
+
+
+def _cross_recording_patch(existing: Callable | None):
+    """attn2 of the cross-attention layer whose maps the automatic masks read; attention itself unchanged."""
+
+    def attn2(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
+        heads = extra_options["n_heads"]
+        cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
+        record_attention_maps(q, k, heads, cond_or_uncond, extra_options.get(SWAP_KEY), cross=True)
+        if existing is not None:  # another node's attn2 patch (e.g. an IPAdapter) keeps computing this layer
+            return existing(q, k, v, extra_options)
+        return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+
+    return attn2
+
+
+def _last_transformer(diffusion_model, levels: dict[int, int], level: int) -> tuple[int, int] | None:
+    """(output block id, transformer index) of the last transformer block, in forward order, at ``level``."""
+    blocks = [block_id for block_id, block_level in levels.items() if block_level == level]
+    if not blocks:
+        return None
+    last = diffusion_model.output_blocks[max(blocks)]
+    transformer = [m for m in last.modules() if type(m).__name__ == "SpatialTransformer"][-1]
+    return max(blocks), len(transformer.transformer_blocks) - 1
 
 
 def _freeu_patch(level_starts: set[int], base_channels: int, settings: FreeUSettings):
@@ -99,16 +129,28 @@ def _freeu_patch(level_starts: set[int], base_channels: int, settings: FreeUSett
     return output_block
 
 
-def patch_model(model, freeu: FreeUSettings | None):
-    """A clone of ``model`` with swapping decoder self-attention (and optionally the FreeU variant)."""
+def patch_model(model, freeu: FreeUSettings | None, records_maps: bool = False):
+    """A clone of ``model`` with swapping decoder self-attention (and optionally the FreeU variant).
+
+    ``records_maps`` also marks the two layers the official automatic masks read: the last decoder
+    self-attention of level 0 and the last decoder cross-attention of level 1 (an attn2 patch there only).
+    """
     diffusion_model = model.get_model_object("diffusion_model")
     levels, level_starts = decoder_levels(diffusion_model)
     patched = model.clone()
-    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {})
+    self_maps_layer = _last_transformer(diffusion_model, levels, 0) if records_maps else None
     for block_id, level in levels.items():
         if level in SWAP_LEVELS:
-            previous = existing.get(("output", block_id))
-            patched.set_model_attn1_replace(_attention_patch(level, previous), "output", block_id)
+            previous = replaced.get("attn1", {}).get(("output", block_id))
+            records_at = self_maps_layer[1] if self_maps_layer and self_maps_layer[0] == block_id else None
+            patched.set_model_attn1_replace(_attention_patch(level, previous, records_at), "output", block_id)
+    cross_maps_layer = _last_transformer(diffusion_model, levels, 1) if records_maps else None
+    if cross_maps_layer is not None:
+        block_id, index = cross_maps_layer
+        attn2 = replaced.get("attn2", {})
+        previous = attn2.get(("output", block_id, index), attn2.get(("output", block_id)))
+        patched.set_model_attn2_replace(_cross_recording_patch(previous), "output", block_id, index)
     if freeu is not None:
         patched.set_model_output_block_patch(_freeu_patch(level_starts, diffusion_model.model_channels, freeu))
     return patched

@@ -16,6 +16,7 @@ from ..xattn_core.transfer import TransferSettings, check_compatible, pair_rows,
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
+from .object_word import object_tokens
 
 
 def check_against_model(inversion: Inversion, role: str, model, fingerprint: str) -> None:
@@ -68,6 +69,18 @@ def report_fast_mode(appearance: Inversion, structure: Inversion, cfg: float, po
             differences.append("no uncond keys/values kept (fast_mode 'on + uncond' keeps them)")
         how = "approximate: " + ", ".join(differences) if differences else "exact: same prompts and cfg"
         logging.info("Cross-Image Attention fast mode: the %s path is replayed from its inversion (%s)", role, how)
+
+
+ADAIN_MASK_MODES = ["auto", "from inputs", "none"]
+VAE_SCALE = 8  # pixels per latent cell for the SD 1.x/2.x/SDXL VAEs the pack supports
+
+
+def mask_output(masks: torch.Tensor | None, inversion: Inversion) -> torch.Tensor:
+    """The AdaIN masks used, one per image of ``inversion``, at pixel size (all ones when AdaIN was unmasked),
+    so they can be previewed, edited with mask nodes and fed back."""
+    if masks is None:
+        masks = torch.ones(inversion.batch_size, 1, *inversion.clean.shape[-2:])
+    return torch.nn.functional.interpolate(masks.float().cpu(), scale_factor=VAE_SCALE, mode="nearest")[:, 0]
 
 
 class XAttnOptions(io.ComfyNode):
@@ -193,6 +206,14 @@ class XAttnCrossImageSampler(io.ComfyNode):
                     tooltip="How strongly the output's colour statistics are pulled to the appearance.",
                 ),
                 freeu_input(),
+                io.Combo.Input(
+                    "adain_masks",
+                    options=ADAIN_MASK_MODES,
+                    default="auto",
+                    tooltip="Where AdaIN matches colours. auto: connected masks if any, else automatic object "
+                    "masks when the positive prompt comes from CLIP Text Encode (Object Word) (the paper's "
+                    "default), else the whole image. from inputs: the connected masks only. none: whole images.",
+                ),
                 io.Mask.Input(
                     "appearance_mask",
                     optional=True,
@@ -211,6 +232,8 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 io.Latent.Output(display_name="output"),
                 io.Latent.Output(display_name="appearance_reconstruction"),
                 io.Latent.Output(display_name="structure_reconstruction"),
+                io.Mask.Output(display_name="appearance_mask"),
+                io.Mask.Output(display_name="structure_mask"),
             ],
         )
 
@@ -228,6 +251,7 @@ class XAttnCrossImageSampler(io.ComfyNode):
         start_step,
         adain_strength,
         freeu,
+        adain_masks="auto",
         appearance_mask=None,
         structure_mask=None,
         options=None,
@@ -249,7 +273,11 @@ class XAttnCrossImageSampler(io.ComfyNode):
             adain_strength=adain_strength,
             memory_budget=options.get("memory_budget", TransferSettings().memory_budget),
         )
-        patched = patch_model(model, freeu_settings(freeu, model))
+        if adain_masks == "none":
+            appearance_mask = structure_mask = None
+        automatic = adain_masks == "auto" and appearance_mask is None and structure_mask is None
+        words = object_tokens(positive) if automatic else None
+        patched = patch_model(model, freeu_settings(freeu, model), records_maps=words is not None)
         generation_sigmas = appearance.sigmas[start:]
         preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
         output_shape = (len(pairs), *structure.clean.shape[1:])
@@ -268,6 +296,7 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 appearance_mask,
                 structure_mask,
                 callback=progress,
+                object_tokens=words,
             )
             return result.output.to(x.dtype), result
 
@@ -276,4 +305,10 @@ class XAttnCrossImageSampler(io.ComfyNode):
         )
         appearance_latent = model.model.process_latent_out(result.appearance.float().cpu())
         structure_latent = model.model.process_latent_out(result.structure.float().cpu())
-        return io.NodeOutput({"samples": samples}, {"samples": appearance_latent}, {"samples": structure_latent})
+        return io.NodeOutput(
+            {"samples": samples},
+            {"samples": appearance_latent},
+            {"samples": structure_latent},
+            mask_output(result.appearance_masks, appearance),
+            mask_output(result.structure_masks, structure),
+        )

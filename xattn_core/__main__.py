@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .diffusers_pipeline import DEFAULT_MODEL, SAMPLES, ModelLoadError, TransferOptions, check_model_name
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt", default="A photo of an object", help='inversion/generation prompt, "A photo of a <domain>"'
     )
     run.add_argument("--out", default="out.png", help="where to write the result (.png, .jpg, .webp, ...)")
+    run.add_argument(
+        "--object-word",
+        default=None,
+        help="the word naming the object in --prompt (comma-separated for several): automatic object masks for "
+        "AdaIN, the official default; the masks are written next to --out as <name>_appearance_mask.png and "
+        "<name>_structure_mask.png (default: none, AdaIN over the whole image)",
+    )
     add_setting_flags(run)
     return parser
 
@@ -75,8 +83,14 @@ def options_from(args: argparse.Namespace) -> TransferOptions:
     transfer = TransferSettings(
         plan=PlanSettings(swap_guidance=args.swap_guidance), contrast=args.contrast, cfg=args.cfg
     )
+    words = tuple(word.strip() for word in (getattr(args, "object_word", None) or "").split(",") if word.strip())
     return TransferOptions(
-        inversion=inversion, transfer=transfer, size=args.size, freeu=not args.no_freeu, fast=args.fast
+        inversion=inversion,
+        transfer=transfer,
+        size=args.size,
+        freeu=not args.no_freeu,
+        fast=args.fast,
+        object_words=words,
     )
 
 
@@ -157,8 +171,13 @@ class PhaseProgress:
         self.phase = None
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning  # the engine's warnings (e.g. no object found) read like errors
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences import-time notices unrelated to us
     try:
         options = options_from(args)
@@ -169,15 +188,19 @@ def main(argv: list[str] | None = None) -> int:
 
         appearance = load_image(args.appearance, options.size)
         structure = load_image(args.structure, options.size)
+        if options.object_words:  # the tokenizer alone is small: a misspelt word costs no model load
+            from .diffusers_pipeline import load_tokenizer, object_token_positions
+
+            object_token_positions(load_tokenizer(args.model), args.prompt, options.object_words)
     except (ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from .diffusers_pipeline import load_pipeline, transfer_images
+    from .diffusers_pipeline import load_pipeline, mask_image, transfer_images
 
     progress = PhaseProgress()
     try:
         pipe = load_pipeline(args.model, device)
-        image, _ = transfer_images(pipe, appearance, structure, args.prompt, options, progress)
+        image, result = transfer_images(pipe, appearance, structure, args.prompt, options, progress)
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -186,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     print(f"wrote {out}")
+    if options.object_words and result.structure_masks is not None:
+        for role, masks in (("appearance", result.appearance_masks), ("structure", result.structure_masks)):
+            mask_path = out.with_name(f"{out.stem}_{role}_mask.png")
+            mask_image(masks[0], options.size).save(mask_path)
+            print(f"wrote {mask_path}")
     return 0
 
 

@@ -13,7 +13,7 @@ then call :func:`route_attention`, which decides per row what attention that row
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -58,6 +58,25 @@ def contrasted_attention(
         out[:, :, block] = weights @ v
         del weights
     return out.transpose(1, 2).reshape(rows, query_tokens, width).to(query.dtype)
+
+
+def mean_attention_weights(query: Tensor, key: Tensor, heads: int, memory_budget: int) -> Tensor:
+    """softmax(QK^T / sqrt(d)) of one row, averaged over heads: ``[query tokens, key tokens]`` in float32.
+
+    ``query`` is ``[query tokens, heads * dim_head]``, ``key`` ``[key tokens, heads * dim_head]``; computed in
+    query blocks so that at most ``memory_budget`` bytes of weights exist at once.
+    """
+    query_tokens, width = query.shape
+    key_tokens = key.shape[0]
+    dim_head = width // heads
+    q = query.float().reshape(query_tokens, heads, dim_head).transpose(0, 1)
+    k = key.float().reshape(key_tokens, heads, dim_head).transpose(0, 1)
+    query_block = max(1, memory_budget // (2 * heads * key_tokens * 4))
+    weights = torch.empty(query_tokens, key_tokens, device=query.device)
+    for start in range(0, query_tokens, query_block):
+        block = slice(start, start + query_block)
+        weights[block] = torch.softmax((q[:, block] @ k.transpose(-1, -2)) * dim_head**-0.5, dim=-1).mean(0)
+    return weights
 
 
 def _own_storage(tensor: Tensor) -> Tensor:
@@ -131,6 +150,20 @@ class KeyValueStore:
 
 
 @dataclass
+class AttentionMaps:
+    """Head-averaged attention maps recorded for the automatic object masks, keyed by image.
+
+    Only two layers record (the official choice): the last decoder self-attention of the highest-resolution
+    attention level and the last decoder cross-attention of the next level, for the cond branch of the rows
+    a model call names in ``AttentionSwap.map_rows``. Every other layer and row stays on fused attention.
+    """
+
+    self_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, tokens]
+    cross_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, context tokens]
+    explicit_computations: int = 0  # how many head-averaged maps were computed explicitly
+
+
+@dataclass
 class AttentionSwap:
     """What the swapping layers do during one model call.
 
@@ -148,6 +181,26 @@ class AttentionSwap:
     source_rows: tuple[int, ...] = ()
     source_store: KeyValueStore | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    maps: AttentionMaps | None = None  # where the recording layers put their maps (automatic masks)
+    map_rows: tuple[tuple[int, Hashable], ...] = ()  # (row of this call, image it shows) to record
+
+
+def record_attention_maps(
+    query: Tensor, key: Tensor, heads: int, cond_or_uncond: list[int], swap: AttentionSwap | None, cross: bool
+) -> None:
+    """At a recording layer: keep the head-averaged weights of the cond-branch rows ``swap.map_rows`` names.
+
+    The cond branch carries the positive prompt, which holds the object word; ``key`` is this layer's keys
+    (the text's for cross-attention).
+    """
+    if swap is None or swap.maps is None or not swap.map_rows or 0 not in cond_or_uncond:
+        return
+    rows = query.shape[0] // len(cond_or_uncond)
+    first = cond_or_uncond.index(0) * rows
+    store = swap.maps.cross_maps if cross else swap.maps.self_maps
+    for row, image in swap.map_rows:
+        store[image] = mean_attention_weights(query[first + row], key[first + row], heads, swap.memory_budget)
+        swap.maps.explicit_computations += 1
 
 
 def route_attention(
@@ -160,8 +213,14 @@ def route_attention(
     cond_or_uncond: list[int],
     swap: AttentionSwap | None,
     plain: PlainAttention,
+    records_maps: bool = False,
 ) -> Tensor:
-    """Attention for one self-attention layer over a batch made of one block of rows per ``cond_or_uncond`` entry."""
+    """Attention for one self-attention layer over a batch made of one block of rows per ``cond_or_uncond`` entry.
+
+    ``records_maps`` marks the one self-attention layer whose maps the automatic masks use.
+    """
+    if records_maps:
+        record_attention_maps(query, key, heads, cond_or_uncond, swap, cross=False)
     if swap is None or level is None or level not in swap.levels:
         return plain(query, key, value)
     rows = query.shape[0] // len(cond_or_uncond)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import AttentionSwap, route_attention
+from .attention import AttentionSwap, record_attention_maps, route_attention
 from .freeu import FreeUSettings, official_freeu
 from .schedule import sd_sigma_table, timestep_for_sigma
 
@@ -39,10 +39,11 @@ class _CallState:
 class SwapAttentionProcessor:
     """Self-attention that lets :func:`route_attention` choose each row's keys and values."""
 
-    def __init__(self, layer: Hashable, level: int, state: _CallState) -> None:
+    def __init__(self, layer: Hashable, level: int, state: _CallState, records_maps: bool = False) -> None:
         self.layer = layer
         self.level = level
         self.state = state
+        self.records_maps = records_maps  # the layer whose self-attention maps the automatic masks read
 
     def __call__(
         self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
@@ -62,11 +63,30 @@ class SwapAttentionProcessor:
             self.state.cond_or_uncond,
             self.state.swap,
             _sdpa(attn.heads),
+            self.records_maps,
         )
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+class RecordingCrossAttentionProcessor:
+    """The text cross-attention layer whose maps the automatic masks read; its output is left to ``original``."""
+
+    def __init__(self, original, state: _CallState) -> None:
+        self.original = original
+        self.state = state
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states=None, *args, **kwargs):
+        swap = self.state.swap
+        if swap is not None and swap.maps is not None and encoder_hidden_states is not None:
+            context = (
+                attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+            )
+            query, key = attn.to_q(hidden_states), attn.to_k(context)
+            record_attention_maps(query, key, attn.heads, self.state.cond_or_uncond, swap, cross=True)
+        return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 def decoder_attention_levels(unet) -> dict[int, int]:
@@ -101,10 +121,16 @@ class DiffusersBackend:
         self._original_processors = dict(unet.attn_processors)
         self._hooks = []
         processors = dict(self._original_processors)
-        for block_index, level in decoder_attention_levels(unet).items():
+        levels = decoder_attention_levels(unet)
+        # the official masks read the last self-attention of level 0 and the last cross-attention of level 1
+        self_maps_layer = _last_layer(processors, levels, 0, "attn1.processor")
+        cross_maps_layer = _last_layer(processors, levels, 1, "attn2.processor")
+        for block_index, level in levels.items():
             for name in processors:
                 if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
-                    processors[name] = SwapAttentionProcessor(name, level, self._state)
+                    processors[name] = SwapAttentionProcessor(name, level, self._state, name == self_maps_layer)
+        if cross_maps_layer is not None:
+            processors[cross_maps_layer] = RecordingCrossAttentionProcessor(processors[cross_maps_layer], self._state)
         unet.set_attn_processor(processors)
         if freeu is not None:
             base = unet.config.block_out_channels[0]
@@ -153,6 +179,17 @@ class DiffusersBackend:
             uncond, cond = prediction.chunk(2)
             return uncond + self.cfg * (cond - uncond)
         return prediction
+
+
+def _last_layer(processors: dict, levels: dict[int, int], level: int, suffix: str) -> str | None:
+    """The last processor name (forward order) ending in ``suffix`` in the decoder blocks of ``level``."""
+    blocks = [block for block, block_level in levels.items() if block_level == level]
+    names = [
+        name
+        for name in processors
+        if name.endswith(suffix) and any(name.startswith(f"up_blocks.{block}.") for block in blocks)
+    ]
+    return names[-1] if names else None
 
 
 def _freeu_hook(base_channels: int, settings: FreeUSettings):

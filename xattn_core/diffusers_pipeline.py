@@ -15,6 +15,7 @@ from .diffusers_backend import DiffusersBackend
 from .freeu import FreeUSettings
 from .inversion import CacheSettings, Inversion, InversionSettings, invert
 from .schedule import paper_sigmas
+from .segmentation import word_positions
 from .transfer import TransferResult, TransferSettings, transfer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -92,6 +93,7 @@ class TransferOptions:
     size: int = 512  # square working size in px
     freeu: bool = True  # the official FreeU variant, as in the paper
     fast: bool = False  # keep the inversion's attention cache (in RAM) and evaluate only the output row
+    object_words: tuple[str, ...] = ()  # the prompt's object word(s): automatic AdaIN masks (the official default)
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size % 64:
@@ -117,6 +119,31 @@ def _to_tensor(image: Image.Image) -> Tensor:
 def _to_image(decoded: Tensor) -> Image.Image:
     array = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
+
+
+def object_token_positions(tokenizer, prompt: str, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """Where each object word sits in the prompt's tokens (the model's own CLIP tokenizer), or ObjectWordError."""
+    ids = tokenizer(prompt, max_length=tokenizer.model_max_length, truncation=True).input_ids
+    prompt_tokens = tokenizer.convert_ids_to_tokens(ids)
+    return tuple(tuple(word_positions(prompt_tokens, tokenizer.tokenize(word), word)) for word in words)
+
+
+def load_tokenizer(model: str):
+    """The pipeline's CLIP tokenizer alone (small), to check an object word before the model loads."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    except Exception as error:  # noqa: BLE001 - hub and file errors of many kinds all mean "cannot load"
+        if not _looks_local(model):
+            raise ModelLoadError(_hub_failure(model, error)) from None
+        raise ModelLoadError(f"cannot load the tokenizer of {model!r} ({type(error).__name__})") from None
+
+
+def mask_image(mask: Tensor, size: int) -> Image.Image:
+    """A ``[1, h, w]`` latent-resolution mask as a black-and-white image of ``size`` px."""
+    array = (mask[0].float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return Image.fromarray(array, mode="L").resize((size, size), Image.Resampling.NEAREST)
 
 
 def encode_prompt(pipe, prompt: str) -> Tensor:
@@ -179,11 +206,13 @@ def transfer_images(
             cache=cache,
         )
         backend.with_guidance(positive, negative, settings.cfg)
+        words = object_token_positions(pipe.tokenizer, prompt, options.object_words) if options.object_words else None
         result = transfer(
             backend,
             both.select([0]),
             both.select([1]),
             settings,
             callback=(lambda k, total, *_: progress("generate", k + 1, total)) if progress else None,
+            object_tokens=words,
         )
     return decode_latent(pipe, result.output[:1]), result

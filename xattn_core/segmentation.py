@@ -16,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attention import AttentionMaps
+
 KMEANS_CLUSTERS = 5
 KMEANS_RESTARTS = 10
+KMEANS_SEED = 1  # the official code seeds numpy with 1 before clustering (results differ anyway: other RNG)
 OBJECT_SCORE_RATIO = 1.4
 
 _SPECIAL_TOKEN = re.compile(r"^<\|.*\|>$|^<pad>$|^<s>$|^</s>$")
@@ -267,6 +270,52 @@ def object_mask(
     objects = label_clusters(labels, word_maps, is_object, clusters=KMEANS_CLUSTERS)
     mask = objects[labels].float()
     return F.interpolate(mask[None, None], size=tuple(size), mode="nearest")[0, 0]
+
+
+def token_grid(tokens: int, latent_size: Sequence[int]) -> tuple[int, int]:
+    """The (h, w) grid of an attention layer with ``tokens`` tokens in a UNet fed a latent of ``latent_size``.
+
+    Each UNet level halves the grid, rounding up (stride-2 convolutions with padding 1), so the grid is found
+    by halving the latent size until it holds that many tokens.
+    """
+    height, width = (int(side) for side in latent_size)
+    while height * width > tokens and (height > 1 or width > 1):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    if height * width != tokens:
+        raise ValueError(f"{tokens} attention tokens do not match a downsampled {tuple(latent_size)} latent")
+    return height, width
+
+
+def automatic_masks(
+    maps: AttentionMaps, role: str, images: int, latent_size: Sequence[int], object_tokens: Sequence[Sequence[int]]
+) -> Tensor:
+    """``[images, 1, H, W]`` object masks of the images recorded in ``maps`` as ``(role, index)``.
+
+    One mask per image from its own self-attention clusters, labelled by the object word's cross-attention
+    (``object_tokens``: each object word's token positions). Raises when the model has no second decoder
+    attention level to read the cross-attention from.
+    """
+    masks = []
+    for index in range(images):
+        image = (role, index)
+        if image not in maps.self_maps or image not in maps.cross_maps:
+            raise ValueError(
+                "automatic masks need a decoder self-attention level and a lower cross-attention level; this "
+                "model recorded none for the " + role + " image (connect masks or set adain_masks to none)"
+            )
+        self_map, cross_map = maps.self_maps[image], maps.cross_maps[image]
+        mask = object_mask(
+            self_map,
+            cross_map,
+            object_tokens,
+            [True] * len(object_tokens),
+            token_grid(self_map.shape[0], latent_size),
+            token_grid(cross_map.shape[0], latent_size),
+            tuple(latent_size),
+            seed=KMEANS_SEED,
+        )
+        masks.append(mask)
+    return torch.stack(masks)[:, None]
 
 
 def _before_end(tokens: Sequence[str]) -> list[str]:

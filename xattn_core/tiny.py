@@ -12,16 +12,21 @@ import torch
 TINY_CONTEXT_DIM = 32
 
 
-def tiny_unet_config(levels: int = 2) -> dict:
-    """An SD-1.5-shaped UNet: attention at every level, 512 px images -> 64x64 and 32x32 decoder attention."""
+def tiny_unet_config(levels: int = 2, plain_levels: int = 0) -> dict:
+    """An SD-1.5-shaped UNet: attention at every level, 512 px images -> 64x64 and 32x32 decoder attention.
+
+    ``plain_levels`` highest-resolution levels without attention make it SDXL-shaped (SDXL has none at full
+    resolution, so its decoder attention levels are x2 and x4).
+    """
     channels = tuple(32 * 2**i for i in range(levels))
+    down = ("DownBlock2D",) * plain_levels + ("CrossAttnDownBlock2D",) * (levels - plain_levels)
     return dict(
         sample_size=64,
         in_channels=4,
         out_channels=4,
         block_out_channels=channels,
-        down_block_types=("CrossAttnDownBlock2D",) * levels,
-        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        down_block_types=down,
+        up_block_types=tuple(reversed(["UpBlock2D" if "Attn" not in kind else "CrossAttnUpBlock2D" for kind in down])),
         layers_per_block=1,
         cross_attention_dim=TINY_CONTEXT_DIM,
         attention_head_dim=8,  # diffusers reads this as the head count: 8 heads, like ComfyUI SD 1.x
@@ -43,11 +48,11 @@ def reinitialise(module: torch.nn.Module, seed: int) -> None:
                 parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
-def tiny_unet(seed: int = 0, levels: int = 2):
-    """A random SD-1.5-shaped ``UNet2DConditionModel`` whose noise prediction has std ~1."""
+def tiny_unet(seed: int = 0, levels: int = 2, plain_levels: int = 0):
+    """A random SD-1.5-shaped (or, with ``plain_levels``, SDXL-shaped) ``UNet2DConditionModel``, noise std ~1."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**tiny_unet_config(levels))
+    unet = UNet2DConditionModel(**tiny_unet_config(levels, plain_levels))
     reinitialise(unet, seed)
     unet.eval().requires_grad_(False)
     probe_generator = torch.Generator().manual_seed(seed + 1)

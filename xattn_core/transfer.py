@@ -15,7 +15,9 @@ latent statistics towards the appearance path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import warnings
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,10 +25,11 @@ import torch
 from torch import Tensor
 
 from .adain import adain, resize_mask
-from .attention import DEFAULT_MEMORY_BUDGET, AttentionSwap, KeyValueStore
+from .attention import DEFAULT_MEMORY_BUDGET, AttentionMaps, AttentionSwap, KeyValueStore
 from .inversion import Inversion
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
 from .schedule import ddpm_step
+from .segmentation import automatic_masks
 from .settings import bounded, check_ranges
 
 
@@ -57,6 +60,8 @@ class TransferResult:
     appearance: Tensor  # the appearance path's own final latents (a reconstruction)
     structure: Tensor  # the structure path's own final latents
     pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
+    appearance_masks: Tensor | None = None  # [appearances, 1, H, W]: the AdaIN masks used, given or automatic
+    structure_masks: Tensor | None = None  # [structures, 1, H, W]
 
 
 GenerationCallback = Callable[[int, int, Tensor, Tensor], None]
@@ -164,7 +169,10 @@ class JointSampler:
         settings: TransferSettings = TransferSettings(),
         appearance_mask: Tensor | None = None,
         structure_mask: Tensor | None = None,
+        object_tokens: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        """``object_tokens`` (the object word's token positions in the positive prompt, one list per word)
+        turns on the official automatic masks for AdaIN when no mask is given."""
         self.backend, self.appearance, self.structure, self.settings = backend, appearance, structure, settings
         self.start = check_compatible(appearance, structure, settings.start_step)
         self.pairs = pair_rows(appearance.batch_size, structure.batch_size)
@@ -172,13 +180,18 @@ class JointSampler:
         self.structure_rows = [s for _, s in self.pairs]
         self.plan = build_plan(appearance.steps, self.start, settings.plan)
         self.sigmas = appearance.sigmas.tolist()
-        self.content_mask = self.style_mask = None
+        self.appearance_masks = self.structure_masks = None  # per image, [B, 1, H, W]
         if structure_mask is not None:
-            resized = resize_mask(structure_mask, structure.clean.shape[-2:], structure.batch_size)
-            self.content_mask = resized[self.structure_rows]
+            self.structure_masks = resize_mask(structure_mask, structure.clean.shape[-2:], structure.batch_size)
         if appearance_mask is not None:
-            resized = resize_mask(appearance_mask, appearance.clean.shape[-2:], appearance.batch_size)
-            self.style_mask = resized[self.appearance_rows]
+            self.appearance_masks = resize_mask(appearance_mask, appearance.clean.shape[-2:], appearance.batch_size)
+        self.content_mask = None if self.structure_masks is None else self.structure_masks[self.structure_rows]
+        self.style_mask = None if self.appearance_masks is None else self.appearance_masks[self.appearance_rows]
+        # the official code segments during the model calls of the first AdaIN step and masks AdaIN from then on
+        automatic = object_tokens is not None and appearance_mask is None and structure_mask is None
+        first_adain = next((step.index for step in self.plan if step.adain), None)
+        self.mask_step = first_adain if automatic else None
+        self.object_tokens = [list(positions) for positions in object_tokens or []]
 
     def initial_latents(self) -> PathLatents:
         return PathLatents(
@@ -195,34 +208,79 @@ class JointSampler:
         wants_appearance = step.swaps and step.kv_source is KeyValueSource.APPEARANCE
         wants_structure = step.swaps and step.kv_source is KeyValueSource.STRUCTURE
         device, dtype = latents.output.device, latents.output.dtype
+        maps = AttentionMaps() if step.index == self.mask_step else None
+        appearance_images = tuple((a, ("appearance", a)) for a in range(appearance.batch_size))
+        structure_images = tuple((s, ("structure", s)) for s in range(structure.batch_size))
 
         appearance_keys_values: KeyValueStore | None = None
         if appearance.attention is not None:
             appearance_noise = appearance.prediction_at(i).to(device, dtype)
             if wants_appearance:
                 appearance_keys_values = appearance.keys_values_at(i).to(device)
+            if maps is not None:  # a replayed path ran no model call to record its maps in: one extra call
+                backend.predict_noise(latents.appearance, sigma, self._recording(maps, appearance_images))
         else:
             appearance_keys_values = KeyValueStore() if wants_appearance else None
-            capture = (
-                AttentionSwap(step.swap_levels, self.settings.contrast, capture_store=appearance_keys_values)
-                if wants_appearance
-                else None
-            )
+            capture = None
+            if wants_appearance:
+                capture = AttentionSwap(step.swap_levels, self.settings.contrast, capture_store=appearance_keys_values)
+            capture = self._with_maps(capture, maps, appearance_images)
             appearance_noise = backend.predict_noise(latents.appearance, sigma, capture)
 
         if structure.attention is not None:
             structure_noise = structure.prediction_at(i).to(device, dtype)
             structure_keys_values = structure.keys_values_at(i).to(device) if wants_structure else None
+            if maps is not None:
+                backend.predict_noise(latents.structure, sigma, self._recording(maps, structure_images))
             swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, structure_keys_values)
             output_noise = backend.predict_noise(latents.output, sigma, swap)
         else:
             swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, None)
+            joint_rows = tuple((outputs + s, image) for s, image in structure_images)
+            swap = self._with_maps(swap, maps, joint_rows)
             joint_noise = backend.predict_noise(torch.cat([latents.output, latents.structure]), sigma, swap)
             output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
         if step.swap_weight is not None:
             plain_noise = backend.predict_noise(latents.output, sigma, None)
             output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
+        if maps is not None:
+            self._set_automatic_masks(maps)
         return StepNoise(output=output_noise, appearance=appearance_noise, structure=structure_noise)
+
+    def _recording(self, maps: AttentionMaps, rows: tuple[tuple[int, Hashable], ...]) -> AttentionSwap:
+        """A directive that swaps nothing and only records the maps of ``rows``."""
+        return AttentionSwap(
+            frozenset(), self.settings.contrast, memory_budget=self.settings.memory_budget, maps=maps, map_rows=rows
+        )
+
+    def _with_maps(self, swap: AttentionSwap | None, maps: AttentionMaps | None, rows) -> AttentionSwap | None:
+        if maps is None:
+            return swap
+        if swap is None:
+            return self._recording(maps, rows)
+        return dataclasses.replace(swap, maps=maps, map_rows=rows)
+
+    def _set_automatic_masks(self, maps: AttentionMaps) -> None:
+        """Segment both images from the recorded maps; masked AdaIN from this step on (official default)."""
+        self.appearance_masks = automatic_masks(
+            maps, "appearance", self.appearance.batch_size, self.appearance.clean.shape[-2:], self.object_tokens
+        )
+        self.structure_masks = automatic_masks(
+            maps, "structure", self.structure.batch_size, self.structure.clean.shape[-2:], self.object_tokens
+        )
+        content, style = self.structure_masks[self.structure_rows], self.appearance_masks[self.appearance_rows]
+        empty = (content.flatten(1).sum(1) <= 0) | (style.flatten(1).sum(1) <= 0)
+        if empty.any():
+            outputs = ", ".join(str(index) for index in empty.nonzero().flatten().tolist())
+            warnings.warn(
+                f"automatic masks: the object word was not found in one of the images of output {outputs}; "
+                "those outputs use unmasked AdaIN (check the object word, or connect masks)",
+                stacklevel=2,
+            )
+            whole = empty.reshape(-1, 1, 1, 1)
+            content = torch.where(whole, torch.ones_like(content), content)
+            style = torch.where(whole, torch.ones_like(style), style)
+        self.content_mask, self.style_mask = content, style
 
     def advance(self, step: StepPlan, latents: PathLatents, noise: StepNoise) -> PathLatents:
         """Every path's DDPM step with its own stored noise map, then AdaIN on the output."""
@@ -248,7 +306,12 @@ class JointSampler:
             if callback is not None:
                 callback(step.index, len(self.plan), latents.output, denoised)
         return TransferResult(
-            output=latents.output, appearance=latents.appearance, structure=latents.structure, pairs=self.pairs
+            output=latents.output,
+            appearance=latents.appearance,
+            structure=latents.structure,
+            pairs=self.pairs,
+            appearance_masks=self.appearance_masks,
+            structure_masks=self.structure_masks,
         )
 
 
@@ -260,6 +323,7 @@ def transfer(
     appearance_mask: Tensor | None = None,
     structure_mask: Tensor | None = None,
     callback: GenerationCallback | None = None,
+    object_tokens: Sequence[Sequence[int]] | None = None,
 ) -> TransferResult:
     """Generate images with the structure's layout and the appearance's look.
 
@@ -267,5 +331,5 @@ def transfer(
     cached noise predictions and keys/values, so only the output rows (and the other path, if it
     has no cache) go through the model.
     """
-    sampler = JointSampler(backend, appearance, structure, settings, appearance_mask, structure_mask)
+    sampler = JointSampler(backend, appearance, structure, settings, appearance_mask, structure_mask, object_tokens)
     return sampler.run(callback)

@@ -1,0 +1,95 @@
+"""CLIP Text Encode (Object Word): the prompt as CONDITIONING that also says where its object word is.
+
+The automatic masks (the official default) label attention clusters with the object word's cross-attention,
+so the sampler needs the word's token positions in the positive prompt. They are found with the model's own
+CLIP tokenizer (multi-token words and SDXL's two encoders included) and travel inside the conditioning, so
+one node replaces the positive CLIP Text Encode and nothing else in a graph changes.
+"""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from ..xattn_core.segmentation import ObjectWordError, word_positions
+from .common import CATEGORY
+
+OBJECT_TOKENS_KEY = "xattn_object_tokens"  # conditioning entry: one tuple of token positions per object word
+
+
+def _token_strings(tokenizer, token_ids: list) -> list[str]:
+    """Readable token strings of one chunk (an embedding's vectors show as '<embedding>')."""
+    return [tokenizer.inv_vocab.get(token, "?") if isinstance(token, int) else "<embedding>" for token in token_ids]
+
+
+def object_token_positions(clip, tokens: dict, words: list[str]) -> tuple[tuple[int, ...], ...]:
+    """Token positions of each of ``words`` in the context ``tokens`` (``clip.tokenize``) encodes to: chunks of
+    77 tokens one after another. ObjectWordError names a word the prompt lacks and shows the prompt's tokens."""
+    name = "l" if "l" in tokens else next(iter(tokens))  # SDXL's "l" and "g" share one tokenisation
+    tokenizer = getattr(clip.tokenizer, f"clip_{name}")
+    chunks = [[entry[0] for entry in chunk] for chunk in tokens[name]]
+    specials = {tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token}
+    found = []
+    for word in words:
+        word_ids = [entry[0] for entry in tokenizer.tokenize_with_weights(word)[0]]
+        word_tokens = _token_strings(tokenizer, [token for token in word_ids if token not in specials])
+        positions: list[int] = []
+        errors: list[ObjectWordError] = []
+        for index, chunk in enumerate(chunks):
+            try:
+                in_chunk = word_positions(_token_strings(tokenizer, chunk), word_tokens, word)
+            except ObjectWordError as error:
+                errors.append(error)
+                continue
+            positions += [index * len(chunk) + position for position in in_chunk]
+        if not positions:
+            raise errors[0]
+        found.append(tuple(positions))
+    return tuple(found)
+
+
+def object_tokens(conditioning: list) -> tuple[tuple[int, ...], ...] | None:
+    """The object word positions a CONDITIONING carries (from this pack's text encoder), or None."""
+    for _, extras in conditioning:
+        if extras.get(OBJECT_TOKENS_KEY):
+            return extras[OBJECT_TOKENS_KEY]
+    return None
+
+
+class XAttnObjectPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="XAttnObjectPrompt",
+            display_name="CLIP Text Encode (Object Word)",
+            category=CATEGORY,
+            description="Encode the prompt like CLIP Text Encode, and mark where the object word is in it, so the "
+            "Cross-Image Attention Sampler can find the object in both images (automatic masks for AdaIN, the "
+            "official default). Use it for the positive prompt of the inversions and the sampler.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP of the checkpoint the transfer uses."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    default="A photo of a giraffe",
+                    tooltip='The prompt; the paper uses "A photo of a <domain>".',
+                ),
+                io.String.Input(
+                    "object_word",
+                    default="giraffe",
+                    tooltip="The word that names the object in the prompt (as written there). Several "
+                    "words, comma-separated, are all treated as the object.",
+                ),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, clip, text: str, object_word: str) -> io.NodeOutput:
+        words = [word.strip() for word in object_word.split(",") if word.strip()]
+        if not words:
+            raise ValueError("object_word is empty: name the object as the prompt writes it, e.g. giraffe")
+        tokens = clip.tokenize(text)
+        positions = object_token_positions(clip, tokens, words)
+        conditioning = clip.encode_from_tokens_scheduled(tokens)
+        marked = [[embedding, {**extras, OBJECT_TOKENS_KEY: positions}] for embedding, extras in conditioning]
+        return io.NodeOutput(marked)
