@@ -77,6 +77,20 @@ def decoder_attention_levels(unet) -> dict[int, int]:
     return {b: ranked.index(f) for b, f in factors.items()}
 
 
+def decoder_self_attention_processors(unet) -> dict[str, int]:
+    """Map processor name -> attention level for the decoder's self-attention layers (attn1 of ``up_blocks``).
+
+    The layers :class:`DiffusersBackend` swaps in; names as in ``unet.attn_processors``.
+    """
+    names = list(unet.attn_processors)
+    selected: dict[str, int] = {}
+    for block_index, level in decoder_attention_levels(unet).items():
+        for name in names:
+            if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
+                selected[name] = level
+    return selected
+
+
 class DiffusersBackend:
     """Noise predictions from a diffusers UNet in sigma space, with CFG and attention swapping."""
 
@@ -101,10 +115,8 @@ class DiffusersBackend:
         self._original_processors = dict(unet.attn_processors)
         self._hooks = []
         processors = dict(self._original_processors)
-        for block_index, level in decoder_attention_levels(unet).items():
-            for name in processors:
-                if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
-                    processors[name] = SwapAttentionProcessor(name, level, self._state)
+        for name, level in decoder_self_attention_processors(unet).items():
+            processors[name] = SwapAttentionProcessor(name, level, self._state)
         unet.set_attn_processor(processors)
         if freeu is not None:
             base = unet.config.block_out_channels[0]
