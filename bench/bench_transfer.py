@@ -1,8 +1,8 @@
-"""Benchmark one appearance transfer: the engine against a naive port of the official code (SPEC 5).
+"""Benchmark one appearance transfer: the engine against a naive port of the official code.
 
 Run from the repository root, with the project's Python environment active:
 
-    python bench/bench_transfer.py            # paper defaults: 100 steps, start 32, 512 px
+    python bench/bench_transfer.py            # paper defaults (the engine's settings), 512 px
     python bench/bench_transfer.py --quick    # smoke run: 20 steps, start 6, 128 px, < 1 minute
     python bench/bench_transfer.py --size 256 --skip-memory   # same steps, 32x32 latent, no memory part
     python bench/memory_worker.py ours|naive rusage|profiler --threads 1   # one attention-op memory JSON line
@@ -25,19 +25,19 @@ Per transfer of one appearance + one structure image it measures, in one run:
 4. ours in fast mode: ours' inversion also keeps its predictions and swapping-level keys/values
    (capture only, no extra evaluation), and a second generation replays the appearance and
    structure paths from them, evaluating the output row only. It runs after the interleaved
-   phases, on the same backend. At the paper's settings (inversion cfg 3.5, generation cfg 1) fast
-   mode is an approximation, so its output is compared with ours, not required to equal it.
+   phases, on the same backend. At the paper's settings (guided inversion, unguided generation)
+   fast mode is an approximation, so its output is compared with ours, not required to equal it.
 
 It also measures the peak memory of the cross-image attention op alone at SD 1.5 level 0
 (``contrasted_attention`` against a full-matrix implementation) and prints PASS/FAIL for the
-SPEC 5 evaluation-count targets (exit status 1 on any FAIL).
+evaluation-count targets: the paper's evaluation budget, scaled to the run's steps (exit status 1
+on any FAIL).
 
-Threads: the default run uses 2 torch threads, ``--quick`` 1: with 2 OpenMP threads on a 2-core
-machine, every parallel region waits for whichever thread shares a core with another busy process,
-and the many small ops of a 128 px smoke run then slow down ~10x (measured: 311 s with 2 threads
-against 25 s with 1 while a test suite ran beside it). The three paths are interleaved step by step
-so that their ratios see the same load. The default run takes ~20 minutes on 2 idle cores, most of
-it in the naive generation's explicit 4096 x 4096 attention matrices; ``--size 256`` is much faster.
+Threads: 2 by default, 1 with ``--quick``: on a 2-core machine every OpenMP parallel region waits for
+the thread that shares a core with another busy process, which slowed the many small ops of a 128 px
+run ~10x (311 s with 2 threads against 25 s with 1, a test suite running beside it). The three paths
+are interleaved step by step so that their ratios see the same load. The default run takes ~20 minutes
+on 2 idle cores, most of it in the naive generation's 4096 x 4096 attention matrices.
 """
 
 # ruff: noqa: E402 (imports follow the sys.path set-up that lets this file run as a script)
@@ -49,6 +49,7 @@ import copy
 import dataclasses
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,7 @@ from bench.memory_worker import measure_memory
 from bench.report import check_targets, print_header, report, report_memory
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
-from xattn_core.inversion import CacheSettings, Inversion, invert
+from xattn_core.inversion import CacheSettings, Inversion, InversionSettings, invert
 from xattn_core.plan import PlanSettings, build_plan
 from xattn_core.schedule import paper_sigmas
 from xattn_core.tiny import tiny_context, tiny_unet
@@ -86,7 +87,6 @@ class Setup:
     sigmas: torch.Tensor
     plan: list
     settings: TransferSettings
-    probe_sigma: float
     processors: dict[str, int]
     ours_kernels: dict[str, int]
     run_start: float
@@ -120,21 +120,24 @@ class GenerationRun:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The flags; their defaults are the engine's (the paper's), from its settings dataclasses."""
+    inversion, transfer_settings, plan = InversionSettings(), TransferSettings(), PlanSettings()
+    steps, start = inversion.steps, inversion.start_step
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="schedule length N (default 100; quick 20)")
-    parser.add_argument("--start", type=int, default=None, help="generation start step (default 32; quick 6)")
+    parser.add_argument("--steps", type=int, default=None, help=f"schedule length N (default {steps}; quick 20)")
+    parser.add_argument("--start", type=int, default=None, help=f"generation start step (default {start}; quick 6)")
     parser.add_argument("--size", type=int, default=None, help="image px, multiple of 64 (default 512; quick 128)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 steps, start 6, 128 px")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default 2; quick 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--inversion-cfg", type=float, default=3.5)
-    parser.add_argument("--cfg", type=float, default=1.0)
-    parser.add_argument("--swap-guidance", type=float, default=3.5)
-    parser.add_argument("--contrast", type=float, default=1.67)
+    parser.add_argument("--seed", type=int, default=inversion.seed)
+    parser.add_argument("--inversion-cfg", type=float, default=inversion.cfg)
+    parser.add_argument("--cfg", type=float, default=transfer_settings.cfg)
+    parser.add_argument("--swap-guidance", type=float, default=plan.swap_guidance)
+    parser.add_argument("--contrast", type=float, default=transfer_settings.contrast)
     parser.add_argument("--no-freeu", action="store_true", help="run without the official FreeU variant")
     parser.add_argument("--skip-memory", action="store_true", help="skip the attention-op memory measurement")
     args = parser.parse_args(argv)
-    quick = (20, 6, 128) if args.quick else (100, 32, 512)
+    quick = (20, 6, 128) if args.quick else (steps, start, 512)
     args.steps = quick[0] if args.steps is None else args.steps
     args.start = quick[1] if args.start is None else args.start
     args.size = quick[2] if args.size is None else args.size
@@ -163,9 +166,7 @@ def prepare(args, argv=None) -> Setup:
     ours = DiffusersBackend(ours_unet, positive, negative, args.inversion_cfg, freeu=freeu)
     naive = DiffusersBackend(naive_unet, positive, negative, args.inversion_cfg, freeu=freeu)
     plain = DiffusersBackend(plain_unet, positive, negative, args.cfg, freeu=freeu)
-    processors: dict[str, int] = {}
-    for processor in ours_unet.attn_processors.values():
-        processors[type(processor).__name__] = processors.get(type(processor).__name__, 0) + 1
+    processors = dict(Counter(type(processor).__name__ for processor in ours_unet.attn_processors.values()))
     # (untimed) the first call of each path doubles as warm-up
     ours_kernels = attention_kernels(ours, clean, probe_sigma)
     naive.predict_noise(clean[:1], probe_sigma)
@@ -180,7 +181,6 @@ def prepare(args, argv=None) -> Setup:
         sigmas=sigmas,
         plan=build_plan(args.steps, args.start, plan_settings),
         settings=TransferSettings(plan=plan_settings, contrast=args.contrast),
-        probe_sigma=probe_sigma,
         processors=processors,
         ours_kernels=ours_kernels,
         run_start=run_start,
@@ -226,7 +226,8 @@ def run_generation(setup: Setup, inversion: InversionRun) -> GenerationRun:
         backend.with_guidance(backend.positive, backend.negative, args.cfg)
     state = naive_port.NaiveSwapState(contrast=args.contrast)
     naive_layers = naive_port.install_naive_processors(setup.naive_unet, state)  # naive.close() restores the originals
-    naive_kernels = attention_kernels(naive, setup.clean[:1], setup.probe_sigma)  # warm-up of the naive processors
+    probe_sigma = float(setup.sigmas[args.start])
+    naive_kernels = attention_kernels(naive, setup.clean[:1], probe_sigma)  # warm-up of the naive processors
     naive_result, plain_result = {}, {}
     latents, maps = inversion.naive["latents"], inversion.naive["maps"]
     naive_steps = naive_port.naive_generation(naive, state, latents, maps, setup.sigmas, setup.plan, naive_result)
@@ -271,15 +272,13 @@ def run_generation(setup: Setup, inversion: InversionRun) -> GenerationRun:
 def run_fast_mode(setup: Setup, inversion: InversionRun) -> TransferResult:
     """Ours in fast mode: output rows only, the paths replayed from the inversion's cache (after the rest)."""
     appearance, structure = inversion.ours.select([0]), inversion.ours.select([1])  # outside the timing
+
+    def after_fast_step(index: int, total: int, *_latents) -> None:
+        progress("fast generation", index + 1, total)
+
     with Counted(setup.ours) as fast_count:
         with setup.clock.section("ours fast generation"):
-            fast = transfer(
-                setup.ours,
-                appearance,
-                structure,
-                setup.settings,
-                callback=lambda index, total, *_: progress("fast generation", index + 1, total),
-            )
+            fast = transfer(setup.ours, appearance, structure, setup.settings, callback=after_fast_step)
     setup.record("ours fast generation", fast_count)
     return fast
 

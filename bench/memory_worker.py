@@ -5,7 +5,8 @@
 runs one op once at SD 1.5 level 0 (64x64 query and key tokens, 8 heads, head dim 40, float32) and
 prints one JSON line: ``peak_bytes``, whether the measurement is ``conclusive``, the output's
 ``checksum`` and, for rusage, the op's ``seconds``. ``ours`` is ``xattn_core.attention.contrasted_attention``
-with its default memory budget, ``naive`` the full-matrix op of ``naive_port``. The bench calls
+with the engine's default contrast and memory budget (``TransferSettings``), ``naive`` the full-matrix op
+of ``naive_port`` with the same contrast. The bench calls
 :func:`measure_memory`, which runs this file in a fresh subprocess, so that nothing the bench itself
 allocated shows in the peak.
 """
@@ -104,15 +105,17 @@ def memory_worker(implementation: str, method: str, threads: int) -> None:
     """Run one attention op once and print one JSON line with its peak memory."""
     torch.set_num_threads(threads)
     from bench.naive_port import naive_attention
-    from xattn_core.attention import DEFAULT_MEMORY_BUDGET, contrasted_attention
+    from xattn_core.attention import contrasted_attention
+    from xattn_core.transfer import TransferSettings
 
     generator = torch.Generator().manual_seed(0)
     width = MEMORY_HEADS * MEMORY_DIM_HEAD
     query, key, value = (torch.randn(1, MEMORY_TOKENS, width, generator=generator) for _ in range(3))
+    contrast, budget = TransferSettings().contrast, TransferSettings().memory_budget
     if implementation == "ours":
-        op = lambda: contrasted_attention(query, key, value, MEMORY_HEADS, 1.67, DEFAULT_MEMORY_BUDGET)  # noqa: E731
+        op = lambda: contrasted_attention(query, key, value, MEMORY_HEADS, contrast, budget)  # noqa: E731
     else:
-        op = lambda: naive_attention(query, key, value, MEMORY_HEADS, 1.67)  # noqa: E731
+        op = lambda: naive_attention(query, key, value, MEMORY_HEADS, contrast)  # noqa: E731
     result: dict = {"implementation": implementation, "method": method}
     out = (_peak_by_rusage if method == "rusage" else _peak_by_profiler)(op, result)
     result["checksum"] = float(out.double().abs().sum())

@@ -26,9 +26,10 @@ OUT, STYLE, STRUCT = 0, 1, 2  # row order of the official three-path batch
 def naive_attention(query, key, value, heads: int, contrast: float, contrast_rows=slice(None)):
     """Full-matrix softmax attention of ``[rows, tokens, heads * dim]`` tensors.
 
-    As the official ``my_scaled_dot_product_attention``: the whole weight matrix is materialised
-    and, for the rows ``contrast_rows`` selects (an index or a slice; None: no row), the contrast
-    ``(A - mean_keys(A)) * c + mean_keys(A)``, clipped to [0, 1], is applied to it.
+    As the official code's attention (``compute_scaled_dot_product_attention`` in utils/attention_utils.py):
+    the whole weight matrix is materialised, and the contrast ``(A - mean_keys(A)) * c + mean_keys(A)``,
+    clipped to [0, 1], is applied to the rows ``contrast_rows`` selects (an index or a slice; default:
+    every row, as the memory measurement's one-row op; None: no row).
     """
     rows, query_tokens, width = query.shape
     dim_head = width // heads
@@ -51,9 +52,9 @@ def naive_attention(query, key, value, heads: int, contrast: float, contrast_row
 class NaiveSwapState:
     """What the naive processors do during the model call in progress."""
 
+    contrast: float  # attention contrast of the swapped output row (the bench's --contrast)
     levels: frozenset = frozenset()  # decoder attention levels that swap in this call
     source_row: int | None = None  # STYLE or STRUCT: whose keys/values the output row gets
-    contrast: float = 1.67
     attention_seconds: float = 0.0  # wall time of the attention maths (after the projections)
 
 

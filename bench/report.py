@@ -14,7 +14,9 @@ from bench.measure import engine_revision, phase_line, ratio
 from bench.memory_worker import MEMORY_DIM_HEAD, MEMORY_HEADS, MEMORY_TOKENS, MIB
 from bench.naive_port import OUT, STRUCT
 from xattn_core.attention import DEFAULT_MEMORY_BUDGET
-from xattn_core.plan import model_evaluations
+from xattn_core.inversion import InversionSettings
+from xattn_core.plan import PlanSettings, model_evaluations
+from xattn_core.transfer import TransferSettings
 
 
 def print_header(args, argv=None) -> float:
@@ -157,7 +159,7 @@ def report_memory(measured: dict) -> bool:
 
 
 def eval_targets(steps: int, start: int, plan, inversion_cfg: float, cfg: float) -> dict[str, int]:
-    """SPEC 5 targets, derived from the step counts (the paper defaults give 272, 261, 533, 808, 136).
+    """The paper's evaluation budget, scaled to the step counts (the paper defaults give 272, 261, 533, 808, 136).
 
     Counts are image-evaluations, so a guided phase (cfg != 1: cond + uncond) counts each row twice.
     """
@@ -179,12 +181,14 @@ def check_targets(setup, memory_ok: bool | None) -> int:
     """Print PASS/FAIL per evaluation-count target (and the memory check unless skipped); 1 on any FAIL."""
     args, phases = setup.args, setup.phases
     targets = eval_targets(args.steps, args.start, setup.plan, args.inversion_cfg, args.cfg)
-    paper = (args.steps, args.start, args.inversion_cfg, args.cfg, args.swap_guidance) == (100, 32, 3.5, 1.0, 3.5)
+    engine = InversionSettings()  # the paper's settings are the engine's defaults
+    paper_settings = (engine.steps, engine.start_step, engine.cfg, TransferSettings().cfg, PlanSettings().swap_guidance)
+    paper = (args.steps, args.start, args.inversion_cfg, args.cfg, args.swap_guidance) == paper_settings
     if paper:
         expected = {"inversion": 272, "generation": 261, "total": 533, "official": 808, "fast generation": 136}
         assert targets == expected, targets
     scaled = f"{args.steps} steps, start {args.start}, cfg {args.inversion_cfg} / {args.cfg}"
-    scope = "SPEC 5" if paper else f"SPEC 5 scaled to {scaled}"
+    scope = "the paper's evaluation budget" + ("" if paper else f" scaled to {scaled}")
     print(f"## evaluation-count targets ({scope})")
     generation, inversion = phases["ours generation"].evaluations, phases["ours inversion"].evaluations
     total = inversion + generation
