@@ -97,6 +97,20 @@ def decoder_attention_levels(unet) -> dict[int, int]:
     return {b: ranked.index(f) for b, f in factors.items()}
 
 
+def decoder_self_attention_processors(unet) -> dict[str, int]:
+    """Map processor name -> attention level for the decoder's self-attention layers (attn1 of ``up_blocks``).
+
+    The layers :class:`DiffusersBackend` swaps in; names as in ``unet.attn_processors``.
+    """
+    names = list(unet.attn_processors)
+    selected: dict[str, int] = {}
+    for block_index, level in decoder_attention_levels(unet).items():
+        for name in names:
+            if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
+                selected[name] = level
+    return selected
+
+
 class DiffusersBackend:
     """Noise predictions from a diffusers UNet in sigma space, with CFG and attention swapping."""
 
@@ -121,14 +135,12 @@ class DiffusersBackend:
         self._original_processors = dict(unet.attn_processors)
         self._hooks = []
         processors = dict(self._original_processors)
-        levels = decoder_attention_levels(unet)
+        swapping = decoder_self_attention_processors(unet)
         # the official masks read the last self-attention of level 0 and the last cross-attention of level 1
-        self_maps_layer = _last_layer(processors, levels, 0, "attn1.processor")
-        cross_maps_layer = _last_layer(processors, levels, 1, "attn2.processor")
-        for block_index, level in levels.items():
-            for name in processors:
-                if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
-                    processors[name] = SwapAttentionProcessor(name, level, self._state, name == self_maps_layer)
+        self_maps_layer = ([name for name, level in swapping.items() if level == 0] or [None])[-1]
+        cross_maps_layer = _last_layer(processors, decoder_attention_levels(unet), 1, "attn2.processor")
+        for name, level in swapping.items():
+            processors[name] = SwapAttentionProcessor(name, level, self._state, name == self_maps_layer)
         if cross_maps_layer is not None:
             processors[cross_maps_layer] = RecordingCrossAttentionProcessor(processors[cross_maps_layer], self._state)
         unet.set_attn_processor(processors)
