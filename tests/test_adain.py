@@ -79,3 +79,17 @@ def test_mask_batch_is_one_or_one_per_image():
     assert torch.allclose(shared, adain(content, style), atol=1e-5)
     with pytest.raises(ValueError, match="mask batch must hold 1 or 2 masks, got 3"):
         adain(content, style, torch.ones(3, 8, 8))
+
+
+def test_an_empty_mask_falls_back_for_its_own_image_only():
+    generator = torch.Generator().manual_seed(2)
+    content = torch.randn(2, 4, 8, 8, generator=generator)
+    style = torch.randn(2, 4, 8, 8, generator=generator) + 3
+    mask = torch.ones(2, 8, 8)
+    mask[0, :4] = 0
+    mask[1] = 0
+    with pytest.warns(UserWarning, match="empty .* for image 1 of the batch"):
+        out = adain(content, style, mask)
+    assert torch.equal(out[0, :, :4], content[0, :, :4])  # image 0 keeps its own mask
+    assert torch.allclose(out[0:1], adain(content[0:1], style[0:1], mask[0:1]), atol=1e-6)
+    assert torch.allclose(out[1:2], adain(content[1:2], style[1:2]), atol=1e-6)  # image 1 unmasked

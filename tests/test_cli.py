@@ -139,3 +139,23 @@ def test_unreachable_hub_model_is_one_short_line():
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: cannot load 'nobody/no-such-model' from the Hugging Face hub")
     assert "local diffusers folder" in lines[0] and "stacktrace" not in lines[0] and len(lines[0]) < 300
+
+
+def test_object_word_turns_on_automatic_masks_and_writes_them(model_folder, tmp_path):
+    out = tmp_path / "result.png"
+    prompt = ["--prompt", "A photo of a giraffe", "--object-word", "giraffe"]
+    done = run_cli("--model", str(model_folder), *TINY_RUN, *prompt, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    for role in ("appearance", "structure"):
+        mask = Image.open(tmp_path / f"result_{role}_mask.png")
+        assert mask.size == (128, 128) and mask.mode == "L"
+    # random weights find no object: said in one line, and AdaIN runs unmasked
+    assert "warning: automatic masks: the object word was not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_word_the_prompt_lacks_is_refused_before_the_model_loads(nothing_loads, capsys, model_folder):
+    prompt = ["--prompt", "A photo of a cat", "--object-word", "dog"]
+    assert main(["transfer", "--model", str(model_folder), *prompt]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: object word 'dog' is not in the prompt; the prompt reads 'a photo of a cat'")

@@ -199,7 +199,8 @@ def record_attention_maps(
     first = cond_or_uncond.index(0) * rows
     store = swap.maps.cross_maps if cross else swap.maps.self_maps
     for row, image in swap.map_rows:
-        store[image] = mean_attention_weights(query[first + row], key[first + row], heads, swap.memory_budget)
+        with torch.no_grad():  # the maps only feed k-means
+            store[image] = mean_attention_weights(query[first + row], key[first + row], heads, swap.memory_budget)
         swap.maps.explicit_computations += 1
 
 

@@ -81,6 +81,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
                     "inversion",
                     "plan",
                     "schedule",
+                    "segmentation",
                     "transfer",
                     "tiny",
                 )
@@ -238,3 +239,29 @@ def conditioning(seed: int):
 def sdxl_conditioning(seed: int):
     pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed + 100))
     return [[tiny_context(seed), {"pooled_output": pooled}]]
+
+
+def tiny_clip(ns, seed: int = 0):
+    """A real ComfyUI CLIP (SD 1.x tokenizer from ComfyUI's own files) with a tiny random text encoder whose
+    context width matches the tiny UNets (32)."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    config = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+    }
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": config})
+    ns.core.tiny.reinitialise(clip.cond_stage_model, seed)
+    return clip
+
+
+def object_prompt(ns, clip, text: str, object_word: str):
+    """CLIP Text Encode (Object Word): CONDITIONING that carries the object word's token positions."""
+    (conditioning,) = run(ns.nodes.XAttnObjectPrompt, clip=clip, text=text, object_word=object_word)
+    return conditioning

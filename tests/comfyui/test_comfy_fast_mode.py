@@ -97,11 +97,11 @@ def test_fast_mode_equals_normal_mode_step_by_step_with_matched_guidance(comfy, 
     assert len(differences) == STEPS - START and max(differences) <= 1e-4
 
     counted, counter = counting(sd15)
-    normal, _, _ = transfer(comfy, counted, normal_inversion, 1.0)
+    normal, _, _, *_ = transfer(comfy, counted, normal_inversion, 1.0)
     normal_rows = counter["rows"]
     counter["rows"] = 0
     with caplog.at_level(logging.INFO):
-        fast, _, _ = transfer(comfy, counted, fast_inversion, 1.0)
+        fast, _, _, *_ = transfer(comfy, counted, fast_inversion, 1.0)
     plan = comfy.core.plan.build_plan(STEPS, START)
     assert normal_rows == comfy.core.plan.model_evaluations(plan)
     assert counter["rows"] == comfy.core.plan.model_evaluations(plan, appearances=0, structures=0)
@@ -125,7 +125,7 @@ def test_sdxl_shaped_fast_mode_under_guidance_equals_normal_mode_step_by_step(co
 def test_paper_guidance_is_reported_as_an_approximation(comfy, sd15, inverted, caplog):
     inversion = inverted(3.5, "on")  # the paper: cfg 3.5 at inversion, 1.0 in generation
     with caplog.at_level(logging.INFO):
-        output, _, _ = transfer(comfy, sd15, inversion, 1.0)
+        output, _, _, *_ = transfer(comfy, sd15, inversion, 1.0)
     assert "structure path is replayed from its inversion (approximate: cfg 3.5 at inversion, 1 here)" in caplog.text
     assert torch.isfinite(output["samples"]).all()
 

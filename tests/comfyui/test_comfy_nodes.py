@@ -42,12 +42,14 @@ def test_sd15_chain_produces_a_transfer(pair, plain_transfer):
     appearance, _ = pair
     assert appearance.metadata["latent_format"] == "SD15" and appearance.metadata["freeu"] == "True"
     assert appearance.latents.shape == (STEPS + 1 - START, 1, 4, 32, 32)
-    output, appearance_out, structure_out = plain_transfer
+    output, appearance_out, structure_out, appearance_mask, structure_mask = plain_transfer
     assert output["samples"].shape == (1, 4, 32, 32)
     assert torch.isfinite(output["samples"]).all()
     # the output departs from the structure path's own reconstruction: the swap did something
     assert (output["samples"] - structure_out["samples"]).abs().mean() > 1e-2
     assert appearance_out["samples"].shape == (1, 4, 32, 32)
+    # no masks and no object word: AdaIN ran over the whole images, which the MASK outputs say at pixel size
+    assert torch.equal(appearance_mask, torch.ones(1, 256, 256)) and torch.equal(structure_mask, appearance_mask)
 
 
 def test_sdxl_chain_swaps_at_x2_and_x4(comfy):
@@ -57,7 +59,7 @@ def test_sdxl_chain_swaps_at_x2_and_x4(comfy):
     appearance = invert(comfy, model, latents(3), cond=sdxl_conditioning)
     structure = invert(comfy, model, latents(4), cond=sdxl_conditioning)
     assert appearance.metadata["latent_format"] == "SDXL" and appearance.metadata["freeu"] == "False"
-    output, _, structure_out = transfer(comfy, model, appearance, structure, cond=sdxl_conditioning)
+    output, _, structure_out, *_ = transfer(comfy, model, appearance, structure, cond=sdxl_conditioning)
     assert torch.isfinite(output["samples"]).all()
     assert (output["samples"] - structure_out["samples"]).abs().mean() > 1e-2
 
@@ -65,7 +67,7 @@ def test_sdxl_chain_swaps_at_x2_and_x4(comfy):
 def test_one_structure_many_appearances_of_another_size(comfy, sd15, pair):
     _, structure = pair
     appearances = invert(comfy, sd15, latents(5, batch=2, height=16, width=24))
-    output, appearance_out, _ = transfer(comfy, sd15, appearances, structure)
+    output, appearance_out, _, *_ = transfer(comfy, sd15, appearances, structure)
     assert output["samples"].shape == (2, 4, 32, 32)
     assert appearance_out["samples"].shape == (2, 4, 16, 24)
     first, second = output["samples"][0], output["samples"][1]
@@ -83,12 +85,14 @@ def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair, plain_transfer)
     appearance, structure = pair
     mask = torch.zeros(1, 100, 60)
     mask[:, 20:80, 10:50] = 1.0
-    masked, _, _ = transfer(comfy, sd15, appearance, structure, appearance_mask=torch.ones(64, 64), structure_mask=mask)
-    plain, _, _ = plain_transfer
+    masked, _, _, *_ = transfer(
+        comfy, sd15, appearance, structure, appearance_mask=torch.ones(64, 64), structure_mask=mask
+    )
+    plain, *_ = plain_transfer
     assert torch.isfinite(masked["samples"]).all()
     assert (masked["samples"] - plain["samples"]).abs().mean() > 1e-3
     with pytest.warns(UserWarning, match="empty"):
-        empty, _, _ = transfer(comfy, sd15, appearance, structure, structure_mask=torch.zeros(1, 32, 32))
+        empty, _, _, *_ = transfer(comfy, sd15, appearance, structure, structure_mask=torch.zeros(1, 32, 32))
     assert torch.equal(empty["samples"], plain["samples"])
 
 
@@ -142,7 +146,7 @@ def test_save_and_load_inversion_round_trip(comfy, sd15, pair, plain_transfer, t
     (loaded,) = run(comfy.nodes.XAttnLoadInversion, name)
     assert torch.equal(loaded.noise_maps, appearance.noise_maps)
     assert loaded.metadata == appearance.metadata
-    from_file, _, _ = transfer(comfy, sd15, loaded, structure)
+    from_file, _, _, *_ = transfer(comfy, sd15, loaded, structure)
     assert torch.equal(from_file["samples"], plain_transfer[0]["samples"])
 
 
@@ -213,7 +217,7 @@ def test_inversion_from_other_weights_warns_and_proceeds(comfy, sd15, pair, capl
     appearance, structure = pair
     other, _ = tiny_sd15(comfy, seed=9)
     with caplog.at_level(logging.WARNING):
-        output, _, _ = transfer(comfy, other, appearance, structure)
+        output, _, _, *_ = transfer(comfy, other, appearance, structure)
     assert "made with other model weights" in caplog.text
     assert torch.isfinite(output["samples"]).all()
 
@@ -234,7 +238,7 @@ def test_start_step_rules(comfy, sd15, pair):
     appearance, structure = pair
     with pytest.raises(ValueError, match="start step 1 is not available"):
         transfer(comfy, sd15, appearance, structure, start_step=1)
-    later, _, _ = transfer(comfy, sd15, appearance, structure, start_step=START + 2)
+    later, _, _, *_ = transfer(comfy, sd15, appearance, structure, start_step=START + 2)
     assert torch.isfinite(later["samples"]).all()
 
 
@@ -259,8 +263,8 @@ def test_options_node_reaches_the_sampler(comfy, sd15, pair, plain_transfer):
     (nothing,) = run(comfy.nodes.XAttnOptions, 0.0, 0.0, 0.0, 0.0, 0.05, 0.4, 0.0, 0.0, 16)
     assert nothing["memory_budget"] == 16 * 2**20
     # no level swaps and no AdaIN: the output path is the structure path, bit for bit
-    output, _, structure_out = transfer(comfy, sd15, appearance, structure, options=nothing)
+    output, _, structure_out, *_ = transfer(comfy, sd15, appearance, structure, options=nothing)
     assert torch.equal(output["samples"], structure_out["samples"])
     (defaults,) = run(comfy.nodes.XAttnOptions, 0.1, 0.9, 0.1, 0.7, 0.05, 0.4, 0.2, 1.0, 64)
-    with_defaults, _, _ = transfer(comfy, sd15, appearance, structure, options=defaults)
+    with_defaults, _, _, *_ = transfer(comfy, sd15, appearance, structure, options=defaults)
     assert torch.equal(with_defaults["samples"], plain_transfer[0]["samples"])

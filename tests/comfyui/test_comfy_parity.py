@@ -1,6 +1,7 @@
 """The ComfyUI path and the diffusers path of the engine agree on identical weights and inversions."""
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -27,22 +28,30 @@ def inversion(setup_models):
 class DualBackend:
     """Runs every call through ComfyUI (returned) and through diffusers (compared), same inputs."""
 
-    def __init__(self, comfy_backend, diffusers_backend, store_type):
-        self.store_type = store_type
+    def __init__(self, comfy_backend, diffusers_backend, core):
+        self.core = core
         self.comfy_backend = comfy_backend
         self.diffusers_backend = diffusers_backend
         self.twin_stores = {}
+        self.map_pairs = {}  # id of the ComfyUI side's AttentionMaps -> (it, the diffusers side's twin)
         self.differences = []
 
     def _twin(self, swap):
-        """The same directive with the stores replaced by the diffusers side's own."""
+        """The same directive with the stores (and attention maps) replaced by the diffusers side's own."""
         if swap is None:
             return None
 
         def twin(store):
-            return None if store is None else self.twin_stores.setdefault(id(store), self.store_type())
+            return (
+                None if store is None else self.twin_stores.setdefault(id(store), self.core.attention.KeyValueStore())
+            )
 
-        return dataclasses.replace(swap, capture_store=twin(swap.capture_store), source_store=twin(swap.source_store))
+        maps = None
+        if swap.maps is not None:
+            maps = self.map_pairs.setdefault(id(swap.maps), (swap.maps, self.core.attention.AttentionMaps()))[1]
+        return dataclasses.replace(
+            swap, capture_store=twin(swap.capture_store), source_store=twin(swap.source_store), maps=maps
+        )
 
     def predict_noise(self, latents, sigma, swap=None):
         twin = self._twin(swap)
@@ -78,7 +87,7 @@ def test_every_generation_step_matches_diffusers(setup_models, inversion):
             unet, tiny_context(1), None, 1.0, freeu=core.freeu.FreeUSettings()
         )
         with reference:
-            dual = DualBackend(comfy_backend, reference, core.attention.KeyValueStore)
+            dual = DualBackend(comfy_backend, reference, core)
             result = core.transfer.transfer(dual, appearance, structure, core.transfer.TransferSettings())
         return result.output, dual
 
@@ -98,7 +107,7 @@ def test_end_to_end_smoke_against_diffusers(setup_models, inversion):
     trajectory random weights amplify that rounding, so this only shows the node gives the engine's result."""
     comfy, model, unet = setup_models
     core = comfy.core
-    output, _, _ = sample_node(comfy, model, inversion.select([0]), inversion.select([1]))
+    output, _, _, *_ = sample_node(comfy, model, inversion.select([0]), inversion.select([1]))
     comfy_output = model.model.process_latent_in(output["samples"])
     with core.diffusers_backend.DiffusersBackend(
         unet, tiny_context(1), None, 1.0, freeu=core.freeu.FreeUSettings()
@@ -108,3 +117,62 @@ def test_end_to_end_smoke_against_diffusers(setup_models, inversion):
     print(f"\nend to end ({STEPS - START} generation steps) max |comfy - diffusers|: {difference:.2e}")
     assert difference <= 1e-2
     assert (reference.output - reference.structure).abs().mean() > 1e-2  # the transfer did something
+
+
+def best_agreement(labels, other, clusters=5) -> float:
+    """Share of points on which two clusterings agree, under the best relabelling."""
+    import itertools
+
+    return max(
+        (labels == torch.tensor(permutation)[other]).float().mean().item()
+        for permutation in itertools.permutations(range(clusters))
+    )
+
+
+def test_automatic_mask_maps_and_masks_match_diffusers(setup_models, inversion):
+    """Both backends record the same maps at the mask step (same latents), so they give the same masks."""
+    comfy, model, unet = setup_models
+    core = comfy.core
+    patched = comfy.backend.patch_model(model, core.freeu.FreeUSettings(), records_maps=True)
+    appearance, structure = inversion.select([0]), inversion.select([1])
+
+    def loop(comfy_backend, x, report):
+        freeu = core.freeu.FreeUSettings()
+        with core.diffusers_backend.DiffusersBackend(unet, tiny_context(1), None, 1.0, freeu=freeu) as reference:
+            dual = DualBackend(comfy_backend, reference, core)
+            sampler = core.transfer.JointSampler(dual, appearance, structure, object_tokens=[[5]])
+            latents = sampler.initial_latents()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # random weights find no object
+                for step in sampler.plan[: sampler.mask_step + 1]:
+                    latents = sampler.advance(step, latents, sampler.predict(step, latents))
+        return x, (dual, sampler)
+
+    _, (dual, sampler) = comfy.backend.run_in_guider(
+        patched, conditioning(1), conditioning(2), 1.0, torch.zeros(1, 4, 32, 32), inversion.sigmas[START:], loop
+    )
+    ((comfy_maps, diffusers_maps),) = dual.map_pairs.values()
+    assert set(comfy_maps.self_maps) == set(diffusers_maps.self_maps) == {("appearance", 0), ("structure", 0)}
+    for kind in ("self_maps", "cross_maps"):
+        for image, recorded in getattr(comfy_maps, kind).items():
+            reference = getattr(diffusers_maps, kind)[image]
+            assert recorded.shape == reference.shape == ((32 * 32, 32 * 32) if kind == "self_maps" else (256, 77))
+            assert (recorded - reference).abs().max() <= 1e-5 * reference.abs().max(), (kind, image)
+    segmentation = core.segmentation
+    twin_masks = segmentation.automatic_masks(diffusers_maps, "structure", 1, (32, 32), [[5]])
+    assert torch.equal(twin_masks, sampler.structure_masks)
+    # random weights find no object, so also compare what decides the masks: the k-means labels of each
+    # backend's self-attention map, and the masks they give with one shared object-word map
+    comfy_labels = segmentation.kmeans(comfy_maps.self_maps[("structure", 0)], seed=segmentation.KMEANS_SEED)
+    diffusers_labels = segmentation.kmeans(diffusers_maps.self_maps[("structure", 0)], seed=segmentation.KMEANS_SEED)
+    agreement = best_agreement(comfy_labels, diffusers_labels)
+    word_map = torch.zeros(1, 32, 32)
+    word_map[:, 8:24, 8:24] = 1.0
+    masks = [
+        segmentation.label_clusters(labels.view(32, 32), word_map, [True], 5)[labels.view(32, 32)]
+        for labels in (comfy_labels, diffusers_labels)
+    ]
+    union = (masks[0] | masks[1]).sum().item()
+    iou = (masks[0] & masks[1]).sum().item() / union if union else 1.0
+    print(f"\nk-means labels ComfyUI vs diffusers: {agreement:.4f} agree; masks with a shared word map: IoU {iou:.4f}")
+    assert agreement >= 0.99 and iou >= 0.99

@@ -12,7 +12,7 @@ from comfyui_support import invert_node, sample_node, tiny_sd15
 def chain(comfy, model, height=16, width=16, steps=6, start=2, seed=0):
     samples = torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(seed))
     inversion = invert_node(comfy, model, samples, steps=steps, start_step=start, seed=seed)
-    output, _, structure = sample_node(comfy, model, inversion.select([0]), inversion.select([1]))
+    output, _, structure, *_ = sample_node(comfy, model, inversion.select([0]), inversion.select([1]))
     return output["samples"], structure["samples"]
 
 
