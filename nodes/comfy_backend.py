@@ -180,28 +180,64 @@ def conditioning_fingerprint(conditioning: list) -> str:
     return digest.hexdigest()[:16]
 
 
+# Conditioning entries that steer where and what the model draws (ControlNet / T2I-Adapter, GLIGEN, area and
+# mask conds). They are for the output only: the appearance and structure paths reconstruct their own images.
+HINT_KEYS = ("control", "gligen", "area", "mask", "mask_strength", "set_area_to_bounds")
+PATHS_KEY = "xattn_paths"  # transformer_options flag: this model call's rows are appearance/structure paths
+
+
+def without_hints(conds: list[dict] | None) -> list[dict] | None:
+    """The guider's processed conds with the hint entries removed (the prompts themselves stay)."""
+    return None if conds is None else [{k: v for k, v in cond.items() if k not in HINT_KEYS} for cond in conds]
+
+
+def has_hints(conds: dict[str, list[dict]]) -> bool:
+    return any(key in cond for group in conds.values() for cond in group or [] for key in HINT_KEYS)
+
+
+class TransferGuider(comfy.samplers.CFGGuider):
+    """A CFGGuider whose path calls get the prompts without hints; output calls get them as given.
+
+    ComfyUI applies a cond's ControlNet (and other hints) to every model call that carries that cond, so the
+    path calls are run through ComfyUI's own ``sampling_function`` on hint-free copies of the processed conds.
+    """
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
+        if model_options.get("transformer_options", {}).get(PATHS_KEY):
+            negative, positive = without_hints(self.conds.get("negative")), without_hints(self.conds.get("positive"))
+            return comfy.samplers.sampling_function(
+                self.inner_model, x, timestep, negative, positive, self.cfg, model_options=model_options, seed=seed
+            )
+        return super().predict_noise(x, timestep, model_options, seed)
+
+
 class ComfyBackend:
     """The engine's Backend over the k-diffusion model function a KSAMPLER receives."""
 
-    def __init__(self, denoiser, extra_args: dict) -> None:
+    def __init__(self, denoiser, extra_args: dict, output_hints: bool = False) -> None:
         self.denoiser = denoiser
         self.extra_args = extra_args
+        self.output_hints = output_hints  # the output's conds carry hints the paths must not get
 
-    def _call(self, latents: Tensor, sigmas: Tensor, swap: AttentionSwap | None) -> Tensor:
+    def _call(self, latents: Tensor, sigmas: Tensor, swap: AttentionSwap | None, paths: bool) -> Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
         extra_args = dict(self.extra_args)
         extra_args["denoise_mask"] = None  # our calls can hold other rows than the sampled latent
         model_options = dict(extra_args.get("model_options", {}))
         transformer_options = dict(model_options.get("transformer_options", {}))
         transformer_options[SWAP_KEY] = swap
+        transformer_options[PATHS_KEY] = paths
         model_options["transformer_options"] = transformer_options
         extra_args["model_options"] = model_options
         denoised = self.denoiser(latents, sigmas, **extra_args)
         return (latents - denoised) / sigmas.reshape(-1, 1, 1, 1)
 
-    def predict_noise(self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None) -> Tensor:
+    def predict_noise(
+        self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None, paths: bool = False
+    ) -> Tensor:
+        """``paths``: the rows reconstruct the appearance/structure images, so the prompts come without hints."""
         sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1)
-        return self._call(latents, sigmas.expand(latents.shape[0]).to(latents.dtype), swap)
+        return self._call(latents, sigmas.expand(latents.shape[0]).to(latents.dtype), swap, paths)
 
 
 Payload = TypeVar("Payload")
@@ -222,7 +258,7 @@ def run_in_guider(
     payloads = []
 
     def sampler_function(denoiser, x, _sigmas, extra_args=None, callback=None, disable=None):
-        backend = ComfyBackend(denoiser, extra_args or {})
+        backend = ComfyBackend(denoiser, extra_args or {}, output_hints=has_hints(guider.conds))
 
         def preview(step: int, current: Tensor, denoised: Tensor, sigma: float) -> None:
             if callback is not None:
@@ -232,7 +268,7 @@ def run_in_guider(
         payloads.append(payload)
         return result
 
-    guider = comfy.samplers.CFGGuider(model)
+    guider = TransferGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     noise = torch.zeros_like(latent)

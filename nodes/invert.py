@@ -135,7 +135,10 @@ class XAttnInvertImage(io.ComfyNode):
             def progress(done, _total):
                 report(done - 1, clean, clean, float(full[start_step + done - 1]))
 
-            return clean, invert(backend.predict_noise, clean, full, start_step, seed, callback=progress, cache=cache)
+            def predict(latents, sigmas, swap):  # the images reconstruct themselves: prompts without hints
+                return backend.predict_noise(latents, sigmas, swap, paths=True)
+
+            return clean, invert(predict, clean, full, start_step, seed, callback=progress, cache=cache)
 
         _, inversion = run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
         model_object = model.model

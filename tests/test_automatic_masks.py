@@ -47,8 +47,8 @@ class Recorder:
         self.backend, self.replace_maps = backend, replace_maps
         self.recording_calls = []
 
-    def predict_noise(self, latents, sigma, swap=None):
-        noise = self.backend.predict_noise(latents, sigma, swap)
+    def predict_noise(self, latents, sigma, swap=None, paths=False):
+        noise = self.backend.predict_noise(latents, sigma, swap, paths)
         if swap is not None and swap.maps is not None:
             self.recording_calls.append((float(sigma), swap.map_rows, dict(swap.maps.self_maps)))
             if self.replace_maps is not None:

@@ -22,9 +22,9 @@ class Recorder:
         self.backend = backend
         self.calls = []
 
-    def predict_noise(self, latents, sigma, swap):
+    def predict_noise(self, latents, sigma, swap, paths=False):
         self.calls.append((latents.clone(), sigma, swap))
-        return self.backend.predict_noise(latents, sigma, swap)
+        return self.backend.predict_noise(latents, sigma, swap, paths)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,35 @@ def test_start_before_the_inversion_is_refused(inversions, unet):
     appearance, structure = inversions
     with pytest.raises(ValueError, match="start step 2 is not available"):
         transfer(None, appearance, structure, TransferSettings(start_step=2))
+
+
+def test_output_hints_give_the_output_rows_calls_of_their_own(unet, inversions):
+    """A backend whose output conditioning carries hints (ControlNet in ComfyUI): the joint call runs as it would
+    without them, as a path call, and the output rows run again in output calls, so the paths are unchanged."""
+    from xattn_core.tiny import tiny_context
+
+    class Hinted(Recorder):
+        output_hints = True
+
+        def predict_noise(self, latents, sigma, swap, paths=False):
+            self.calls.append((latents.shape[0], paths, swap))
+            return self.backend.predict_noise(latents, sigma, swap, paths)
+
+    appearance, structure = inversions
+    with DiffusersBackend(unet, tiny_context(1), None, 1.0, freeu=FreeUSettings()) as backend:
+        plain = transfer(backend, appearance, structure)
+        before = backend.image_evaluations
+        hinted_backend = Hinted(backend)
+        hinted = transfer(hinted_backend, appearance, structure)
+        evaluations = backend.image_evaluations - before
+    assert torch.equal(hinted.structure, plain.structure) and torch.equal(hinted.appearance, plain.appearance)
+    plan = build_plan(STEPS, START)
+    assert evaluations == model_evaluations(plan) + len(plan)  # one more output row per step
+    joint_calls = [paths for rows, paths, _ in hinted_backend.calls if rows == 2]
+    output_calls = [(paths, swap is not None) for rows, paths, swap in hinted_backend.calls if rows == 1]
+    assert joint_calls == [True] * len(plan)  # output + structure rows, without the hints
+    # per step: the appearance path (True), the output with hints swapping (False, swaps) and the plain pass
+    assert output_calls.count((True, False)) + output_calls.count((True, True)) == len(plan)
+    assert output_calls.count((False, True)) == sum(step.swaps for step in plan)
+    structure_steps = [step for step in plan if step.swaps and step.kv_source.value == "structure"]
+    assert structure_steps  # the output call then reads the structure keys/values the joint call captured

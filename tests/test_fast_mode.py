@@ -189,7 +189,7 @@ def test_generation_evaluations_at_paper_defaults_meet_the_target():
     class Counting:
         evaluations = 0
 
-        def predict_noise(self, rows, sigma, swap):
+        def predict_noise(self, rows, sigma, swap, paths=False):
             self.evaluations += rows.shape[0]
             return torch.zeros_like(rows)
 

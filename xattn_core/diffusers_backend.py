@@ -164,8 +164,13 @@ class DiffusersBackend:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def predict_noise(self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None) -> Tensor:
-        """Guided noise prediction for sigma-space ``latents`` at ``sigma`` (a float or one per row)."""
+    def predict_noise(
+        self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None, paths: bool = False
+    ) -> Tensor:
+        """Guided noise prediction for sigma-space ``latents`` at ``sigma`` (a float or one per row).
+
+        ``paths`` changes nothing here: a diffusers UNet call carries no hints to leave out.
+        """
         rows = latents.shape[0]
         sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1).expand(rows)
         guided = self.cfg != 1.0 and self.negative is not None

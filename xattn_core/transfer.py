@@ -34,9 +34,16 @@ from .settings import bounded, check_ranges
 
 
 class Backend(Protocol):
-    """A model that predicts noise for a batch of sigma-space latents at one sigma."""
+    """A model that predicts noise for a batch of sigma-space latents at one sigma.
 
-    def predict_noise(self, latents: Tensor, sigma: float, swap: AttentionSwap | None) -> Tensor: ...
+    ``paths`` says the rows are appearance/structure paths, which reconstruct their own images: a backend
+    whose output conditioning carries hints (ControlNet, ...) leaves them out of such calls and sets
+    ``output_hints``, so the sampler runs the output rows in calls of their own.
+    """
+
+    def predict_noise(
+        self, latents: Tensor, sigma: float, swap: AttentionSwap | None, paths: bool = False
+    ) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -109,26 +116,26 @@ def _swap_for(
     settings: TransferSettings,
     appearance_keys_values: KeyValueStore | None,
     structure_keys_values: KeyValueStore | None,
+    structure_offset: int,
 ) -> AttentionSwap | None:
     """The swap directive for the output rows' call of ``step``.
 
-    Appearance keys/values always come from a store (captured this step, or cached by the
-    inversion); structure keys/values come from the cached store in fast mode, otherwise from the
-    structure rows that follow the output rows in the same call.
+    Appearance keys/values always come from a store (captured this step, or cached by the inversion).
+    Structure keys/values come from ``structure_keys_values`` (the inversion's cache in fast mode, or what
+    the joint call captured) or, when None, from the structure rows of the same call; either way the
+    structure images' rows start at ``structure_offset``.
     """
     if not step.swaps:
         return None
-    outputs = len(pairs)
     if step.kv_source is KeyValueSource.APPEARANCE:
         source_store, source_rows = appearance_keys_values, tuple(appearance for appearance, _ in pairs)
-    elif structure_keys_values is not None:
-        source_store, source_rows = structure_keys_values, tuple(structure for _, structure in pairs)
     else:
-        source_store, source_rows = None, tuple(outputs + structure for _, structure in pairs)
+        source_store = structure_keys_values
+        source_rows = tuple(structure_offset + structure for _, structure in pairs)
     return AttentionSwap(
         levels=step.swap_levels,
         contrast=settings.contrast,
-        output_rows=tuple(range(outputs)),
+        output_rows=tuple(range(len(pairs))),
         source_rows=source_rows,
         source_store=source_store,
         memory_budget=settings.memory_budget,
@@ -218,30 +225,42 @@ class JointSampler:
             if wants_appearance:
                 appearance_keys_values = appearance.keys_values_at(i).to(device)
             if maps is not None:  # a replayed path ran no model call to record its maps in: one extra call
-                backend.predict_noise(latents.appearance, sigma, self._recording(maps, appearance_images))
+                backend.predict_noise(latents.appearance, sigma, self._recording(maps, appearance_images), paths=True)
         else:
             appearance_keys_values = KeyValueStore() if wants_appearance else None
             capture = None
             if wants_appearance:
                 capture = AttentionSwap(step.swap_levels, self.settings.contrast, capture_store=appearance_keys_values)
             capture = self._with_maps(capture, maps, appearance_images)
-            appearance_noise = backend.predict_noise(latents.appearance, sigma, capture)
+            appearance_noise = backend.predict_noise(latents.appearance, sigma, capture, paths=True)
 
         if structure.attention is not None:
             structure_noise = structure.prediction_at(i).to(device, dtype)
             structure_keys_values = structure.keys_values_at(i).to(device) if wants_structure else None
             if maps is not None:
-                backend.predict_noise(latents.structure, sigma, self._recording(maps, structure_images))
-            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, structure_keys_values)
-            output_noise = backend.predict_noise(latents.output, sigma, swap)
+                backend.predict_noise(latents.structure, sigma, self._recording(maps, structure_images), paths=True)
+            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, structure_keys_values, 0)
+            output_noise = backend.predict_noise(latents.output, sigma, swap, paths=False)
         else:
-            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, None)
+            hints = getattr(backend, "output_hints", False)
+            structure_keys_values = KeyValueStore() if hints and wants_structure else None
+            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, None, outputs)
             joint_rows = tuple((outputs + s, image) for s, image in structure_images)
             swap = self._with_maps(swap, maps, joint_rows)
-            joint_noise = backend.predict_noise(torch.cat([latents.output, latents.structure]), sigma, swap)
+            if swap is not None and structure_keys_values is not None:
+                swap = dataclasses.replace(swap, capture_store=structure_keys_values)
+            # with hints (ControlNet, ...) for the output only, the joint call runs as it would without them
+            # (so the structure path is exactly the same) and the output rows run again with the hints
+            joint = torch.cat([latents.output, latents.structure])
+            joint_noise = backend.predict_noise(joint, sigma, swap, paths=hints)
             output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
+            if hints:
+                swap = _swap_for(
+                    step, self.pairs, self.settings, appearance_keys_values, structure_keys_values, outputs
+                )
+                output_noise = backend.predict_noise(latents.output, sigma, swap, paths=False)
         if step.swap_weight is not None:
-            plain_noise = backend.predict_noise(latents.output, sigma, None)
+            plain_noise = backend.predict_noise(latents.output, sigma, None, paths=False)
             output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
         if maps is not None:
             self._set_automatic_masks(maps)

@@ -53,9 +53,9 @@ class DualBackend:
             swap, capture_store=twin(swap.capture_store), source_store=twin(swap.source_store), maps=maps
         )
 
-    def predict_noise(self, latents, sigma, swap=None):
+    def predict_noise(self, latents, sigma, swap=None, paths=False):
         twin = self._twin(swap)
-        ours = self.comfy_backend.predict_noise(latents, sigma, swap)
+        ours = self.comfy_backend.predict_noise(latents, sigma, swap, paths)
         reference = self.diffusers_backend.predict_noise(latents, sigma, twin)
         self.differences.append(((ours - reference).abs().max().item(), swap is not None and bool(swap.output_rows)))
         return ours
