@@ -7,6 +7,7 @@ from .inversion_files import XAttnLoadInversion, XAttnSaveInversion
 from .invert import XAttnInvertImage
 from .object_word import XAttnObjectPrompt
 from .sampler import XAttnCrossImageSampler, XAttnOptions
+from .select_inversion import XAttnSelectInversion
 
 NODES: list[type[io.ComfyNode]] = [
     XAttnInvertImage,
@@ -16,6 +17,7 @@ NODES: list[type[io.ComfyNode]] = [
     XAttnAdaINLatentMatch,
     XAttnSaveInversion,
     XAttnLoadInversion,
+    XAttnSelectInversion,
 ]
 
 

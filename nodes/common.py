@@ -21,8 +21,19 @@ def setting_input(kind: type, settings_type: type, name: str, socket: str | None
     return kind.Input(socket or name, default=getattr(settings_type(), name), min=low, max=high, **options)
 
 
+class CheckedCombo(io.Combo.Input):
+    """A combo reported in ComfyUI's classic form, its option list as its type.
+
+    ComfyUI (0.3.64) checks a combo value against its options at validation only for that form; a combo typed
+    "COMBO" passes any value, so a misspelt value in a saved API prompt would reach the node unnoticed.
+    """
+
+    def get_io_type(self):
+        return list(self.options)
+
+
 def freeu_input() -> io.Combo.Input:
-    return io.Combo.Input(
+    return CheckedCombo(
         "freeu",
         options=FREEU_CHOICES,
         default="auto",

@@ -9,10 +9,12 @@ import latent_preview
 import torch
 from comfy_api.v0_0_2 import io
 
+from ..xattn_core.adain import resize_mask
 from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
 from ..xattn_core.schedule import paper_sigmas
+from ..xattn_core.settings import value_range
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
-from .common import CATEGORY, freeu_input, freeu_settings, setting_input
+from .common import CATEGORY, CheckedCombo, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
 
 
@@ -30,6 +32,7 @@ def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
     return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)
 
 
+NOT_CONNECTED = object()  # validate_inputs: an optional input nobody connected (a connected one arrives as None)
 FAST_MODE_BRANCHES = {"on": frozenset({0}), "on + uncond": None}  # cond_or_uncond kept: cond only, or all
 
 
@@ -97,7 +100,7 @@ class XAttnInvertImage(io.ComfyNode):
                     tooltip="Seed of the inversion's noise draws.",
                 ),
                 freeu_input(),
-                io.Combo.Input(
+                CheckedCombo(
                     "fast_mode", options=["off", *FAST_MODE_BRANCHES], default="off", tooltip=FAST_MODE_TOOLTIP
                 ),
                 io.Sigmas.Input(
@@ -110,9 +113,19 @@ class XAttnInvertImage(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps: int, start_step: int, **_) -> bool | str:
-        if start_step >= steps:
-            return f"start_step ({start_step}) must be below steps ({steps})"
+    def validate_inputs(cls, steps=None, start_step=None, sigmas=NOT_CONNECTED) -> bool:
+        """The check that needs two inputs: start_step below steps (unless SIGMAS replaces the steps).
+
+        ComfyUI skips its own range check for the inputs named here and repeats a returned message once per
+        named input, so the ranges are checked here too and a problem is raised, which ComfyUI reports once.
+        Linked inputs arrive as None (their values are not known before the graph runs).
+        """
+        for name, value in (("steps", steps), ("start_step", start_step)):
+            low, high = value_range(InversionSettings, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+        if sigmas is NOT_CONNECTED and steps is not None and start_step is not None and start_step >= steps:
+            raise ValueError(f"start_step ({start_step}) must be below steps ({steps})")
         return True
 
     @classmethod
@@ -122,6 +135,12 @@ class XAttnInvertImage(io.ComfyNode):
         samples = latent["samples"]
         if samples.shape[0] == 0:
             raise ValueError("the latent batch is empty: connect a VAE Encode output with at least one image")
+        channels = model.model.latent_format.latent_channels
+        if samples.dim() != 4 or samples.shape[1] != channels:
+            raise ValueError(
+                f"the latent has {samples.shape[1] if samples.dim() > 1 else 'no'} channels but this MODEL expects "
+                f"{channels}: encode the image with the VAE that belongs to this model"
+            )
         full = schedule(model, steps, sigmas)
         total = len(full) - 1
         if not 0 <= start_step < total:
@@ -141,6 +160,8 @@ class XAttnInvertImage(io.ComfyNode):
             return clean, invert(predict, clean, full, start_step, seed, callback=progress, cache=cache)
 
         _, inversion = run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
+        if latent.get("noise_mask") is not None:  # SetLatentNoiseMask, VAE Encode (for inpainting): local transfer
+            inversion.noise_mask = resize_mask(latent["noise_mask"], samples.shape[-2:], samples.shape[0])
         model_object = model.model
         inversion.metadata.update(
             latent_format=type(model_object.latent_format).__name__,

@@ -14,7 +14,7 @@ from ..xattn_core.plan import PlanSettings
 from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings, check_compatible, pair_rows, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
-from .common import CATEGORY, Options, freeu_input, freeu_settings, setting_input
+from .common import CATEGORY, CheckedCombo, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
 from .object_word import object_tokens
 
@@ -39,6 +39,21 @@ def check_against_model(inversion: Inversion, role: str, model, fingerprint: str
         raise ValueError(
             f"the {role} inversion has {inversion.clean.shape[1]} latent channels but this MODEL "
             f"expects {channels}; invert the image again with this model"
+        )
+    if not stored_format:  # not made by this pack's Invert Image: all that can be checked is the shape
+        table = model.get_model_object("model_sampling").sigmas.float().cpu()
+        low, high = float(table.min()) * 0.999, float(table.max()) * 1.001
+        if not bool(((inversion.sigmas >= low) & (inversion.sigmas <= high)).all()):
+            raise ValueError(
+                f"the {role} inversion's noise schedule ({float(inversion.sigmas.min()):.3g}..."
+                f"{float(inversion.sigmas.max()):.3g}) lies outside this MODEL's ({low:.3g}...{high:.3g}): it was "
+                "made with another model family; invert the image again with this model"
+            )
+        logging.warning(
+            "Cross-Image Attention: the %s inversion carries no model metadata (not made by Invert Image, or by an "
+            "older version), so only its channels and noise schedule were checked; an inversion from another "
+            "model of the same latent shape (e.g. SDXL into SD 1.5) would pass: invert with this model if unsure",
+            role,
         )
     stored_model = inversion.metadata.get("model")
     if stored_model and stored_model != fingerprint:
@@ -104,11 +119,13 @@ class XAttnOptions(io.ComfyNode):
                 fraction("level0_end", l0_end, "Highest-resolution decoder level: step where swapping stops."),
                 fraction("level1_start", l1_start, "Second decoder level: first step that swaps."),
                 fraction("level1_end", l1_end, "Second decoder level: step where swapping stops."),
-                fraction(
-                    "structure_kv_period",
-                    defaults.structure_kv_period,
-                    "Every this many steps the output "
-                    "attends to the structure instead of the appearance (keeps the layout).",
+                setting_input(
+                    io.Int,
+                    PlanSettings,
+                    "structure_kv_every",
+                    tooltip="On every this-many-th step (counted as the official code does) the output attends to "
+                    "the structure instead of the appearance, which keeps the layout. 5 = the paper's share, 1 "
+                    "swapping step in 5, at any number of steps.",
                 ),
                 fraction("structure_kv_end", defaults.structure_kv_end, "No structure keys/values after this."),
                 fraction("adain_start", defaults.adain_range[0], "First step after which AdaIN runs."),
@@ -131,7 +148,7 @@ class XAttnOptions(io.ComfyNode):
         level0_end,
         level1_start,
         level1_end,
-        structure_kv_period,
+        structure_kv_every,
         structure_kv_end,
         adain_start,
         adain_end,
@@ -139,7 +156,7 @@ class XAttnOptions(io.ComfyNode):
     ):
         plan = PlanSettings(
             level_ranges=((level0_start, level0_end), (level1_start, level1_end)),
-            structure_kv_period=structure_kv_period,
+            structure_kv_every=structure_kv_every,
             structure_kv_end=structure_kv_end,
             adain_range=(adain_start, adain_end),
         )
@@ -206,7 +223,7 @@ class XAttnCrossImageSampler(io.ComfyNode):
                     tooltip="How strongly the output's colour statistics are pulled to the appearance.",
                 ),
                 freeu_input(),
-                io.Combo.Input(
+                CheckedCombo(
                     "adain_masks",
                     options=ADAIN_MASK_MODES,
                     default="auto",

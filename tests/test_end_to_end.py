@@ -145,3 +145,21 @@ def test_output_hints_give_the_output_rows_calls_of_their_own(unet, inversions):
     assert output_calls.count((False, True)) == sum(step.swaps for step in plan)
     structure_steps = [step for step in plan if step.swaps and step.kv_source.value == "structure"]
     assert structure_steps  # the output call then reads the structure keys/values the joint call captured
+
+
+def test_a_noise_mask_on_the_structure_keeps_everything_outside_it_exactly(unet, inversions, default_run):
+    import dataclasses
+
+    from xattn_core.tiny import tiny_context
+
+    appearance, structure = inversions
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 6:20] = 1.0
+    with DiffusersBackend(unet, tiny_context(1), None, 1.0, freeu=FreeUSettings()) as backend:
+        local = transfer(backend, appearance, dataclasses.replace(structure, noise_mask=mask))
+        with pytest.warns(UserWarning, match="appearance inversion carries a noise mask, .* it is ignored"):
+            ignored = transfer(backend, dataclasses.replace(appearance, noise_mask=mask), structure)
+    outside, inside = (mask == 0).expand_as(local.output), (mask == 1).expand_as(local.output)
+    assert (local.output - structure.clean)[outside].abs().max() <= 1e-6  # the structure image's own latent
+    assert (local.output - structure.clean)[inside].abs().mean() > 1e-2  # inside, the transfer ran
+    assert torch.equal(ignored.output, default_run[0].output)  # without a structure mask: unchanged

@@ -131,3 +131,30 @@ def test_pickle_renamed_is_refused_without_unpickling(tmp_path):
     path.write_bytes(pickle.dumps({"x": 1}))
     with pytest.raises(InversionFileError, match="not a safetensors"):
         load_inversion(path)
+
+
+def test_image_i_of_a_batch_draws_the_noise_of_a_single_inversion_with_seed_plus_i():
+    predict = lambda x, s, swap=None: 0.1 * x  # noqa: E731
+    clean = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigmas = paper_sigmas(steps=6)
+    batch = invert(predict, clean, sigmas, start_step=2, seed=40)
+    for image in range(3):
+        alone = invert(predict, clean[image : image + 1], sigmas, start_step=2, seed=40 + image)
+        assert torch.equal(batch.latents[:, image : image + 1], alone.latents)
+        assert torch.equal(batch.noise_maps[:, image : image + 1], alone.noise_maps)
+    top = invert(predict, clean[:1], sigmas, seed=2**64 - 1)  # seeds wrap around like torch's own range
+    assert torch.isfinite(top.latents).all()
+
+
+def test_noise_mask_survives_the_file_and_old_files_stay_version_1(tmp_path):
+    from safetensors import safe_open
+
+    inversion = small_inversion()
+    plain = save_inversion(inversion, tmp_path / "plain.safetensors")
+    with safe_open(str(plain), "pt") as handle:
+        assert handle.metadata()["format_version"] == "1"
+    inversion.noise_mask = torch.zeros(1, 1, 8, 8)
+    inversion.noise_mask[..., 2:6, 2:6] = 0.5
+    masked = load_inversion(save_inversion(inversion, tmp_path / "masked.safetensors"))
+    assert torch.equal(masked.noise_mask, inversion.noise_mask)
+    assert masked.select([1]).noise_mask.shape == (1, 1, 8, 8)  # one mask for the whole batch

@@ -49,3 +49,22 @@ def test_start_step_out_of_range():
         build_plan(100, 100)
     with pytest.raises(ValueError, match="start step"):
         build_plan(100, -1)
+
+
+@pytest.mark.parametrize("steps", [10, 20, 50, 100, 200])
+def test_structure_keys_values_keep_the_official_share_at_any_length(steps):
+    start = round(0.32 * steps)
+    plan = build_plan(steps, start)
+    kv_end = round(0.4 * steps)
+    early = [step for step in plan if step.swaps and max(step.index - 1, 0) < kv_end]
+    structure = [step for step in early if step.kv_source is KeyValueSource.STRUCTURE]
+    if len(early) >= 5:
+        share = len(structure) / len(early)
+        assert 0.15 <= share <= 0.25, (steps, len(structure), len(early))
+    assert not any(step.kv_source is KeyValueSource.STRUCTURE for step in plan if step.swaps and step not in early)
+
+
+def test_a_plan_that_never_swaps_warns():
+    with pytest.warns(UserWarning, match="no generation step swaps attention .5 steps from start step 4"):
+        plan = build_plan(5, 4)
+    assert not any(step.swaps for step in plan)

@@ -92,6 +92,7 @@ class Inversion:
     noise_maps: Tensor  # [steps - start_step, B, C, H, W], float64 (see schedule.noise_map)
     metadata: dict[str, str] = field(default_factory=dict)
     attention: AttentionCache | None = None  # fast mode only; never written to inversion files
+    noise_mask: Tensor | None = None  # [1 or B, 1, H, W] in 0..1: where a transfer may change this image
 
     @property
     def steps(self) -> int:
@@ -135,6 +136,7 @@ class Inversion:
             noise_maps=self.noise_maps.to(device),
             metadata=dict(self.metadata),
             attention=self.attention,
+            noise_mask=None if self.noise_mask is None else self.noise_mask.to(device),
         )
 
     def select(self, rows: list[int]) -> Inversion:
@@ -147,20 +149,28 @@ class Inversion:
             noise_maps=self.noise_maps[:, rows],
             metadata=dict(self.metadata),
             attention=None if self.attention is None else self.attention.select(rows),
+            noise_mask=self.noise_mask
+            if self.noise_mask is None or len(self.noise_mask) == 1
+            else self.noise_mask[rows],
         )
 
 
 def draw_noisy_latents(clean: Tensor, sigmas: Tensor, seed: int) -> list[Tensor]:
     """x_i = x0 + sigma_i * n_i with independent n_i for i < N, and x_N = x0.
 
-    All N draws are made in order whatever start step is used later, so an inversion that skips
-    early steps sees exactly the same x_i as a full one with the same seed.
+    Image ``b`` of the batch draws from its own generator seeded ``seed + b`` (ComfyUI's batch-index
+    convention), so it gets exactly the noise it gets when inverted alone with that seed. All N draws
+    are made in order whatever start step is used later, so an inversion that skips early steps sees
+    exactly the same x_i as a full one with the same seed.
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     steps = len(sigmas) - 1
+    draws = []
+    for image in range(clean.shape[0]):
+        generator = torch.Generator(device="cpu").manual_seed((seed + image) % 2**64)
+        draws.append([torch.randn(clean.shape[1:], generator=generator, dtype=torch.float32) for _ in range(steps)])
     noisy = []
     for i in range(steps):
-        draw = torch.randn(clean.shape, generator=generator, dtype=torch.float32)
+        draw = torch.stack([per_image[i] for per_image in draws])
         noisy.append(clean + float(sigmas[i]) * draw.to(clean.device, clean.dtype))
     noisy.append(clean.clone())
     return noisy

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from .inversion import Inversion
 
 FORMAT_NAME = "xattn-inversion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the optional noise mask; files without one are written as version 1
 TENSORS = ("clean", "sigmas", "latents", "noise_maps")
 
 
@@ -23,9 +23,13 @@ class InversionFileError(ValueError):
 def save_inversion(inversion: Inversion, path: str | Path) -> Path:
     """Write ``inversion`` and its metadata to ``path`` (noise maps in float64, the rest float32)."""
     metadata = {k: str(v) for k, v in inversion.metadata.items()}
-    metadata.update(format=FORMAT_NAME, format_version=str(FORMAT_VERSION), start_step=str(inversion.start_step))
+    # a file without a noise mask stays readable by packs that know version 1 only
+    version = 1 if inversion.noise_mask is None else FORMAT_VERSION
+    metadata.update(format=FORMAT_NAME, format_version=str(version), start_step=str(inversion.start_step))
     tensors = {name: getattr(inversion, name).detach().float().cpu().contiguous() for name in TENSORS}
     tensors["noise_maps"] = inversion.noise_maps.detach().double().cpu().contiguous()
+    if inversion.noise_mask is not None:
+        tensors["noise_mask"] = inversion.noise_mask.detach().float().cpu().contiguous()
     path = Path(path)
     save_file(tensors, str(path), metadata=metadata)
     return path
@@ -87,7 +91,22 @@ def load_inversion(path: str | Path, device: torch.device | str = "cpu") -> Inve
         raise InversionFileError(f"{path.name} has inconsistent tensor shapes for start step {start_step}")
     if not all(torch.isfinite(t).all() for t in (clean, sigmas, latents, noise_maps)):
         raise InversionFileError(f"{path.name} contains NaN or infinite values")
+    noise_mask = tensors.get("noise_mask")
+    if noise_mask is not None and (
+        noise_mask.dim() != 4
+        or noise_mask.shape[0] not in (1, clean.shape[0])
+        or noise_mask.shape[1] != 1
+        or tuple(noise_mask.shape[-2:]) != tuple(clean.shape[-2:])
+        or not torch.isfinite(noise_mask).all()
+    ):
+        raise InversionFileError(f"{path.name} has a noise mask that does not fit its latents")
     kept = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "start_step")}
     return Inversion(
-        clean=clean, sigmas=sigmas, start_step=start_step, latents=latents, noise_maps=noise_maps, metadata=kept
+        clean=clean,
+        sigmas=sigmas,
+        start_step=start_step,
+        latents=latents,
+        noise_maps=noise_maps,
+        metadata=kept,
+        noise_mask=noise_mask,
     )

@@ -1,13 +1,17 @@
-"""The step plan: what happens at each generation step (SPEC 2.3-2.5, 2.7).
+"""The step plan: what happens at each generation step (paper Sec. 3-4; the official run.py, config.py,
+utils/attention_utils.py and appearance_transfer_model.py).
 
 The official code reads a step counter that its callback sets *after* each step, so during the
 model calls of generation step k the counter is max(k - 1, 0) while AdaIN after step k sees k.
 Ranges are given as fractions of the schedule length N and turned into counter units with
-``round(fraction * N)``; at N = 100 that gives back the official integers exactly.
+``round(fraction * N)``; at N = 100 that gives back the official integers exactly. The structure
+keys/values come every ``structure_kv_every`` counter values (the official 5), whatever N is, so the
+structure keeps its official share (1 swapping step in 5) at any schedule length.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 
@@ -28,8 +32,8 @@ class PlanSettings:
 
     swap_guidance: float = bounded(3.5, 0.0, 20.0)
     level_ranges: tuple[tuple[float, float], ...] = ((0.10, 0.90), (0.10, 0.70))
-    structure_kv_period: float = bounded(0.05, 0.0, 1.0)  # structure K/V every 5 counter steps at N = 100 ...
-    structure_kv_end: float = bounded(0.40, 0.0, 1.0)  # ... below counter 40
+    structure_kv_every: int = bounded(5, 1, 100)  # structure K/V when the counter is a multiple of this ...
+    structure_kv_end: float = bounded(0.40, 0.0, 1.0)  # ... below counter 40 (at N = 100)
     adain_range: tuple[float, float] = (0.20, 1.00)
     swap_guidance_range: tuple[float, float] = (0.10, 0.90)  # inclusive at both ends, in loop steps
 
@@ -70,7 +74,6 @@ def build_plan(steps: int, start_step: int, settings: PlanSettings = PlanSetting
         raise ValueError(f"start step must be in 0..{steps - 1} for {steps} steps, got {start_step}")
     generation_steps = steps - start_step
     level_bounds = [(_units(lo, steps), _units(hi, steps)) for lo, hi in settings.level_ranges]
-    kv_period = max(1, _units(settings.structure_kv_period, steps))
     kv_end = _units(settings.structure_kv_end, steps)
     adain_lo, adain_hi = (_units(f, steps) for f in settings.adain_range)
     guide_lo, guide_hi = (_units(f, steps) for f in settings.swap_guidance_range)
@@ -81,7 +84,7 @@ def build_plan(steps: int, start_step: int, settings: PlanSettings = PlanSetting
     for k in range(generation_steps):
         counter = max(k - 1, 0)  # the official callback updates the counter after the step
         levels = frozenset(level for level, (lo, hi) in enumerate(level_bounds) if lo <= counter < hi)
-        structure_kv = counter % kv_period == 0 and counter < kv_end
+        structure_kv = counter % settings.structure_kv_every == 0 and counter < kv_end
         guided = levels and settings.swap_guidance > 1.0 and guide_lo <= k <= guide_hi
         plan.append(
             StepPlan(
@@ -92,6 +95,12 @@ def build_plan(steps: int, start_step: int, settings: PlanSettings = PlanSetting
                 swap_weight=weights[k] if guided else None,
                 adain=adain_lo <= k < adain_hi,
             )
+        )
+    if not any(step.swaps for step in plan):
+        warnings.warn(
+            f"no generation step swaps attention ({steps} steps from start step {start_step}): the output is the "
+            "structure's reconstruction, recoloured by AdaIN at most; use more steps or an earlier start step",
+            stacklevel=2,
         )
     return plan
 

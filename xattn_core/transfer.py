@@ -194,6 +194,17 @@ class JointSampler:
             self.appearance_masks = resize_mask(appearance_mask, appearance.clean.shape[-2:], appearance.batch_size)
         self.content_mask = None if self.structure_masks is None else self.structure_masks[self.structure_rows]
         self.style_mask = None if self.appearance_masks is None else self.appearance_masks[self.appearance_rows]
+        # local transfer: outside the structure's noise mask the output follows the structure's own inversion
+        self.noise_mask = None
+        if structure.noise_mask is not None:
+            noise_mask = resize_mask(structure.noise_mask, structure.clean.shape[-2:], structure.batch_size)
+            self.noise_mask = noise_mask[self.structure_rows]
+        if appearance.noise_mask is not None:
+            warnings.warn(
+                "the appearance inversion carries a noise mask, which means nothing for the image colours are taken "
+                "from: it is ignored (a noise mask on the structure makes the transfer local)",
+                stacklevel=2,
+            )
         # the official code segments during the model calls of the first AdaIN step and masks AdaIN from then on
         automatic = object_tokens is not None and appearance_mask is None and structure_mask is None
         first_adain = next((step.index for step in self.plan if step.adain), None)
@@ -314,6 +325,10 @@ class JointSampler:
         if step.adain:
             style = appearance_path[self.appearance_rows]
             output = adain(output, style, self.content_mask, self.style_mask, self.settings.adain_strength)
+        if self.noise_mask is not None:  # as ComfyUI's inpainting: outside the mask, the structure at this step
+            keep = self.structure.latent_at(i + 1)[self.structure_rows]
+            mask = self.noise_mask.to(output.device, output.dtype)
+            output = output * mask + keep * (1 - mask)
         return PathLatents(output=output, appearance=appearance_path, structure=structure_path)
 
     def run(self, callback: GenerationCallback | None = None) -> TransferResult:

@@ -230,11 +230,12 @@ def test_inversions_of_different_schedules_are_refused(comfy, sd15, pair):
 
 
 def test_start_step_rules(comfy, sd15, pair):
-    assert (
-        comfy.nodes.XAttnInvertImage.validate_inputs(steps=10, start_step=10)
-        == "start_step (10) must be below steps (10)"
-    )
-    assert comfy.nodes.XAttnInvertImage.validate_inputs(steps=10, start_step=9) is True
+    validate = comfy.nodes.XAttnInvertImage.validate_inputs
+    with pytest.raises(ValueError, match=r"^start_step \(10\) must be below steps \(10\)$"):
+        validate(steps=10, start_step=10)
+    assert validate(steps=10, start_step=9) is True
+    assert validate(steps=10, start_step=50, sigmas=None) is True  # SIGMAS connected: its length decides
+    assert validate(steps=None, start_step=50) is True  # steps linked from another node: checked when it runs
     appearance, structure = pair
     with pytest.raises(ValueError, match="start step 1 is not available"):
         transfer(comfy, sd15, appearance, structure, start_step=1)
@@ -260,11 +261,11 @@ def test_adain_latent_match_node(comfy):
 
 def test_options_node_reaches_the_sampler(comfy, sd15, pair, plain_transfer):
     appearance, structure = pair
-    (nothing,) = run(comfy.nodes.XAttnOptions, 0.0, 0.0, 0.0, 0.0, 0.05, 0.4, 0.0, 0.0, 16)
+    (nothing,) = run(comfy.nodes.XAttnOptions, 0.0, 0.0, 0.0, 0.0, 5, 0.4, 0.0, 0.0, 16)
     assert nothing["memory_budget"] == 16 * 2**20
     # no level swaps and no AdaIN: the output path is the structure path, bit for bit
     output, _, structure_out, *_ = transfer(comfy, sd15, appearance, structure, options=nothing)
     assert torch.equal(output["samples"], structure_out["samples"])
-    (defaults,) = run(comfy.nodes.XAttnOptions, 0.1, 0.9, 0.1, 0.7, 0.05, 0.4, 0.2, 1.0, 64)
+    (defaults,) = run(comfy.nodes.XAttnOptions, 0.1, 0.9, 0.1, 0.7, 5, 0.4, 0.2, 1.0, 64)
     with_defaults, _, _, *_ = transfer(comfy, sd15, appearance, structure, options=defaults)
     assert torch.equal(with_defaults["samples"], plain_transfer[0]["samples"])
