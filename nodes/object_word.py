@@ -70,12 +70,12 @@ class XAttnObjectPrompt(io.ComfyNode):
                 io.String.Input(
                     "text",
                     multiline=True,
-                    default="A photo of a giraffe",
+                    default="A photo of an animal",
                     tooltip='The prompt; the paper uses "A photo of a <domain>".',
                 ),
                 io.String.Input(
                     "object_word",
-                    default="giraffe",
+                    default="animal",
                     tooltip="The word that names the object in the prompt (as written there). Several "
                     "words, comma-separated, are all treated as the object.",
                 ),
