@@ -7,5 +7,8 @@ so importing it never fails.
 
 import importlib.util
 
+# the front end's node library shows web/docs/<node id>.md as each node's help page
+WEB_DIRECTORY = "./web"
+
 if importlib.util.find_spec("comfy_api") is not None:
     from .nodes import comfy_entrypoint  # noqa: F401

@@ -1,0 +1,55 @@
+"""The node help pages (web/docs) agree with the nodes, and README.md carries them unchanged.
+
+The pages are checked against the node schema snapshot (workflows/schemas/node_schemas.json), which the
+ComfyUI tier proves current: every input is documented, in order, with the default the node really has.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = json.loads((REPO / "workflows" / "schemas" / "node_schemas.json").read_text())
+PACK_NODES = sorted(name for name in SCHEMAS if name.startswith("XAttn"))
+
+
+def table(page: str, heading: str) -> list[list[str]]:
+    """The rows of the markdown table under ``## heading`` (without its header and rule)."""
+    section = page.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def shown(default) -> str:
+    return "—" if default is None else str(default)
+
+
+@pytest.mark.parametrize("node_id", PACK_NODES)
+def test_every_node_has_a_page_that_documents_each_input_and_default(node_id):
+    page = (REPO / "web" / "docs" / f"{node_id}.md").read_text()
+    schema = SCHEMAS[node_id]
+    assert page.startswith(f"# {schema['display_name']}\n")
+    rows = table(page, "Inputs")
+    assert [row[0] for row in rows] == [spec["name"] for spec in schema["inputs"]]
+    for row, spec in zip(rows, schema["inputs"], strict=True):
+        assert row[1] == shown(spec.get("default")), (spec["name"], row[1], spec.get("default"))
+        assert len(row[2]) > 20, f"{node_id}.{spec['name']}: say what the input does"
+    if schema["outputs"]:
+        assert [row[0] for row in table(page, "Outputs")] == [output["name"] for output in schema["outputs"]]
+
+
+def test_the_web_directory_holds_the_pages():
+    init = (REPO / "__init__.py").read_text()
+    folder = re.search(r'WEB_DIRECTORY = "\./(\w+)"', init).group(1)
+    assert sorted(path.stem for path in (REPO / folder / "docs").glob("*.md")) == PACK_NODES
+
+
+def test_readme_carries_the_pages_unchanged():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_docs.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
