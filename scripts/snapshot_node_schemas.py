@@ -44,6 +44,7 @@ DYNAMIC_COMBOS = {
     ("LoadImage", "image"),
     ("LoadImageMask", "image"),
     ("XAttnLoadInversion", "inversion_file"),
+    ("ControlNetLoader", "control_net_name"),
 }
 KEPT_OPTIONS = ("default", "min", "max", "step", "control_after_generate", "image_upload", "forceInput")
 
@@ -130,6 +131,14 @@ class ComfyServer:
         with urllib.request.urlopen(self.base + path, timeout=timeout) as response:
             return json.loads(response.read())
 
+    def fetch(self, path: str, timeout: float = 60) -> tuple[int, str, bytes]:
+        """Status, content type and body of a GET, errors included."""
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=timeout) as response:
+                return response.status, response.headers.get("Content-Type", ""), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("Content-Type", ""), error.read()
+
     def post(self, path: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:
         request = urllib.request.Request(
             self.base + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
@@ -158,12 +167,13 @@ class ComfyServer:
 
 @contextlib.contextmanager
 def comfy_server(
-    comfyui_path: str | Path, workdir: Path, checkpoints: Path | None = None, startup_timeout: float = 180
+    comfyui_path: str | Path, workdir: Path, models: Path | None = None, startup_timeout: float = 180
 ) -> Iterator[ComfyServer]:
     """Start ComfyUI (CPU, 127.0.0.1, SDPA attention) with this repo as a pack; stop it on exit.
 
     workdir receives custom_nodes/ (a symlink to the repo), input/, output/, temp/, user/, the paths file and
-    server.log, so the ComfyUI checkout itself is never written to.
+    server.log, so the ComfyUI checkout itself is never written to. ``models`` is a folder laid out like
+    ComfyUI's models/ (checkpoints/, controlnet/, ...).
     """
     workdir = Path(workdir)
     nodes_dir, input_dir, output_dir = workdir / "custom_nodes", workdir / "input", workdir / "output"
@@ -175,8 +185,9 @@ def comfy_server(
         link.symlink_to(REPO, target_is_directory=True)
     paths = workdir / "extra_model_paths.yaml"
     lines = ["xattn_tests:", f"    custom_nodes: {nodes_dir}"]
-    if checkpoints is not None:
-        lines.append(f"    checkpoints: {checkpoints}")
+    if models is not None:
+        lines.append(f"    base_path: {models}")
+        lines += [f"    {kind}: {kind}/" for kind in ("checkpoints", "controlnet")]
     paths.write_text("\n".join(lines) + "\n")
     port = free_port()
     log = workdir / "server.log"

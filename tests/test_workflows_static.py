@@ -25,7 +25,8 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 # Values of file combos that the tests and docs provide (samples copied into input/, random checkpoints).
 SHIPPED_FILES = {
     "ckpt_name": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
-    "image": {"xattn_structure.png", "xattn_appearance.png"},
+    "image": {"xattn_structure.png", "xattn_appearance.png", "giraffe.jpg", "zebra.jpg"},
+    "control_net_name": {"control_v11p_sd15_canny.pth"},
     "inversion_file": {"xattn/structure_00001_.safetensors [output]", "xattn/appearances_00001_.safetensors [output]"},
 }
 EXPECTED = [
@@ -35,6 +36,8 @@ EXPECTED = [
     "04_colour_variants",
     "05_transfer_then_upscale",
     "06_from_saved_inversions",
+    "07_transfer_with_controlnet",
+    "08_local_transfer",
 ]
 SCHEMAS = json.loads(SNAPSHOT.read_text())
 
@@ -275,13 +278,14 @@ def test_api_twin_is_the_ui_graph(name):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_thumbnail_is_small_png(name):
-    thumbnail = WORKFLOWS / f"{name}.png"
-    assert thumbnail.is_file(), "run tests/browser/test_workflows_browser.py to make the thumbnails"
+def test_thumbnail_is_a_small_jpeg_of_the_same_name(name):
+    """The front end asks for <workflow>.jpg beside the workflow (a .png is never shown)."""
+    thumbnail = WORKFLOWS / f"{name}.jpg"
+    assert thumbnail.is_file(), "run python -m pytest -m browser tests/browser to make the thumbnails"
     data = thumbnail.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[:3] == b"\xff\xd8\xff"
     assert len(data) < 300_000
-    assert (REPO / "docs" / "screenshots" / f"{name}.png").read_bytes() == data
+    assert not (WORKFLOWS / f"{name}.png").exists()
 
 
 def test_checker_rejects_a_latent_fed_to_an_inversion_socket():
@@ -340,28 +344,62 @@ def test_basic_workflow_uses_the_paper_defaults():
             "start_step": 32,
             "cfg": 3.5,
         }
-        positive, negative = (prompt[node["inputs"][k][0]]["inputs"]["text"] for k in ("positive", "negative"))
-        assert positive.startswith("A photo of a ") and negative == ""
+        positive, negative = (prompt[node["inputs"][k][0]] for k in ("positive", "negative"))
+        assert positive["class_type"] == "XAttnObjectPrompt"  # automatic masks: the official default
+        assert positive["inputs"]["text"] == "A photo of an animal" and positive["inputs"]["object_word"] == "animal"
+        assert negative["inputs"]["text"] == ""
     (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
     assert {k: sampler["inputs"][k] for k in ("cfg", "swap_guidance", "contrast")} == {
         "cfg": 1.0,
         "swap_guidance": 3.5,
         "contrast": 1.67,
     }
-    assert len(by_type(prompt, "LoadImage")) == 2 and len(by_type(prompt, "SaveImage")) == 1
+    assert sampler["inputs"]["adain_masks"] == "auto"
+    assert sorted(n["inputs"]["image"] for n in by_type(prompt, "LoadImage")) == ["giraffe.jpg", "zebra.jpg"]
+    assert len(by_type(prompt, "SaveImage")) == 1
     previews = by_type(prompt, "PreviewImage")
     decoded = {tuple(prompt[p["inputs"]["images"][0]]["inputs"]["samples"]) for p in previews}
     sampler_id = next(k for k, v in prompt.items() if v["class_type"] == "XAttnCrossImageSampler")
     assert decoded == {(sampler_id, 1), (sampler_id, 2)}  # the two reconstructions
+    masks = {tuple(p["inputs"]["mask"]) for p in by_type(prompt, "MaskPreview")}
+    assert masks == {(sampler_id, 3), (sampler_id, 4)}  # the masks AdaIN used
 
 
-def test_masked_workflow_feeds_core_masks_to_the_sampler():
+def test_masked_workflow_edits_the_automatic_masks_and_feeds_them_back():
     _, prompt = load("02_masked_transfer")
+    first, edited = sorted(
+        by_type(prompt, "XAttnCrossImageSampler"), key=lambda node: "edited" in node["_meta"]["title"]
+    )
+    first_id = next(k for k, v in prompt.items() if v is first)
+    assert first["inputs"]["adain_masks"] == "auto" and "structure_mask" not in first["inputs"]
+    assert edited["inputs"]["adain_masks"] == "from inputs"
+    assert edited["inputs"]["appearance_mask"] == [first_id, 3]
+    grow = prompt[edited["inputs"]["structure_mask"][0]]
+    assert grow["class_type"] == "GrowMask" and grow["inputs"]["mask"] == [first_id, 4]
+
+
+def test_controlnet_workflow_steers_the_sampler_with_the_structures_edges():
+    _, prompt = load("07_transfer_with_controlnet")
     (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
-    for name in ("appearance_mask", "structure_mask"):
-        source = prompt[sampler["inputs"][name][0]]
-        assert not source["class_type"].startswith("XAttn")
-        assert SCHEMAS[source["class_type"]]["outputs"][sampler["inputs"][name][1]]["type"] == "MASK"
+    (apply,) = by_type(prompt, "ControlNetApplyAdvanced")
+    apply_id = next(k for k, v in prompt.items() if v is apply)
+    assert sampler["inputs"]["positive"] == [apply_id, 0] and sampler["inputs"]["negative"] == [apply_id, 1]
+    edges = prompt[apply["inputs"]["image"][0]]
+    assert edges["class_type"] == "Canny"
+    structure_image = prompt[prompt[edges["inputs"]["image"][0]]["inputs"]["image"][0]]
+    assert structure_image["inputs"]["image"] == "giraffe.jpg"
+    for inversion in by_type(prompt, "XAttnInvertImage"):  # the inversions take the plain prompts
+        assert prompt[inversion["inputs"]["positive"][0]]["class_type"] == "XAttnObjectPrompt"
+
+
+def test_local_workflow_masks_the_structure_latent_and_composites():
+    _, prompt = load("08_local_transfer")
+    structure = next(n for n in by_type(prompt, "XAttnInvertImage") if "structure" in n["_meta"]["title"])
+    masked = prompt[structure["inputs"]["latent"][0]]
+    assert masked["class_type"] == "SetLatentNoiseMask"
+    (composite,) = by_type(prompt, "ImageCompositeMasked")
+    assert composite["inputs"]["mask"] == masked["inputs"]["mask"]
+    assert prompt[composite["inputs"]["destination"][0]]["class_type"] == "ImageScale"  # the original pixels
 
 
 def test_sdxl_workflow_runs_at_1024():

@@ -23,12 +23,20 @@ from comfyui_support import CHROMIUM, COMFYUI_PATH, load_snapshot_module
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
-MAX_PNG = 300_000
-WINDOW = (2000, 1200)
-SAMPLES = {"xattn_structure.png": "structure.png", "xattn_appearance.png": "appearance.png"}
-PLACEHOLDERS = ["checkpoints/v1-5-pruned-emaonly.safetensors", "checkpoints/sd_xl_base_1.0.safetensors"]
+MAX_BYTES = 300_000
+WINDOW = (2200, 1300)
+SAMPLES = {
+    "xattn_structure.png": "structure.png",
+    "xattn_appearance.png": "appearance.png",
+    "giraffe.jpg": "giraffe.jpg",
+    "zebra.jpg": "zebra.jpg",
+}
+PLACEHOLDERS = [
+    "checkpoints/v1-5-pruned-emaonly.safetensors",
+    "checkpoints/sd_xl_base_1.0.safetensors",
+    "controlnet/control_v11p_sd15_canny.pth",
+]
 INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
 
 
@@ -103,18 +111,17 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("chromium exited before opening its DevTools port")
 
 
-def shrink_png(data: bytes) -> bytes:
-    """The screenshot as a PNG under MAX_PNG: halved, then palette-quantised if still too big."""
+def to_jpeg(data: bytes) -> bytes:
+    """The screenshot as a JPEG under MAX_BYTES: full size if it fits, else scaled down step by step."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
-    for candidate in (image, image.quantize(colors=256)):
+    while True:
         buffer = io.BytesIO()
-        candidate.save(buffer, format="PNG", optimize=True)
-        if buffer.tell() < MAX_PNG:
+        image.save(buffer, format="JPEG", quality=85, optimize=True, progressive=True)
+        if buffer.tell() < MAX_BYTES:
             return buffer.getvalue()
-    raise AssertionError("screenshot stays above the size limit")
+        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
 
 
 FIT_VIEW = """
@@ -157,6 +164,49 @@ CLOSE_DIALOGS = """
 """
 
 
+COMMAND = "app.extensionManager.command.execute({command!r}).then(() => true)"
+PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
+
+# the template browser: open it, pick this pack's category, wait until every thumbnail has loaded or failed
+TEMPLATES = """
+(async () => {
+  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
+  await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+  await sleep(2000);
+  const dialog = document.querySelector('.p-dialog');
+  const category = Array.from(dialog.querySelectorAll('li')).find(li => li.innerText.trim() === '%s');
+  if (!category) return {category: null};
+  category.click();
+  const names = %s;
+  const thumbnails = () => Array.from(document.querySelectorAll('.p-dialog img[alt]'))
+    .filter(img => names.includes(img.alt));
+  for (let i = 0; i < 60; i++) {
+    for (const img of thumbnails()) img.scrollIntoView();
+    if (thumbnails().length === names.length && thumbnails().every(img => img.complete)) break;
+    await sleep(500);
+  }
+  // the front end fetches each thumbnail (workflow_templates/<pack>/<name>.jpg) and shows it as a blob
+  return {category: category.innerText.trim(), images: thumbnails().map(img => ({
+    name: img.alt, loaded: img.complete && img.naturalWidth > 0}))};
+})()
+"""
+
+# a node's help page, opened in the node library the way its help button does
+HELP_PAGE = (
+    "(async () => {"
+    "  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));"
+    f"  const pinia = {PINIA};"
+    "  pinia._s.get('sidebarTab').toggleSidebarTab('node-library');"
+    "  await sleep(1000);"
+    "  const help = pinia._s.get('nodeHelp');"
+    "  help.openHelp(pinia._s.get('nodeDef').nodeDefsByName['XAttnCrossImageSampler']);"
+    "  for (let i = 0; i < 20 && (help.isLoading || !help.renderedHelpHtml); i++) await sleep(250);"
+    "  await sleep(500);"
+    "  return {open: help.isHelpOpen, error: help.error, shown: document.body.innerText};"
+    "})()"
+)
+
+
 async def open_workflows(base: str, port: int) -> dict:
     import aiohttp
 
@@ -193,6 +243,7 @@ async def open_workflows(base: str, port: int) -> dict:
         results["_control"]["dialogs"] = await tools.evaluate(DIALOGS)
         await tools.evaluate(CLOSE_DIALOGS)
         tools.take_errors()
+        await tools.evaluate(COMMAND.format(command="Workspace.ToggleFocusMode"))  # the canvas alone on screen
         for name in NAMES:
             workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
             await tools.evaluate(
@@ -208,6 +259,14 @@ async def open_workflows(base: str, port: int) -> dict:
             info["png"] = base64.b64decode(shot["data"])
             info["console_errors"] = tools.take_errors()
             results[name] = info
+        await tools.evaluate(COMMAND.format(command="Workspace.ToggleFocusMode"))
+        pack = load_snapshot_module().PACK_LINK_NAME
+        results["_templates"] = await tools.evaluate(TEMPLATES % (pack, json.dumps(NAMES)), timeout=120)
+        await tools.evaluate(CLOSE_DIALOGS)
+        results["_help"] = await tools.evaluate(HELP_PAGE, timeout=60)
+        shot = await tools.send("Page.captureScreenshot", format="png")
+        results["_help"]["png"] = base64.b64decode(shot["data"])
+        results["_late_errors"] = tools.take_errors()
     return results
 
 
@@ -228,6 +287,7 @@ def browser_results(tmp_path_factory):
             {
                 "Comfy.TutorialCompleted": True,
                 "Comfy.Minimap.Visible": False,
+                "Comfy.Graph.CanvasInfo": False,
                 "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.1,
             }
         )
@@ -237,7 +297,7 @@ def browser_results(tmp_path_factory):
         (workdir / "output" / inversion).write_bytes(b"")
     snapshot = load_snapshot_module()
     with (
-        snapshot.comfy_server(COMFYUI_PATH, workdir, checkpoints=models / "checkpoints") as server,
+        snapshot.comfy_server(COMFYUI_PATH, workdir, models=models) as server,
         tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile,
     ):
         process, port = start_chromium(Path(profile))
@@ -277,9 +337,26 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_screenshot_and_thumbnail(browser_results, name):
-    png = shrink_png(browser_results[name]["png"])
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < MAX_PNG
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    (SCREENSHOTS / f"{name}.png").write_bytes(png)
-    (WORKFLOWS / f"{name}.png").write_bytes(png)
+def test_screenshot_is_the_templates_thumbnail(browser_results, name):
+    """The front end's template browser shows workflows/<name>.jpg; docs/workflows.md shows it too."""
+    jpeg = to_jpeg(browser_results[name]["png"])
+    assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) < MAX_BYTES
+    (WORKFLOWS / f"{name}.jpg").write_bytes(jpeg)
+
+
+def test_the_template_browser_shows_every_thumbnail(browser_results):
+    templates = browser_results["_templates"]
+    assert templates["category"] == load_snapshot_module().PACK_LINK_NAME
+    assert sorted(image["name"] for image in templates["images"]) == NAMES, templates
+    assert all(image["loaded"] for image in templates["images"]), templates  # no broken image
+
+
+def test_a_node_help_page_opens_in_the_node_library(browser_results):
+    help_page = browser_results["_help"]
+    assert help_page["open"] and help_page["error"] is None
+    page = (REPO / "web" / "docs" / "XAttnCrossImageSampler.md").read_text()
+    first_sentence = page.split("\n\n")[1].split(". ")[0].replace("\n", " ").replace("*", "")
+    assert first_sentence in help_page["shown"].replace("\n", " ")
+    # the front end asks for a page per locale first (docs/<node>/en.md) and falls back to docs/<node>.md
+    expected = re.compile(r"404 .*/extensions/[\w-]+/docs/XAttn\w+/\w+\.md$")
+    assert [error for error in browser_results["_late_errors"] if not expected.search(error)] == []

@@ -135,7 +135,7 @@ def make_checkpoint(family: str, path: str) -> None:
     safetensors.torch.save_file(state, path)
 
 
-async def _validate(input_dir: str, output_dir: str, checkpoints: str, files: list[str]) -> dict:
+async def _validate(input_dir: str, output_dir: str, models: str, files: list[str]) -> dict:
     _import_comfy()
     import execution
     import folder_paths
@@ -144,7 +144,8 @@ async def _validate(input_dir: str, output_dir: str, checkpoints: str, files: li
 
     folder_paths.set_input_directory(input_dir)
     folder_paths.set_output_directory(output_dir)
-    folder_paths.add_model_folder_path("checkpoints", checkpoints)
+    for kind in ("checkpoints", "controlnet"):
+        folder_paths.add_model_folder_path(kind, str(Path(models) / kind))
     await nodes.init_extra_nodes(init_custom_nodes=False)
     link = Path(input_dir).parent / "validate_nodes" / "comfyui-xattn"
     link.parent.mkdir(exist_ok=True)
@@ -160,10 +161,38 @@ async def _validate(input_dir: str, output_dir: str, checkpoints: str, files: li
     return results
 
 
+def make_controlnet(path: str) -> None:
+    """A random-weight SD 1.5 ControlNet (ComfyUI's own ControlNet class, full size) that ControlNetLoader reads."""
+    _import_comfy()
+    import comfy.cldm.cldm
+    import torch
+
+    with torch.device("meta"):
+        control = comfy.cldm.cldm.ControlNet(
+            image_size=32,
+            in_channels=4,
+            model_channels=320,
+            hint_channels=3,
+            num_res_blocks=[2, 2, 2, 2],
+            channel_mult=[1, 2, 4, 4],
+            transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+            transformer_depth_middle=1,
+            context_dim=768,
+            num_heads=8,
+            use_spatial_transformer=True,
+            legacy=False,
+            use_linear_in_transformer=False,
+            dtype=torch.float16,
+        )
+    torch.save({"control_model." + key: value for key, value in _random_state(control, "", 5).items()}, path)
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "checkpoint":
         make_checkpoint(sys.argv[2], sys.argv[3])
+    elif command == "controlnet":
+        make_controlnet(sys.argv[2])
     elif command == "validate":
         print(json.dumps(asyncio.run(_validate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])), default=str))
     else:

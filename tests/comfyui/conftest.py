@@ -33,24 +33,31 @@ def comfy():
     return setup(COMFYUI_PATH)
 
 
-SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the name the shipped workflows use
-SAMPLE_INPUTS = {"xattn_structure.png": "structure.png", "xattn_appearance.png": "appearance.png"}
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the names the shipped workflows use
+SAMPLE_INPUTS = {
+    "xattn_structure.png": "structure.png",
+    "xattn_appearance.png": "appearance.png",
+    "giraffe.jpg": "giraffe.jpg",
+    "zebra.jpg": "zebra.jpg",
+}
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    """A folder with a random-weight SD-1.5-architecture checkpoint under the workflows' name (made once)."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    run_task("checkpoint", "sd15", str(folder / SD15_CHECKPOINT))
+def models(tmp_path_factory):
+    """A models/ folder with a random-weight SD-1.5-architecture checkpoint under the workflows' name (made once)."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "checkpoints").mkdir()
+    (folder / "controlnet").mkdir()
+    run_task("checkpoint", "sd15", str(folder / "checkpoints" / SD15_CHECKPOINT))
     return folder
 
 
 @pytest.fixture(scope="session")
-def server(checkpoints, tmp_path_factory):
+def server(models, tmp_path_factory):
     """One real ComfyUI server (CPU, loopback) with this pack, shared by the whole test run."""
     workdir = tmp_path_factory.mktemp("comfy")
     (workdir / "input").mkdir()
     for name, sample in SAMPLE_INPUTS.items():
         shutil.copy(REPO / "xattn_core" / "samples" / sample, workdir / "input" / name)
-    with load_snapshot_module().comfy_server(COMFYUI_PATH, workdir, checkpoints=checkpoints) as running:
+    with load_snapshot_module().comfy_server(COMFYUI_PATH, workdir, models=models) as running:
         yield running
