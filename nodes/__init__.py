@@ -6,7 +6,8 @@ from .adain import XAttnAdaINLatentMatch
 from .inversion_files import XAttnLoadInversion, XAttnSaveInversion
 from .invert import XAttnInvertImage
 from .object_word import XAttnObjectPrompt
-from .sampler import XAttnCrossImageSampler, XAttnOptions
+from .options import XAttnOptions
+from .sampler import XAttnCrossImageSampler
 from .select_inversion import XAttnSelectInversion
 
 NODES: list[type[io.ComfyNode]] = [

@@ -10,9 +10,9 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import Inversion
+from ..xattn_core.pairing import check_compatible, pair_rows
 from ..xattn_core.plan import PlanSettings
-from ..xattn_core.settings import value_range
-from ..xattn_core.transfer import TransferSettings, check_compatible, pair_rows, transfer
+from ..xattn_core.transfer import TransferSettings, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, CheckedCombo, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
@@ -96,71 +96,6 @@ def mask_output(masks: torch.Tensor | None, inversion: Inversion) -> torch.Tenso
     if masks is None:
         masks = torch.ones(inversion.batch_size, 1, *inversion.clean.shape[-2:])
     return torch.nn.functional.interpolate(masks.float().cpu(), scale_factor=VAE_SCALE, mode="nearest")[:, 0]
-
-
-class XAttnOptions(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        defaults = PlanSettings()
-        (l0_start, l0_end), (l1_start, l1_end) = defaults.level_ranges
-        low_memory, high_memory = value_range(TransferSettings, "memory_budget")
-
-        def fraction(name, value, tooltip):
-            return io.Float.Input(name, default=value, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
-
-        return io.Schema(
-            node_id="XAttnOptions",
-            display_name="Cross-Image Attention Options",
-            category=CATEGORY,
-            description="Advanced step ranges of the Cross-Image Attention Sampler, as fractions of the schedule "
-            "length counted from the start step (at 100 steps: 0.10 = 10 steps). Defaults are the paper's.",
-            inputs=[
-                fraction("level0_start", l0_start, "Highest-resolution decoder level: first step that swaps."),
-                fraction("level0_end", l0_end, "Highest-resolution decoder level: step where swapping stops."),
-                fraction("level1_start", l1_start, "Second decoder level: first step that swaps."),
-                fraction("level1_end", l1_end, "Second decoder level: step where swapping stops."),
-                setting_input(
-                    io.Int,
-                    PlanSettings,
-                    "structure_kv_every",
-                    tooltip="On every this-many-th step (counted as the official code does) the output attends to "
-                    "the structure instead of the appearance, which keeps the layout. 5 = the paper's share, 1 "
-                    "swapping step in 5, at any number of steps.",
-                ),
-                fraction("structure_kv_end", defaults.structure_kv_end, "No structure keys/values after this."),
-                fraction("adain_start", defaults.adain_range[0], "First step after which AdaIN runs."),
-                fraction("adain_end", defaults.adain_range[1], "Step after which AdaIN stops."),
-                io.Int.Input(
-                    "attention_memory_mb",
-                    default=TransferSettings().memory_budget // 2**20,
-                    min=low_memory // 2**20,
-                    max=high_memory // 2**20,
-                    tooltip="Budget for the explicit attention weights of swapped rows (computed in query blocks).",
-                ),
-            ],
-            outputs=[Options.Output(display_name="options")],
-        )
-
-    @classmethod
-    def execute(
-        cls,
-        level0_start,
-        level0_end,
-        level1_start,
-        level1_end,
-        structure_kv_every,
-        structure_kv_end,
-        adain_start,
-        adain_end,
-        attention_memory_mb,
-    ):
-        plan = PlanSettings(
-            level_ranges=((level0_start, level0_end), (level1_start, level1_end)),
-            structure_kv_every=structure_kv_every,
-            structure_kv_end=structure_kv_end,
-            adain_range=(adain_start, adain_end),
-        )
-        return io.NodeOutput({"plan": plan, "memory_budget": attention_memory_mb * 2**20})
 
 
 class XAttnCrossImageSampler(io.ComfyNode):
