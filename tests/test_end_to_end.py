@@ -7,9 +7,10 @@ import torch
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
 from xattn_core.inversion import invert
+from xattn_core.pairing import pair_rows
 from xattn_core.plan import PlanSettings, build_plan, model_evaluations
 from xattn_core.schedule import paper_sigmas
-from xattn_core.transfer import TransferSettings, pair_rows, transfer
+from xattn_core.transfer import TransferSettings, transfer
 
 STEPS, START = 20, 6  # 14 generation steps; first mixing step 3 (counter 2 = 0.1 * 20)
 FIRST_MIXING = 3

@@ -2,14 +2,19 @@
 
 Modules (torch, numpy, safetensors and pillow only, unless marked):
 
+- ``settings``: bounded settings fields (each default and its range written once, read by nodes and CLI);
 - ``schedule``: the paper's sigma schedule and the DDPM (eta = 1) step in sigma space;
 - ``inversion``: edit-friendly DDPM inversion (and fast mode's attention cache);
 - ``plan``: what each generation step does (swap levels, K/V source, swap guidance, AdaIN);
 - ``attention``: where the appearance/structure keys and values are used (``route_attention``);
 - ``adain``: AdaIN on latents, plain and masked;
+- ``kmeans``: k-means in plain torch (scikit-learn's algorithm, on the model's device);
+- ``segmentation``: the official automatic object masks from attention maps (k-means plus the object word);
 - ``freeu``: the official code's FreeU variant;
+- ``pairing``: which appearance and structure images meet in each output, and whether two inversions can;
 - ``transfer``: the joint three-path generation loop over a small ``Backend`` interface;
 - ``inversion_file``: inversions as validated safetensors files;
+- ``scores``: optional DINO structure distance and appearance similarity (**needs transformers** to load a model);
 - ``diffusers_backend``: the ``Backend`` over a diffusers UNet (works on the object; imports no diffusers);
 - ``diffusers_pipeline``, ``__main__``: the reference pipeline and command line (**need diffusers**);
 - ``tiny``: tiny random models for tests and benchmarks (**needs diffusers and transformers**).
@@ -18,9 +23,10 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 from .adain import adain
 from .attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
 from .inversion import AttentionCache, CacheSettings, Inversion, invert
+from .pairing import check_compatible, pair_rows
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan, model_evaluations
 from .schedule import ancestral_split, ddpm_step, paper_sigmas, paper_timesteps
-from .transfer import Backend, TransferResult, TransferSettings, pair_rows, transfer
+from .transfer import Backend, TransferResult, TransferSettings, transfer
 
 __all__ = [
     "AttentionCache",
@@ -37,6 +43,7 @@ __all__ = [
     "adain",
     "ancestral_split",
     "build_plan",
+    "check_compatible",
     "contrasted_attention",
     "ddpm_step",
     "invert",

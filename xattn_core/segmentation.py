@@ -9,6 +9,7 @@ is plain torch so that it runs wherever the model runs, with no numpy or scikit-
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -159,6 +160,25 @@ def automatic_masks(
         )
         masks.append(mask)
     return torch.stack(masks)[:, None]
+
+
+def output_masks(structure_masks: Tensor, appearance_masks: Tensor) -> tuple[Tensor, Tensor]:
+    """The automatic masks of each output's structure and appearance image ``[outputs, 1, H, W]``, as AdaIN's
+    content and style masks; an output where either mask came out empty falls back to unmasked AdaIN (with a
+    warning), since matching colour statistics over nothing would be undefined."""
+    empty = (structure_masks.flatten(1).sum(1) <= 0) | (appearance_masks.flatten(1).sum(1) <= 0)
+    if not empty.any():
+        return structure_masks, appearance_masks
+    outputs = ", ".join(str(index) for index in empty.nonzero().flatten().tolist())
+    warnings.warn(
+        f"automatic masks: the object word was not found in one of the images of output {outputs}; "
+        "those outputs use unmasked AdaIN (check the object word, or connect masks)",
+        stacklevel=3,
+    )
+    whole = empty.reshape(-1, 1, 1, 1)
+    content = torch.where(whole, torch.ones_like(structure_masks), structure_masks)
+    style = torch.where(whole, torch.ones_like(appearance_masks), appearance_masks)
+    return content, style
 
 
 def _before_end(tokens: Sequence[str]) -> list[str]:

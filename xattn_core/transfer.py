@@ -27,9 +27,10 @@ from torch import Tensor
 from .adain import adain, resize_mask
 from .attention import DEFAULT_MEMORY_BUDGET, AttentionMaps, AttentionSwap, KeyValueStore
 from .inversion import Inversion
+from .pairing import check_compatible, pair_rows
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
 from .schedule import ddpm_step
-from .segmentation import automatic_masks
+from .segmentation import automatic_masks, output_masks
 from .settings import bounded, check_ranges
 
 
@@ -73,41 +74,6 @@ class TransferResult:
 
 GenerationCallback = Callable[[int, int, Tensor, Tensor], None]
 """``(step index, generation steps, output latents after the step, the step's denoised output estimate)``."""
-
-
-def pair_rows(appearances: int, structures: int) -> list[tuple[int, int]]:
-    """(appearance, structure) index of each output: 1 x N, N x 1, or N x N paired."""
-    if appearances < 1 or structures < 1:
-        raise ValueError("both the appearance and the structure inversion need at least one image")
-    if appearances == structures:
-        return [(i, i) for i in range(appearances)]
-    if structures == 1:
-        return [(i, 0) for i in range(appearances)]
-    if appearances == 1:
-        return [(0, i) for i in range(structures)]
-    raise ValueError(
-        f"cannot pair {appearances} appearance images with {structures} structure images: use one structure "
-        "with many appearances, many structures with one appearance, or equal counts (paired one to one)"
-    )
-
-
-def check_compatible(appearance: Inversion, structure: Inversion, start_step: int | None) -> int:
-    """Validate the two inversions against each other and return the generation's start step."""
-    if appearance.steps != structure.steps or not torch.allclose(appearance.sigmas, structure.sigmas, rtol=1e-5):
-        raise ValueError(
-            f"the appearance inversion ({appearance.steps} steps) and the structure inversion "
-            f"({structure.steps} steps) use different schedules; invert both with the same steps and sigmas"
-        )
-    if appearance.clean.shape[1] != structure.clean.shape[1]:
-        raise ValueError("the appearance and structure inversions have different latent channel counts")
-    earliest = max(appearance.start_step, structure.start_step)
-    start = earliest if start_step is None else start_step
-    if not earliest <= start < appearance.steps:
-        raise ValueError(
-            f"start step {start} is not available: the inversions start at steps {appearance.start_step} and "
-            f"{structure.start_step} of {appearance.steps}; use a start step from {earliest} to {appearance.steps - 1}"
-        )
-    return start
 
 
 def _swap_for(
@@ -298,19 +264,9 @@ class JointSampler:
         self.structure_masks = automatic_masks(
             maps, "structure", self.structure.batch_size, self.structure.clean.shape[-2:], self.object_tokens
         )
-        content, style = self.structure_masks[self.structure_rows], self.appearance_masks[self.appearance_rows]
-        empty = (content.flatten(1).sum(1) <= 0) | (style.flatten(1).sum(1) <= 0)
-        if empty.any():
-            outputs = ", ".join(str(index) for index in empty.nonzero().flatten().tolist())
-            warnings.warn(
-                f"automatic masks: the object word was not found in one of the images of output {outputs}; "
-                "those outputs use unmasked AdaIN (check the object word, or connect masks)",
-                stacklevel=2,
-            )
-            whole = empty.reshape(-1, 1, 1, 1)
-            content = torch.where(whole, torch.ones_like(content), content)
-            style = torch.where(whole, torch.ones_like(style), style)
-        self.content_mask, self.style_mask = content, style
+        self.content_mask, self.style_mask = output_masks(
+            self.structure_masks[self.structure_rows], self.appearance_masks[self.appearance_rows]
+        )
 
     def advance(self, step: StepPlan, latents: PathLatents, noise: StepNoise) -> PathLatents:
         """Every path's DDPM step with its own stored noise map, then AdaIN on the output."""
