@@ -1,4 +1,5 @@
-"""AdaIN on latents, plain and masked (SPEC 2.5)."""
+"""AdaIN on latents, plain and masked (the official ``utils/adain.py``, applied by ``get_adain_callback`` in
+``appearance_transfer_model.py``)."""
 
 from __future__ import annotations
 

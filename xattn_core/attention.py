@@ -6,8 +6,9 @@ then call :func:`route_attention`, which decides per row what attention that row
 - ordinary rows go through the backend's fused attention (SDPA, ComfyUI's optimized attention);
 - output rows in a swapping layer keep their own queries but attend to the keys/values of another
   row, the appearance's (captured from the appearance call of the same step) or the structure's
-  (a row of the same call), with contrasted, un-renormalised weights (SPEC 2.4). In fast mode both
-  come from stores captured while inverting, and the output rows run alone.
+  (a row of the same call), with contrasted, un-renormalised weights (as the official ``AttentionProcessor``
+  in ``appearance_transfer_model.py``). In fast mode both come from stores captured while inverting, and
+  the output rows run alone.
 """
 
 from __future__ import annotations

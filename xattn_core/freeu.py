@@ -1,4 +1,5 @@
-"""The official code's FreeU variant (SPEC 2.6), as a pure function on a decoder-level input."""
+"""The official code's FreeU variant (``models/unet_2d_condition.py`` there), as a pure function on a
+decoder-level input."""
 
 from __future__ import annotations
 

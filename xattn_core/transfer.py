@@ -1,4 +1,5 @@
-"""The joint three-path sampler (SPEC 2.3), written against a small backend interface.
+"""The joint three-path sampler (the official ``models/stable_diffusion.py`` loop), written against a small
+backend interface.
 
 Per generation step the backend is asked for noise predictions in up to three calls:
 
