@@ -1,25 +1,35 @@
 """Browser tier: every shipped UI workflow opens in ComfyUI's real front end (headless Chromium over the
 Chrome DevTools protocol) with no missing node types and no console errors, and the front end's own
 UI-to-API conversion (app.graphToPrompt) gives exactly the shipped API twin. A screenshot of each loaded
-workflow is written to docs/screenshots/<name>.png and, identical, to workflows/<name>.png (the template
-browser's thumbnail).
+workflow is written to workflows/<name>.jpg, the thumbnail the template browser requests (checked too), and
+a node help page opens in the node library.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
-from comfyui_support import CHROMIUM, COMFYUI_PATH, load_snapshot_module
+from browser_devtools import (
+    CLOSE_DIALOGS,
+    COMMAND,
+    DIALOGS,
+    FIT_VIEW,
+    HELP_PAGE,
+    INSPECT,
+    TEMPLATES,
+    DevTools,
+    start_chromium,
+    to_jpeg,
+)
+from comfyui_support import COMFYUI_PATH, load_snapshot_module
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -38,173 +48,6 @@ PLACEHOLDERS = [
     "controlnet/control_v11p_sd15_canny.pth",
 ]
 INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
-
-
-class DevTools:
-    """A minimal Chrome DevTools protocol client on one page (aiohttp websocket)."""
-
-    def __init__(self, socket):
-        self.socket, self.counter, self.events = socket, 0, []
-
-    async def send(self, method: str, timeout: float = 60, **params):
-        self.counter += 1
-        ident = self.counter
-        await self.socket.send_json({"id": ident, "method": method, "params": params})
-        while True:
-            message = await self.socket.receive_json(timeout=timeout)
-            if message.get("id") == ident:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-            self.events.append(message)
-
-    async def evaluate(self, expression: str, timeout: float = 60):
-        result = await self.send(
-            "Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"page JS failed: {json.dumps(result['exceptionDetails'])[:2000]}")
-        return result["result"].get("value")
-
-    def take_errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and error log entries seen since the last call."""
-        errors = []
-        for event in self.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                errors.append(
-                    "console: "
-                    + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
-                )
-            elif method == "Runtime.exceptionThrown":
-                details = params.get("exceptionDetails", {})
-                errors.append("exception: " + str(details.get("exception", {}).get("description", details.get("text"))))
-            elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
-                entry = params["entry"]
-                errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
-        self.events.clear()
-        return errors
-
-
-def start_chromium(profile: Path) -> tuple[subprocess.Popen, int]:
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-address=127.0.0.1",
-        "--remote-debugging-port=0",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        "--hide-scrollbars",
-        "about:blank",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
-        if found:
-            return process, int(found.group(1))
-    raise RuntimeError("chromium exited before opening its DevTools port")
-
-
-def to_jpeg(data: bytes) -> bytes:
-    """The screenshot as a JPEG under MAX_BYTES: full size if it fits, else scaled down step by step."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    while True:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85, optimize=True, progressive=True)
-        if buffer.tell() < MAX_BYTES:
-            return buffer.getvalue()
-        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
-
-
-FIT_VIEW = """
-(() => {
-  const canvas = app.canvas, nodes = app.graph.nodes;
-  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-  for (const n of nodes) {
-    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
-    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
-  }
-  const el = canvas.canvas, w = el.clientWidth || el.width, h = el.clientHeight || el.height;
-  const scale = Math.min(w / (x1 - x0 + 80), h / (y1 - y0 + 80));
-  canvas.ds.scale = scale;
-  canvas.ds.offset[0] = -x0 + 40 / scale + (w / scale - (x1 - x0 + 80)) / 2;
-  canvas.ds.offset[1] = -y0 + 40 / scale + (h / scale - (y1 - y0 + 80)) / 2;
-  canvas.setDirty(true, true);
-  canvas.draw(true, true);
-  return scale;
-})()
-"""
-
-INSPECT = """
-(async () => {
-  const nodes = app.graph.nodes;
-  const missing = nodes.filter(n => !n.constructor.comfyClass && !["Note", "MarkdownNote"].includes(n.type))
-                       .map(n => n.type);
-  const errors = nodes.filter(n => n.has_errors).map(n => n.type);
-  const prompt = await app.graphToPrompt();
-  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output};
-})()
-"""
-
-DIALOGS = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText.slice(0, 300))"
-CLOSE_DIALOGS = """
-(async () => {
-  for (const button of document.querySelectorAll('.p-dialog .p-dialog-close-button')) button.click();
-  await new Promise(resolve => setTimeout(resolve, 300));
-  return document.querySelectorAll('.p-dialog').length;
-})()
-"""
-
-
-COMMAND = "app.extensionManager.command.execute({command!r}).then(() => true)"
-PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
-
-# the template browser: open it, pick this pack's category, wait until every thumbnail has loaded or failed
-TEMPLATES = """
-(async () => {
-  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
-  await app.extensionManager.command.execute('Comfy.BrowseTemplates');
-  await sleep(2000);
-  const dialog = document.querySelector('.p-dialog');
-  const category = Array.from(dialog.querySelectorAll('li')).find(li => li.innerText.trim() === '%s');
-  if (!category) return {category: null};
-  category.click();
-  const names = %s;
-  const thumbnails = () => Array.from(document.querySelectorAll('.p-dialog img[alt]'))
-    .filter(img => names.includes(img.alt));
-  for (let i = 0; i < 60; i++) {
-    for (const img of thumbnails()) img.scrollIntoView();
-    if (thumbnails().length === names.length && thumbnails().every(img => img.complete)) break;
-    await sleep(500);
-  }
-  // the front end fetches each thumbnail (workflow_templates/<pack>/<name>.jpg) and shows it as a blob
-  return {category: category.innerText.trim(), images: thumbnails().map(img => ({
-    name: img.alt, loaded: img.complete && img.naturalWidth > 0}))};
-})()
-"""
-
-# a node's help page, opened in the node library the way its help button does
-HELP_PAGE = (
-    "(async () => {"
-    "  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));"
-    f"  const pinia = {PINIA};"
-    "  pinia._s.get('sidebarTab').toggleSidebarTab('node-library');"
-    "  await sleep(1000);"
-    "  const help = pinia._s.get('nodeHelp');"
-    "  help.openHelp(pinia._s.get('nodeDef').nodeDefsByName['XAttnCrossImageSampler']);"
-    "  for (let i = 0; i < 20 && (help.isLoading || !help.renderedHelpHtml); i++) await sleep(250);"
-    "  await sleep(500);"
-    "  return {open: help.isHelpOpen, error: help.error, shown: document.body.innerText};"
-    "})()"
-)
 
 
 async def open_workflows(base: str, port: int) -> dict:
@@ -300,7 +143,7 @@ def browser_results(tmp_path_factory):
         snapshot.comfy_server(COMFYUI_PATH, workdir, models=models) as server,
         tempfile.TemporaryDirectory(prefix="xattn-chromium-") as profile,
     ):
-        process, port = start_chromium(Path(profile))
+        process, port = start_chromium(Path(profile), WINDOW)
         try:
             results = asyncio.run(open_workflows(server.base, port))
         finally:
@@ -339,7 +182,7 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_screenshot_is_the_templates_thumbnail(browser_results, name):
     """The front end's template browser shows workflows/<name>.jpg; docs/workflows.md shows it too."""
-    jpeg = to_jpeg(browser_results[name]["png"])
+    jpeg = to_jpeg(browser_results[name]["png"], MAX_BYTES)
     assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) < MAX_BYTES
     (WORKFLOWS / f"{name}.jpg").write_bytes(jpeg)
 

@@ -1,0 +1,180 @@
+"""The browser tier's tools: a minimal Chrome DevTools protocol client, headless Chromium, and the scripts the
+tier evaluates in ComfyUI's front end (they reach into its app object and Pinia stores, read from the bundle
+of the comfyui-frontend-package that ComfyUI pins)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from comfyui_support import CHROMIUM
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client on one page (aiohttp websocket)."""
+
+    def __init__(self, socket):
+        self.socket, self.counter, self.events = socket, 0, []
+
+    async def send(self, method: str, timeout: float = 60, **params):
+        self.counter += 1
+        ident = self.counter
+        await self.socket.send_json({"id": ident, "method": method, "params": params})
+        while True:
+            message = await self.socket.receive_json(timeout=timeout)
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            self.events.append(message)
+
+    async def evaluate(self, expression: str, timeout: float = 60):
+        result = await self.send(
+            "Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True, returnByValue=True
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page JS failed: {json.dumps(result['exceptionDetails'])[:2000]}")
+        return result["result"].get("value")
+
+    def take_errors(self) -> list[str]:
+        """Console errors, uncaught exceptions and error log entries seen since the last call."""
+        errors = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                errors.append(
+                    "console: "
+                    + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+                )
+            elif method == "Runtime.exceptionThrown":
+                details = params.get("exceptionDetails", {})
+                errors.append("exception: " + str(details.get("exception", {}).get("description", details.get("text"))))
+            elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+                entry = params["entry"]
+                errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
+        self.events.clear()
+        return errors
+
+
+def start_chromium(profile: Path, window: tuple[int, int]) -> tuple[subprocess.Popen, int]:
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        f"--window-size={window[0]},{window[1]}",
+        "--hide-scrollbars",
+        "about:blank",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+        if found:
+            return process, int(found.group(1))
+    raise RuntimeError("chromium exited before opening its DevTools port")
+
+
+def to_jpeg(data: bytes, max_bytes: int) -> bytes:
+    """The screenshot as a JPEG under ``max_bytes``: full size if it fits, else scaled down step by step."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    while True:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85, optimize=True, progressive=True)
+        if buffer.tell() < max_bytes:
+            return buffer.getvalue()
+        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
+
+
+FIT_VIEW = """
+(() => {
+  const canvas = app.canvas, nodes = app.graph.nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const el = canvas.canvas, w = el.clientWidth || el.width, h = el.clientHeight || el.height;
+  const scale = Math.min(w / (x1 - x0 + 80), h / (y1 - y0 + 80));
+  canvas.ds.scale = scale;
+  canvas.ds.offset[0] = -x0 + 40 / scale + (w / scale - (x1 - x0 + 80)) / 2;
+  canvas.ds.offset[1] = -y0 + 40 / scale + (h / scale - (y1 - y0 + 80)) / 2;
+  canvas.setDirty(true, true);
+  canvas.draw(true, true);
+  return scale;
+})()
+"""
+
+INSPECT = """
+(async () => {
+  const nodes = app.graph.nodes;
+  const missing = nodes.filter(n => !n.constructor.comfyClass && !["Note", "MarkdownNote"].includes(n.type))
+                       .map(n => n.type);
+  const errors = nodes.filter(n => n.has_errors).map(n => n.type);
+  const prompt = await app.graphToPrompt();
+  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output};
+})()
+"""
+
+DIALOGS = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText.slice(0, 300))"
+CLOSE_DIALOGS = """
+(async () => {
+  for (const button of document.querySelectorAll('.p-dialog .p-dialog-close-button')) button.click();
+  await new Promise(resolve => setTimeout(resolve, 300));
+  return document.querySelectorAll('.p-dialog').length;
+})()
+"""
+
+
+COMMAND = "app.extensionManager.command.execute({command!r}).then(() => true)"
+PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
+
+# the template browser: open it, pick this pack's category, wait until every thumbnail has loaded or failed
+TEMPLATES = """
+(async () => {
+  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
+  await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+  await sleep(2000);
+  const dialog = document.querySelector('.p-dialog');
+  const category = Array.from(dialog.querySelectorAll('li')).find(li => li.innerText.trim() === '%s');
+  if (!category) return {category: null};
+  category.click();
+  const names = %s;
+  const thumbnails = () => Array.from(document.querySelectorAll('.p-dialog img[alt]'))
+    .filter(img => names.includes(img.alt));
+  for (let i = 0; i < 60; i++) {
+    for (const img of thumbnails()) img.scrollIntoView();
+    if (thumbnails().length === names.length && thumbnails().every(img => img.complete)) break;
+    await sleep(500);
+  }
+  // the front end fetches each thumbnail (workflow_templates/<pack>/<name>.jpg) and shows it as a blob
+  return {category: category.innerText.trim(), images: thumbnails().map(img => ({
+    name: img.alt, loaded: img.complete && img.naturalWidth > 0}))};
+})()
+"""
+
+# a node's help page, opened in the node library the way its help button does
+HELP_PAGE = (
+    "(async () => {"
+    "  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));"
+    f"  const pinia = {PINIA};"
+    "  pinia._s.get('sidebarTab').toggleSidebarTab('node-library');"
+    "  await sleep(1000);"
+    "  const help = pinia._s.get('nodeHelp');"
+    "  help.openHelp(pinia._s.get('nodeDef').nodeDefsByName['XAttnCrossImageSampler']);"
+    "  for (let i = 0; i < 20 && (help.isLoading || !help.renderedHelpHtml); i++) await sleep(250);"
+    "  await sleep(500);"
+    "  return {open: help.isHelpOpen, error: help.error, shown: document.body.innerText};"
+    "})()"
+)
