@@ -113,6 +113,27 @@ def naive_inversion(backend, clean, sigmas, seed: int, result: dict):
     result["latents"], result["maps"] = torch.stack(noisy), torch.cat(per_image, dim=1)
 
 
+def official_noise(backend, state: NaiveSwapState, step, rows: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The official guided noise of one step for ``rows`` [output, appearance, structure]: a swap and a no-swap
+    call, mixed by swap guidance over all rows (appearance/structure rows are equal in both calls)."""
+    state.levels = step.swap_levels
+    state.source_row = STRUCT if step.kv_source is KeyValueSource.STRUCTURE else STYLE
+    eps_swap = backend.predict_noise(rows, sigma)
+    state.levels, state.source_row = frozenset(), None
+    eps_plain = backend.predict_noise(rows, sigma)
+    return eps_swap if step.swap_weight is None else eps_plain + step.swap_weight * (eps_swap - eps_plain)
+
+
+def official_step(step, rows, eps, sigma: float, sigma_next: float, maps_at_step) -> torch.Tensor:
+    """One official step: DDPM on every row with its image's noise map (``maps_at_step`` is [appearance,
+    structure]), then AdaIN of the output row towards the appearance row."""
+    z = torch.cat([maps_at_step[1:2], maps_at_step[0:1], maps_at_step[1:2]])  # structure's, appearance's, structure's
+    x = ddpm_step(rows, eps, sigma, sigma_next, z)
+    if step.adain:
+        x[OUT : OUT + 1] = adain(x[OUT : OUT + 1], x[STYLE : STYLE + 1])
+    return x
+
+
 def naive_generation(backend, state: NaiveSwapState, latents, maps, sigmas, plan, result: dict):
     """Official generation: rows [output, appearance, structure], swap and no-swap call every step.
 
@@ -124,17 +145,8 @@ def naive_generation(backend, state: NaiveSwapState, latents, maps, sigmas, plan
     for step in plan:
         i = step.global_step
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        state.levels = step.swap_levels
-        state.source_row = STRUCT if step.kv_source is KeyValueSource.STRUCTURE else STYLE
-        eps_swap = backend.predict_noise(x, sigma)
-        state.levels, state.source_row = frozenset(), None
-        eps_plain = backend.predict_noise(x, sigma)
-        # the official guidance covers all rows; appearance/structure rows are equal in both calls
-        eps = eps_swap if step.swap_weight is None else eps_plain + step.swap_weight * (eps_swap - eps_plain)
-        z = torch.cat([maps[i][1:2], maps[i][0:1], maps[i][1:2]])  # structure's, appearance's, structure's
-        x = ddpm_step(x, eps, sigma, sigma_next, z)
-        if step.adain:
-            x[OUT : OUT + 1] = adain(x[OUT : OUT + 1], x[STYLE : STYLE + 1])
+        eps = official_noise(backend, state, step, x, sigma)
+        x = official_step(step, x, eps, sigma, sigma_next, maps[i])
         yield
     result["rows"] = x
 

@@ -15,17 +15,21 @@ import pytest
 import torch
 
 from tests.stepwise import relative_difference
-from xattn_core.adain import adain
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
 from xattn_core.inversion import invert
-from xattn_core.plan import KeyValueSource
-from xattn_core.schedule import ancestral_split, ddpm_step, paper_sigmas
+from xattn_core.schedule import ancestral_split, paper_sigmas
 from xattn_core.tiny import tiny_context
-from xattn_core.transfer import JointSampler
+from xattn_core.transfer import JointSampler, TransferSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from naive_port import OUT, STRUCT, STYLE, NaiveSwapState, install_naive_processors, naive_inversion  # noqa: E402
+from naive_port import (  # noqa: E402
+    NaiveSwapState,
+    install_naive_processors,
+    naive_inversion,
+    official_noise,
+    official_step,
+)
 
 STEPS, START = 12, 2
 
@@ -56,7 +60,7 @@ def test_inversion_noise_maps_equal_the_official_ones(unet, clean, inversion):
 
 def test_every_generation_step_equals_the_official_computation(unet, inversion):
     naive_unet = copy.deepcopy(unet)
-    state = NaiveSwapState(contrast=1.67)
+    state = NaiveSwapState(contrast=TransferSettings().contrast)
     with (
         DiffusersBackend(unet, tiny_context(1), None, 1.0, freeu=FreeUSettings()) as ours,
         DiffusersBackend(naive_unet, tiny_context(1), None, 1.0, freeu=FreeUSettings()) as naive,
@@ -70,19 +74,11 @@ def test_every_generation_step_equals_the_official_computation(unet, inversion):
             sigma, sigma_next = sampler.sigmas[i], sampler.sigmas[i + 1]
             noise = sampler.predict(step, latents)
             rows = torch.cat([latents.output, latents.appearance, latents.structure])
-            state.levels = step.swap_levels
-            state.source_row = STRUCT if step.kv_source is KeyValueSource.STRUCTURE else STYLE
-            swapped = naive.predict_noise(rows, sigma)
-            state.levels, state.source_row = frozenset(), None
-            plain = naive.predict_noise(rows, sigma)
-            official = swapped if step.swap_weight is None else plain + step.swap_weight * (swapped - plain)
+            official = official_noise(naive, state, step, rows, sigma)
             ours_rows = torch.cat([noise.output, noise.appearance, noise.structure])
             noise_differences.append(relative_difference(ours_rows, official))
             # one official step from the same latents and noise: DDPM with each path's maps, then AdaIN
-            maps = torch.cat([inversion.noise_at(i)[1:2], inversion.noise_at(i)[0:1], inversion.noise_at(i)[1:2]])
-            expected = ddpm_step(rows, official, sigma, sigma_next, maps)
-            if step.adain:
-                expected[OUT : OUT + 1] = adain(expected[OUT : OUT + 1], expected[STYLE : STYLE + 1])
+            expected = official_step(step, rows, official, sigma, sigma_next, inversion.noise_at(i))
             stepped = sampler.advance(step, latents, noise)
             got = torch.cat([stepped.output, stepped.appearance, stepped.structure])
             step_differences.append(relative_difference(got, expected))
