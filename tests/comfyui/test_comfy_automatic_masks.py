@@ -81,41 +81,27 @@ def test_masks_go_through_grow_mask_and_back_into_the_sampler(comfy, setup):
     model, positive, appearance, structure = setup
     square = torch.zeros(1, 256, 256)
     square[:, 64:192, 80:176] = 1.0
-    first = sample_node(
-        comfy,
-        model,
-        appearance,
-        structure,
-        positive=positive,
-        adain_masks="from inputs",
-        appearance_mask=square,
-        structure_mask=square,
-    )
+
+    def with_masks(appearance_mask, structure_mask):
+        return sample_node(
+            comfy,
+            model,
+            appearance,
+            structure,
+            positive=positive,
+            adain_masks="from inputs",
+            appearance_mask=appearance_mask,
+            structure_mask=structure_mask,
+        )
+
+    first = with_masks(square, square)
     assert torch.equal(first[4], square) and torch.equal(first[3], square)  # the masks used, as given
     # fed back unchanged: the same transfer, bit for bit
-    again = sample_node(
-        comfy,
-        model,
-        appearance,
-        structure,
-        positive=positive,
-        adain_masks="from inputs",
-        appearance_mask=first[3],
-        structure_mask=first[4],
-    )
+    again = with_masks(first[3], first[4])
     assert torch.equal(again[0]["samples"], first[0]["samples"])
     (grown,) = GrowMask().expand_mask(first[4], 16, True)
     assert grown.sum() > square.sum()
-    edited = sample_node(
-        comfy,
-        model,
-        appearance,
-        structure,
-        positive=positive,
-        adain_masks="from inputs",
-        appearance_mask=first[3],
-        structure_mask=grown,
-    )
+    edited = with_masks(first[3], grown)
     assert edited[4].sum() > first[4].sum()  # the grown mask, as the sampler used it (at latent resolution)
     assert (edited[0]["samples"] - first[0]["samples"]).abs().max() > 1e-3
 
