@@ -210,7 +210,7 @@ def _run(argv: list[str] | None) -> int:
     except (ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from .diffusers_pipeline import load_pipeline, mask_image, transfer_images
+    from .diffusers_pipeline import load_pipeline, transfer_images, write_transfer
 
     progress = PhaseProgress()
     try:
@@ -221,14 +221,9 @@ def _run(argv: list[str] | None) -> int:
         return 2
     finally:
         progress.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
-    print(f"wrote {out}")
-    if options.object_words and result.structure_masks is not None:
-        for role, masks in (("appearance", result.appearance_masks), ("structure", result.structure_masks)):
-            mask_path = out.with_name(f"{out.stem}_{role}_mask.png")
-            mask_image(masks[0], options.size).save(mask_path)
-            print(f"wrote {mask_path}")
+    masks = write_transfer(image, result, out, options)
+    for path in (out, *masks):
+        print(f"wrote {path}")
     return 0
 
 

@@ -170,6 +170,78 @@ def sigma_table(pipe) -> Tensor:
     return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
 
 
+def _freeu(options: TransferOptions) -> FreeUSettings | None:
+    return FreeUSettings() if options.freeu else None
+
+
+def invert_images(
+    pipe,
+    images: list[Image.Image],
+    prompt: str,
+    options: TransferOptions = TransferOptions(),
+    seed: int | None = None,
+    progress: Progress | None = None,
+) -> Inversion:
+    """Encode ``images`` and invert them as one batch, one model call per step.
+
+    Image ``i`` draws its noise with ``seed + i`` (``seed`` defaults to the options' inversion seed), so an
+    image inverted alone with ``seed + i`` gets the same draws.
+    """
+    inversion_settings = options.inversion
+    table = sigma_table(pipe)
+    positive = encode_prompt(pipe, prompt)
+    negative = encode_prompt(pipe, "")
+    with DiffusersBackend(pipe.unet, positive, negative, inversion_settings.cfg, table, _freeu(options)) as backend:
+        clean = torch.cat([encode_image(pipe, image) for image in images])
+
+        def report_inversion(done: int, total: int) -> None:
+            if progress:
+                progress("invert", done, total)
+
+        # fast mode keeps the swapping levels' keys/values in RAM, whatever device the model runs on, and the
+        # uncond branch only when generation is guided
+        branches = frozenset({0}) if options.transfer.cfg == 1.0 else None
+        cache = CacheSettings(device="cpu", branches=branches) if options.fast else None
+        return invert(
+            backend.predict_noise,
+            clean,
+            paper_sigmas(table, inversion_settings.steps),
+            inversion_settings.start_step,
+            inversion_settings.seed if seed is None else seed,
+            callback=report_inversion,
+            cache=cache,
+        )
+
+
+def generate(
+    pipe,
+    appearance: Inversion,
+    structure: Inversion,
+    prompt: str,
+    options: TransferOptions = TransferOptions(),
+    progress: Progress | None = None,
+    appearance_mask: Tensor | None = None,
+    structure_mask: Tensor | None = None,
+) -> tuple[Image.Image, TransferResult]:
+    """Run the joint sampler on two inversions of one image each and decode the output."""
+    settings = options.transfer
+    positive = encode_prompt(pipe, prompt)
+    negative = encode_prompt(pipe, "")
+    with DiffusersBackend(pipe.unet, positive, negative, settings.cfg, sigma_table(pipe), _freeu(options)) as backend:
+        words = object_token_positions(pipe.tokenizer, prompt, options.object_words) if options.object_words else None
+        result = transfer(
+            backend,
+            appearance,
+            structure,
+            settings,
+            appearance_mask,
+            structure_mask,
+            callback=(lambda k, total, *_: progress("generate", k + 1, total)) if progress else None,
+            object_tokens=words,
+        )
+    return decode_latent(pipe, result.output[:1]), result
+
+
 def transfer_images(
     pipe,
     appearance: Image.Image,
@@ -178,41 +250,22 @@ def transfer_images(
     options: TransferOptions = TransferOptions(),
     progress: Progress | None = None,
 ) -> tuple[Image.Image, TransferResult]:
-    """Invert both images, run the joint sampler, decode the output."""
-    inversion_settings, settings = options.inversion, options.transfer
-    table = sigma_table(pipe)
-    sigmas = paper_sigmas(table, inversion_settings.steps)
-    positive = encode_prompt(pipe, prompt)
-    negative = encode_prompt(pipe, "")
-    freeu = FreeUSettings() if options.freeu else None
-    with DiffusersBackend(pipe.unet, positive, negative, inversion_settings.cfg, table, freeu) as backend:
-        clean = torch.cat([encode_image(pipe, appearance), encode_image(pipe, structure)])
+    """Invert both images in one batch (the appearance with the seed, the structure with seed + 1), generate."""
+    both = invert_images(pipe, [appearance, structure], prompt, options, progress=progress)
+    return generate(pipe, both.select([0]), both.select([1]), prompt, options, progress)
 
-        def report_inversion(done: int, total: int) -> None:
-            if progress:
-                progress("invert", done, total)
 
-        # fast mode keeps the swapping levels' keys/values in RAM, whatever device the model runs on, and the
-        # uncond branch only when generation is guided
-        branches = frozenset({0}) if settings.cfg == 1.0 else None
-        cache = CacheSettings(device="cpu", branches=branches) if options.fast else None
-        both: Inversion = invert(
-            backend.predict_noise,
-            clean,
-            sigmas,
-            inversion_settings.start_step,
-            inversion_settings.seed,
-            callback=report_inversion,
-            cache=cache,
-        )
-        backend.with_guidance(positive, negative, settings.cfg)
-        words = object_token_positions(pipe.tokenizer, prompt, options.object_words) if options.object_words else None
-        result = transfer(
-            backend,
-            both.select([0]),
-            both.select([1]),
-            settings,
-            callback=(lambda k, total, *_: progress("generate", k + 1, total)) if progress else None,
-            object_tokens=words,
-        )
-    return decode_latent(pipe, result.output[:1]), result
+def write_transfer(image: Image.Image, result: TransferResult, out: Path, options: TransferOptions) -> list[Path]:
+    """Write the output image and, when object words made automatic masks, the masks next to it.
+
+    The masks are ``<out stem>_appearance_mask.png`` and ``<out stem>_structure_mask.png``; returns their paths.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    written = []
+    if options.object_words and result.structure_masks is not None:
+        for role, masks in (("appearance", result.appearance_masks), ("structure", result.structure_masks)):
+            mask_path = out.with_name(f"{out.stem}_{role}_mask.png")
+            mask_image(masks[0], options.size).save(mask_path)
+            written.append(mask_path)
+    return written
