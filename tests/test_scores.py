@@ -16,20 +16,7 @@ from xattn_core.scores import (
 )
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_vit(seed: int):
-    """A random DINO-shaped ViT (class token, 224 px input, 14x14 patches of 16 px), small enough for CPU tests."""
-    torch.manual_seed(seed)
-    config = transformers.ViTConfig(
-        image_size=224,
-        patch_size=16,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-    )
-    return transformers.ViTModel(config, add_pooling_layer=False).eval()
+from xattn_core.tiny import tiny_vit  # noqa: E402 - after the skip: it needs transformers
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,9 @@ def _load_vit(model_path: Path):
     if model_type != "vit":
         raise ValueError(f"{model_path} holds a {model_type!r} model, not a ViT (want a DINO ViT such as dino-vitb8)")
     from transformers import ViTModel
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a loading bar is noise beside the batch's own progress
     try:
         model, info = ViTModel.from_pretrained(
             model_path, local_files_only=True, add_pooling_layer=False, output_loading_info=True

@@ -1,4 +1,4 @@
-"""Tiny random-weight models shaped like SD 1.5, for tests and CPU benchmarks (needs diffusers).
+"""Tiny random-weight models shaped like SD 1.5 and DINO, for tests and CPU benchmarks (needs diffusers).
 
 Random weights are enough to check the mechanics, but a freshly constructed diffusers UNet has
 zero-initialised output layers and predicts ~0 everywhere; :func:`tiny_unet` re-initialises every
@@ -139,3 +139,19 @@ def save_tiny_pipeline(folder, seed: int = 0) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))
+
+
+def tiny_vit(seed: int):
+    """A random DINO-shaped ViT (class token, 224 px input, 14x14 patches of 16 px), small enough for CPU tests."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
+    return transformers.ViTModel(config, add_pooling_layer=False).eval()
