@@ -12,8 +12,11 @@ from .plan import PlanSettings
 from .transfer import TransferSettings
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """The model and transfer settings; defaults come from the engine's settings dataclasses."""
+def add_setting_flags(parser: argparse.ArgumentParser, fast: bool = True) -> None:
+    """The model and transfer settings; defaults come from the engine's settings dataclasses.
+
+    ``fast`` offers ``--fast`` (the batch cannot: fast mode's cache is not saved with inversions).
+    """
     inversion, transfer, plan = InversionSettings(), TransferSettings(), PlanSettings()
     parser.add_argument("--model", default=DEFAULT_MODEL, help="diffusers SD 1.x/2.x folder or hub id")
     parser.add_argument("--steps", type=int, default=inversion.steps, help="schedule length")
@@ -25,13 +28,14 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=inversion.seed, help="seed of the inversion's noise")
     parser.add_argument("--size", type=int, default=TransferOptions().size, help="square working size in px (x64)")
     parser.add_argument("--no-freeu", action="store_true", help="turn off the official FreeU variant")
-    parser.add_argument(
-        "--fast",
-        action="store_true",
-        help="fast mode: keep the inversion's attention keys/values (in RAM, ~1.6 GB per image for SD 1.5 at "
-        "512 px in fp16) and evaluate only the output row while generating; exact only when --cfg equals "
-        "--inversion-cfg, otherwise an approximation",
-    )
+    if fast:
+        parser.add_argument(
+            "--fast",
+            action="store_true",
+            help="fast mode: keep the inversion's attention keys/values (in RAM, ~1.6 GB per image for SD 1.5 at "
+            "512 px in fp16) and evaluate only the output row while generating; exact only when --cfg equals "
+            "--inversion-cfg, otherwise an approximation",
+        )
     parser.add_argument(
         "--device", default=argparse.SUPPRESS, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
     )
@@ -49,7 +53,7 @@ def options_from(args: argparse.Namespace) -> TransferOptions:
         transfer=transfer,
         size=args.size,
         freeu=not args.no_freeu,
-        fast=args.fast,
+        fast=getattr(args, "fast", False),
         object_words=words,
     )
 
@@ -88,10 +92,10 @@ class PhaseProgress:
     ``position`` puts the bars on that line under other bars (the batch's pairs bar) and clears them when done.
     """
 
-    def __init__(self, stream=sys.stderr, position: int | None = None) -> None:
-        self.stream = stream
+    def __init__(self, stream=None, position: int | None = None) -> None:
+        self.stream = stream or sys.stderr  # looked up per instance: a redirected stderr is honoured
         self.position = position
-        self.interactive = stream.isatty()
+        self.interactive = self.stream.isatty()
         self.phase: str | None = None
         self.bar = None
         self.started = 0.0
