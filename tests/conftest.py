@@ -31,3 +31,13 @@ def positive():
 @pytest.fixture
 def negative():
     return tiny_context(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A tiny random Stable Diffusion pipeline saved as a diffusers folder (for the command line)."""
+    from xattn_core.tiny import save_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_pipeline") / "model"
+    save_tiny_pipeline(folder)
+    return folder

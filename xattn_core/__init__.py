@@ -16,7 +16,10 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 - ``inversion_file``: inversions as validated safetensors files;
 - ``scores``: optional DINO structure distance and appearance similarity (**needs transformers** to load a model);
 - ``diffusers_backend``: the ``Backend`` over a diffusers UNet (works on the object; imports no diffusers);
-- ``diffusers_pipeline``, ``__main__``: the reference pipeline and command line (**need diffusers**);
+- ``diffusers_pipeline``, ``__main__``, ``cli_common``: the reference pipeline and command line (**need diffusers**);
+- ``batch_csv``, ``batch``, ``batch_cli``, ``contact_sheet``: the ``batch`` command: its pairs file, the per-pair work
+  with the inversion cache and resuming, the command itself, ``index.html`` and ``results.csv`` (**need diffusers**);
+- ``batch_ray``: ``batch --ray``, the same per-pair work as a Ray Data job (**needs ray**, imported only then);
 - ``tiny``: tiny random models for tests and benchmarks (**needs diffusers and transformers**).
 """
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m xattn_core transfer --model <diffusers folder or hub id> ...``.
+"""Command line: ``python -m xattn_core transfer --model <diffusers folder or hub id> ...``, and ``batch``.
 
 Every argument is checked before anything is loaded, so a mistake costs no model load; errors are
 one line on stderr and exit status 2.
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "<name>_structure_mask.png (default: none, AdaIN over the whole image)",
     )
     add_setting_flags(run)
+    from .batch_cli import add_batch_command
+
+    add_batch_command(commands)
     return parser
 
 
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences import-time notices unrelated to us
+    if args.command == "batch":
+        from .batch_cli import run_batch
+
+        return run_batch(args)
     try:
         options = options_from(args)
         device = resolve_device(getattr(args, "device", None))
