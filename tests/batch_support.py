@@ -1,4 +1,5 @@
-"""What the batch tests share: a drawn pilot set, an in-process command-line run, a spy on the model."""
+"""What the batch tests share: a drawn pilot set, an in-process command-line run, a spy on the model, an HTML
+checker for the contact sheet."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import csv
 import io
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,40 @@ class ModelSpy:
         monkeypatch.setattr(diffusers_pipeline, "load_pipeline", counting_load)
         monkeypatch.setattr(batch, "invert_images", recording_invert)
         return self
+
+
+class SheetParser(HTMLParser):
+    """Collects tags, image sources, text and body rows, and every end tag that closes the wrong element."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[str] = []
+        self.problems: list[str] = []
+        self.sources: list[str] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.body_rows = 0
+        self.in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        attributes = dict(attrs)
+        if tag == "img":
+            self.sources.append(attributes["src"])
+        if tag == "tbody":
+            self.in_body = True
+        if tag == "tr" and self.in_body:
+            self.body_rows += 1
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self.in_body = False
+        if not self.open or self.open.pop() != tag:
+            self.problems.append(f"unexpected </{tag}>")
+
+    def handle_data(self, data):
+        self.text.append(data)

@@ -2,11 +2,7 @@
 scores, and the transfer command's output for each pair."""
 
 import html
-import os
 import shutil
-import subprocess
-import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +10,13 @@ import pytest
 from PIL import Image
 
 import xattn_core.batch as batch
-import xattn_core.diffusers_pipeline as diffusers_pipeline
 from tests.batch_support import (
     INVERSION_CALLS,
     MISSING,
     PROMPT,
     TINY,
     ModelSpy,
+    SheetParser,
     pixels,
     read_results,
     run_main,
@@ -87,7 +83,7 @@ def test_each_image_is_inverted_once_and_bad_rows_are_skipped(first_run, transfe
 
 
 def test_a_batch_pair_is_the_transfer_commands_output(first_run, transfer_command, pilot, tiny_model_folder):
-    """Within one grey level of the transfer command, bit for bit what inverting each image alone gives.
+    """Close to the transfer command's output, and bit for bit what inverting each image alone gives.
 
     The transfer command inverts both images in one UNet call (a batch of two); the batch inverts each image
     alone so it can be reused, with the same seeds (appearance s, structure s + 1: the same noise draws). CPU
@@ -166,41 +162,6 @@ def test_a_pair_failing_mid_batch_is_reported_and_the_rest_finish(first_run, tin
     assert "CUDA out of memory (simulated)" in (out / "index.html").read_text()
 
 
-class SheetParser(HTMLParser):
-    VOID = {"meta", "img", "br", "hr", "link", "input"}
-
-    def __init__(self):
-        super().__init__()
-        self.open: list[str] = []
-        self.problems: list[str] = []
-        self.sources: list[str] = []
-        self.tags: list[str] = []
-        self.text: list[str] = []
-        self.body_rows = 0
-        self.in_body = False
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        attributes = dict(attrs)
-        if tag == "img":
-            self.sources.append(attributes["src"])
-        if tag == "tbody":
-            self.in_body = True
-        if tag == "tr" and self.in_body:
-            self.body_rows += 1
-        if tag not in self.VOID:
-            self.open.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag == "tbody":
-            self.in_body = False
-        if not self.open or self.open.pop() != tag:
-            self.problems.append(f"unexpected </{tag}>")
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def test_contact_sheet_is_valid_html_linking_files_in_the_folder(first_run):
     out = first_run[2]
     parser = SheetParser()
@@ -263,84 +224,6 @@ def test_dino_scores_fill_results_and_sheet_without_the_model(first_run, tiny_mo
         assert 0 < distance and -1 <= similarity < 1  # a transfer is neither its structure nor its appearance
         assert results[row]["structure_distance"] in page and results[row]["appearance_similarity"] in page
     assert "Mean over 3 scored pairs" in page
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the batch loaded a model before rejecting its arguments")
-
-    monkeypatch.setattr(diffusers_pipeline, "load_pipeline", refuse)
-    monkeypatch.setattr(diffusers_pipeline, "load_tokenizer", refuse)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("structure,appearance\nx.png,y.png\n", "lacks the column(s) prompt; its header reads 'structure,appearance'"),
-        ("structure,apearance,prompt\n", "lacks the column(s) appearance"),
-        ("structure,appearance,prompt,strength\n", "unknown column(s) 'strength'"),
-        ("structure,appearance,prompt,prompt\n", "names the column(s) prompt more than once"),
-        ("", "is empty; its first row must name the columns structure, appearance, prompt"),
-        ("structure,appearance,prompt\n\n", "has a header but no pairs"),
-        (b"structure,appearance,prompt\n\xff\xfe,x,y\n", "is not UTF-8 text"),
-    ],
-)
-def test_a_bad_pairs_file_is_one_line_before_anything_loads(
-    content, message, tmp_path, tiny_model_folder, nothing_loads
-):
-    pairs = tmp_path / "pairs.csv"
-    pairs.write_bytes(content if isinstance(content, bytes) else content.encode())
-    run = run_main("batch", pairs, "--out", tmp_path / "out", "--model", tiny_model_folder)
-    lines = run.stderr.strip().splitlines()
-    assert run.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert not (tmp_path / "out").exists()
-
-
-def test_flags_are_checked_before_anything_loads(pilot, tiny_model_folder, tmp_path, nothing_loads):
-    pairs = tmp_path / "one.csv"
-    pairs.write_text(f"structure,appearance,prompt\n{pilot.parent / 's1.png'},{pilot.parent / 'a2.png'},{PROMPT}\n")
-    common = ["batch", pairs, "--model", tiny_model_folder, "--out", tmp_path / "out"]
-    for flags, message in (
-        (["--ray-actors", "2"], "--ray-actors and --ray-cpus need --ray"),
-        (["--steps", "1"], "steps must be in 2..1000, got 1"),
-        (["--dino", tmp_path / "nowhere"], "DINO model folder not found"),
-        (["--model", tmp_path], "is not a diffusers model folder"),
-        (["--ray", "--device", "cuda:1"], "with --ray, --device is cpu or cuda"),
-    ):
-        run = run_main(*common, *flags)
-        assert run.code == 2 and run.stderr.count("\n") == 1 and message in run.stderr, (flags, run.stderr)
-    with pytest.raises(SystemExit):
-        run_main(*common, "--fast")  # fast mode's cache is not saved with inversions: not a batch flag
-
-
-def test_help_describes_the_pairs_file():
-    run = subprocess.run(
-        [sys.executable, "-m", "xattn_core", "batch", "--help"], cwd=ROOT, capture_output=True, text=True
-    )
-    for column in ("structure", "appearance", "prompt", "object_word", "structure_mask", "appearance_mask", "seed"):
-        assert f"\n  {column} " in run.stdout, column
-    assert "relative to the CSV's folder" in run.stdout and "--dino" in run.stdout and "--ray" in run.stdout
-
-
-def test_a_local_batch_never_imports_ray(pilot, tiny_model_folder, tmp_path):
-    pairs = tmp_path / "one.csv"
-    pairs.write_text(f"structure,appearance,prompt\n{pilot.parent / 's1.png'},{pilot.parent / 'a2.png'},{PROMPT}\n")
-    script = (
-        "import sys\nfrom xattn_core.__main__ import main\ncode = main(sys.argv[1:])\n"
-        "assert 'ray' not in sys.modules, 'a local batch imported ray'\nsys.exit(code)"
-    )
-    args = ["batch", pairs, "--model", tiny_model_folder, *TINY, "--out", tmp_path / "out"]
-    done = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        cwd=ROOT,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "out" / "outputs" / "002_s1__a2.png").is_file()
 
 
 @pytest.mark.slow
