@@ -12,7 +12,7 @@ from torch import Tensor
 EPSILON = 1e-5
 
 
-def _statistics(latent: Tensor, weights: Tensor | None, unmasked_rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _statistics(latent: Tensor, weights: Tensor | None, unmasked_rows: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and sqrt(unbiased variance + eps) over spatial positions, optionally weighted.
 
     Rows flagged in ``unmasked_rows`` take the unweighted statistics (their mask is empty).
@@ -26,7 +26,7 @@ def _statistics(latent: Tensor, weights: Tensor | None, unmasked_rows: Tensor | 
         # unbiased (reliability-weighted) variance; for a hard 0/1 mask this is the usual n - 1 form
         correction = total - (w * w).sum(-1, keepdim=True) / total
         weighted_variance = (w * (flat - weighted_mean) ** 2).sum(-1, keepdim=True) / correction.clamp_min(1e-8)
-        keep = unmasked_rows.reshape(-1, 1, 1) if unmasked_rows is not None else torch.zeros((), dtype=torch.bool)
+        keep = unmasked_rows.reshape(-1, 1, 1)
         mean = torch.where(keep, mean, weighted_mean)
         variance = torch.where(keep, variance, weighted_variance)
     return mean[..., None], (variance[..., None] + EPSILON).sqrt()

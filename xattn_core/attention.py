@@ -161,7 +161,6 @@ class AttentionMaps:
 
     self_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, tokens]
     cross_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, context tokens]
-    explicit_computations: int = 0  # how many head-averaged maps were computed explicitly
 
 
 @dataclass
@@ -169,10 +168,10 @@ class AttentionSwap:
     """What the swapping layers do during one model call.
 
     Row indices count within one cond_or_uncond branch of the batch. ``capture_store`` receives every
-    row's keys/values (the appearance call, or the inversion in fast mode). ``output_rows[j]`` attends
-    with its own queries to the keys/values of row ``source_rows[j]`` of ``source_store`` (a store
-    captured earlier: the appearance's, or a cached structure's) or, when ``source_store`` is None, of
-    this call (the structure rows of the joint call).
+    row's keys/values (the appearance call; the joint call when hints run the output rows again; the
+    inversion in fast mode). ``output_rows[j]`` attends with its own queries to the keys/values of row
+    ``source_rows[j]`` of ``source_store`` (a store captured earlier: the appearance's, or a cached
+    structure's) or, when ``source_store`` is None, of this call (the structure rows of the joint call).
     """
 
     levels: frozenset[int]
@@ -202,7 +201,6 @@ def record_attention_maps(
     for row, image in swap.map_rows:
         with torch.no_grad():  # the maps only feed k-means
             store[image] = mean_attention_weights(query[first + row], key[first + row], heads, swap.memory_budget)
-        swap.maps.explicit_computations += 1
 
 
 def route_attention(

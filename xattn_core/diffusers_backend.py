@@ -97,18 +97,29 @@ def decoder_attention_levels(unet) -> dict[int, int]:
     return {b: ranked.index(f) for b, f in factors.items()}
 
 
-def decoder_self_attention_processors(unet) -> dict[str, int]:
-    """Map processor name -> attention level for the decoder's self-attention layers (attn1 of ``up_blocks``).
+def decoder_attention_processors(unet, suffix: str) -> dict[str, int]:
+    """Map processor name -> attention level for the decoder's processors ending in ``suffix``, in forward order.
 
-    The layers :class:`DiffusersBackend` swaps in; names as in ``unet.attn_processors``.
+    Names as in ``unet.attn_processors``; ``"attn1.processor"`` selects self-attention, ``"attn2.processor"``
+    cross-attention.
     """
     names = list(unet.attn_processors)
     selected: dict[str, int] = {}
     for block_index, level in decoder_attention_levels(unet).items():
         for name in names:
-            if name.startswith(f"up_blocks.{block_index}.") and name.endswith("attn1.processor"):
+            if name.startswith(f"up_blocks.{block_index}.") and name.endswith(suffix):
                 selected[name] = level
     return selected
+
+
+def decoder_self_attention_processors(unet) -> dict[str, int]:
+    """The decoder's self-attention layers (attn1 of ``up_blocks``): the layers :class:`DiffusersBackend` swaps in."""
+    return decoder_attention_processors(unet, "attn1.processor")
+
+
+def _last_at_level(layers: dict[str, int], level: int) -> str | None:
+    """The last layer (forward order) of ``level``, or None."""
+    return ([name for name, layer_level in layers.items() if layer_level == level] or [None])[-1]
 
 
 class DiffusersBackend:
@@ -137,8 +148,8 @@ class DiffusersBackend:
         processors = dict(self._original_processors)
         swapping = decoder_self_attention_processors(unet)
         # the official masks read the last self-attention of level 0 and the last cross-attention of level 1
-        self_maps_layer = ([name for name, level in swapping.items() if level == 0] or [None])[-1]
-        cross_maps_layer = _last_layer(processors, decoder_attention_levels(unet), 1, "attn2.processor")
+        self_maps_layer = _last_at_level(swapping, 0)
+        cross_maps_layer = _last_at_level(decoder_attention_processors(unet, "attn2.processor"), 1)
         for name, level in swapping.items():
             processors[name] = SwapAttentionProcessor(name, level, self._state, name == self_maps_layer)
         if cross_maps_layer is not None:
@@ -196,17 +207,6 @@ class DiffusersBackend:
             uncond, cond = prediction.chunk(2)
             return uncond + self.cfg * (cond - uncond)
         return prediction
-
-
-def _last_layer(processors: dict, levels: dict[int, int], level: int, suffix: str) -> str | None:
-    """The last processor name (forward order) ending in ``suffix`` in the decoder blocks of ``level``."""
-    blocks = [block for block, block_level in levels.items() if block_level == level]
-    names = [
-        name
-        for name in processors
-        if name.endswith(suffix) and any(name.startswith(f"up_blocks.{block}.") for block in blocks)
-    ]
-    return names[-1] if names else None
 
 
 def _freeu_hook(base_channels: int, settings: FreeUSettings):

@@ -163,14 +163,10 @@ def draw_noisy_latents(clean: Tensor, sigmas: Tensor, seed: int) -> list[Tensor]
     are made in order whatever start step is used later, so an inversion that skips early steps sees
     exactly the same x_i as a full one with the same seed.
     """
-    steps = len(sigmas) - 1
-    draws = []
-    for image in range(clean.shape[0]):
-        generator = torch.Generator(device="cpu").manual_seed((seed + image) % 2**64)
-        draws.append([torch.randn(clean.shape[1:], generator=generator, dtype=torch.float32) for _ in range(steps)])
+    generators = [torch.Generator(device="cpu").manual_seed((seed + b) % 2**64) for b in range(clean.shape[0])]
     noisy = []
-    for i in range(steps):
-        draw = torch.stack([per_image[i] for per_image in draws])
+    for i in range(len(sigmas) - 1):
+        draw = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=torch.float32) for g in generators])
         noisy.append(clean + float(sigmas[i]) * draw.to(clean.device, clean.dtype))
     noisy.append(clean.clone())
     return noisy

@@ -1,14 +1,18 @@
 """The joint three-path sampler (the official ``models/stable_diffusion.py`` loop), written against a small
 backend interface.
 
-Per generation step the backend is asked for noise predictions in up to three calls:
+Per generation step the backend is asked for noise predictions in these calls:
 
 1. the appearance rows (capturing their keys/values when the output will attend to them);
 2. the output rows together with the structure rows, the output rows swapping attention;
-3. when swap guidance is active, the output rows alone without swapping (the "plain" pass).
+3. with output-only hints (ControlNet, ...), the output rows again, with the hints, attending to the
+   structure keys/values call 2 captured (call 2 then runs as it would without hints);
+4. when swap guidance is active, the output rows alone without swapping (the "plain" pass).
 
 In fast mode (inversions made with an attention cache) calls 1 and the structure half of 2 are
-replaced by what the inversion computed at the same latents, so only output rows are evaluated.
+replaced by what the inversion computed at the same latents, so only output rows are evaluated; with
+automatic masks, each replayed path gets one extra call, at the one step that records their attention
+maps.
 
 Every path then takes a DDPM step with its own stored noise map, and AdaIN pulls the output's
 latent statistics towards the appearance path.
@@ -69,7 +73,9 @@ class TransferResult:
     appearance: Tensor  # the appearance path's own final latents (a reconstruction)
     structure: Tensor  # the structure path's own final latents
     pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
-    appearance_masks: Tensor | None = None  # [appearances, 1, H, W]: the AdaIN masks used, given or automatic
+    # [appearances, 1, H, W]: the masks given or found; an output whose automatic mask came out empty used
+    # unmasked AdaIN (segmentation.output_masks) though its empty mask is returned here
+    appearance_masks: Tensor | None = None
     structure_masks: Tensor | None = None  # [structures, 1, H, W]
 
 
@@ -208,7 +214,12 @@ class JointSampler:
             appearance_keys_values = KeyValueStore() if wants_appearance else None
             capture = None
             if wants_appearance:
-                capture = AttentionSwap(step.swap_levels, self.settings.contrast, capture_store=appearance_keys_values)
+                capture = AttentionSwap(
+                    step.swap_levels,
+                    self.settings.contrast,
+                    capture_store=appearance_keys_values,
+                    memory_budget=self.settings.memory_budget,
+                )
             capture = self._with_maps(capture, maps, appearance_images)
             appearance_noise = backend.predict_noise(latents.appearance, sigma, capture, paths=True)
 
@@ -250,7 +261,9 @@ class JointSampler:
             frozenset(), self.settings.contrast, memory_budget=self.settings.memory_budget, maps=maps, map_rows=rows
         )
 
-    def _with_maps(self, swap: AttentionSwap | None, maps: AttentionMaps | None, rows) -> AttentionSwap | None:
+    def _with_maps(
+        self, swap: AttentionSwap | None, maps: AttentionMaps | None, rows: tuple[tuple[int, Hashable], ...]
+    ) -> AttentionSwap | None:
         if maps is None:
             return swap
         if swap is None:
