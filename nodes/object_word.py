@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..xattn_core.segmentation import ObjectWordError, word_positions
+from ..xattn_core.segmentation import ObjectWordError, split_words, word_positions
 from .common import CATEGORY
 
 OBJECT_TOKENS_KEY = "xattn_object_tokens"  # conditioning entry: one tuple of token positions per object word
@@ -85,7 +85,7 @@ class XAttnObjectPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text: str, object_word: str) -> io.NodeOutput:
-        words = [word.strip() for word in object_word.split(",") if word.strip()]
+        words = split_words(object_word)
         if not words:
             raise ValueError("object_word is empty: name the object as the prompt writes it, e.g. giraffe")
         tokens = clip.tokenize(text)

@@ -1,6 +1,7 @@
 """The command line: bad arguments are refused before anything loads, and a real run on the tiny pipeline."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ from PIL import Image
 
 import xattn_core.diffusers_pipeline as diffusers_pipeline
 from xattn_core.__main__ import PhaseProgress, build_parser, main
-from xattn_core.tiny import save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--steps", "6", "--start-step", "2", "--size", "128"]
@@ -27,13 +27,6 @@ def run_cli(*args):
         text=True,
         timeout=600,
     )
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    save_tiny_pipeline(folder)
-    return folder
 
 
 @pytest.fixture
@@ -61,21 +54,27 @@ def nothing_loads(monkeypatch):
         (["--model", "/no/such/folder"], "'/no/such/folder' is not a diffusers model folder (no model_index.json)"),
     ],
 )
-def test_bad_arguments_are_one_line_errors_before_anything_loads(flags, message, nothing_loads, capsys, model_folder):
-    code = main(["transfer", "--model", str(model_folder), *flags])
+def test_bad_arguments_are_one_line_errors_before_anything_loads(
+    flags, message, nothing_loads, capsys, tiny_model_folder
+):
+    code = main(["transfer", "--model", str(tiny_model_folder), *flags])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
 
 
-def test_a_missing_image_is_an_error_before_loading(nothing_loads, capsys, model_folder):
-    code = main(["transfer", "--model", str(model_folder), "--appearance", "/no/such/image.png"])
+def test_a_missing_image_is_an_error_before_loading(nothing_loads, capsys, tiny_model_folder):
+    code = main(["transfer", "--model", str(tiny_model_folder), "--appearance", "/no/such/image.png"])
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: image not found: /no/such/image.png"
 
 
 def test_help_shows_the_paper_defaults():
     text = build_parser()._subparsers._group_actions[0].choices["transfer"].format_help()
+    # one entry per option, so a default is read from its own flag's help (two flags default to 3.5)
+    entries = {
+        entry.split()[0]: " ".join(entry.split()) for entry in re.split(r"\n  (?=-)", text) if entry.startswith("-")
+    }
     for flag, default in (
         ("--steps", "100"),
         ("--start-step", "32"),
@@ -84,7 +83,8 @@ def test_help_shows_the_paper_defaults():
         ("--contrast", "1.67"),
         ("--size", "512"),
     ):
-        assert f"{flag}" in text and f"(default: {default})" in text, flag
+        assert f"(default: {default})" in entries[flag], (flag, entries[flag])
+    assert "(default: None)" not in entries["--object-word"] and "(default: none," in entries["--object-word"]
 
 
 def test_progress_off_a_terminal_is_plain_lines(capsys):
@@ -104,9 +104,9 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
     assert lines[-1].startswith("generate: 3/3 steps")
 
 
-def test_command_line_writes_an_image(model_folder, tmp_path):
+def test_command_line_writes_an_image(tiny_model_folder, tmp_path):
     out = tmp_path / "result.png"
-    done = run_cli("--model", str(model_folder), *TINY_RUN, "--out", str(out))
+    done = run_cli("--model", str(tiny_model_folder), *TINY_RUN, "--out", str(out))
     assert done.returncode == 0, done.stderr
     # one plain progress line per phase step here (stderr is a pipe), the invert phase closed first
     assert "invert: 4/4 steps" in done.stderr and "generate: 4/4 steps" in done.stderr
@@ -118,10 +118,10 @@ def test_command_line_writes_an_image(model_folder, tmp_path):
     assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 100  # not a blank image
 
 
-def test_fast_flag_smoke(model_folder, tmp_path):
+def test_fast_flag_smoke(tiny_model_folder, tmp_path):
     """Loose on purpose: fast and normal mode agree step by step (tests/test_fast_mode.py); end to end their
     images differ by rounding that random weights amplify, so this only checks the flag runs and is close."""
-    common = ["--model", str(model_folder), *TINY_RUN, "--cfg", "3.5"]
+    common = ["--model", str(tiny_model_folder), *TINY_RUN, "--cfg", "3.5"]
     images = []
     for flags in ([], ["--fast"]):
         out = tmp_path / f"result{len(images)}.png"
@@ -141,10 +141,10 @@ def test_unreachable_hub_model_is_one_short_line():
     assert "local diffusers folder" in lines[0] and "stacktrace" not in lines[0] and len(lines[0]) < 300
 
 
-def test_object_word_turns_on_automatic_masks_and_writes_them(model_folder, tmp_path):
+def test_object_word_turns_on_automatic_masks_and_writes_them(tiny_model_folder, tmp_path):
     out = tmp_path / "result.png"
     prompt = ["--prompt", "A photo of a giraffe", "--object-word", "giraffe"]
-    done = run_cli("--model", str(model_folder), *TINY_RUN, *prompt, "--out", str(out))
+    done = run_cli("--model", str(tiny_model_folder), *TINY_RUN, *prompt, "--out", str(out))
     assert done.returncode == 0, done.stderr
     for role in ("appearance", "structure"):
         mask = Image.open(tmp_path / f"result_{role}_mask.png")
@@ -154,8 +154,8 @@ def test_object_word_turns_on_automatic_masks_and_writes_them(model_folder, tmp_
     assert "Traceback" not in done.stderr
 
 
-def test_a_word_the_prompt_lacks_is_refused_before_the_model_loads(nothing_loads, capsys, model_folder):
+def test_a_word_the_prompt_lacks_is_refused_before_the_model_loads(nothing_loads, capsys, tiny_model_folder):
     prompt = ["--prompt", "A photo of a cat", "--object-word", "dog"]
-    assert main(["transfer", "--model", str(model_folder), *prompt]) == 2
+    assert main(["transfer", "--model", str(tiny_model_folder), *prompt]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: object word 'dog' is not in the prompt; the prompt reads 'a photo of a cat'")

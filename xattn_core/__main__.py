@@ -12,17 +12,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli_common import PhaseProgress, add_setting_flags, options_from, resolve_device
+from .cli_common import HelpFormat, PhaseProgress, add_setting_flags, options_from, resolve_device, writable_folder
 from .diffusers_pipeline import SAMPLES, ModelLoadError, check_model_name
-
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m xattn_core",
         description="Cross-Image Attention appearance transfer",
-        formatter_class=HELP_FORMAT,
+        formatter_class=HelpFormat,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
@@ -31,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Invert both images, generate the structure with the appearance's look, write the result. "
         "A transfer at the paper's settings takes 533 image-evaluations of the model (272 inverting, 261 "
         "generating).",
-        formatter_class=HELP_FORMAT,
+        formatter_class=HelpFormat,
     )
     run.add_argument(
         "--appearance",
@@ -66,11 +64,7 @@ def check_output(path: str) -> Path:
     out = Path(path)
     if out.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"--out {path!r}: unknown image format {out.suffix!r}; use .png, .jpg or .webp")
-    folder = out.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ValueError(f"--out {path!r}: cannot write into {folder}")
+    writable_folder(out.parent, "--out")
     return out
 
 
@@ -96,7 +90,7 @@ def _run(argv: list[str] | None) -> int:
         return run_batch(args)
     try:
         options = options_from(args)
-        device = resolve_device(getattr(args, "device", None))
+        device = resolve_device(args.device)
         out = check_output(args.out)
         check_model_name(args.model)
         from .diffusers_pipeline import load_image

@@ -30,7 +30,15 @@ import torch
 from PIL import Image
 
 from .batch_csv import InputImage, Pair
-from .diffusers_pipeline import Progress, TransferOptions, generate, invert_images, load_image, write_transfer
+from .diffusers_pipeline import (
+    Progress,
+    TransferOptions,
+    first_line,
+    generate,
+    invert_images,
+    load_image,
+    write_transfer,
+)
 from .inversion import Inversion
 from .inversion_file import InversionFileError, load_inversion, save_inversion
 
@@ -177,10 +185,6 @@ def _write_record(pair: Pair, settings: BatchSettings, record: PairRecord) -> No
     _replace_atomically(output_path(pair, settings).with_suffix(".json"), lambda path: path.write_text(text))
 
 
-def _one_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def _mask(mask: InputImage | None, device: str) -> torch.Tensor | None:
     if mask is None:
         return None
@@ -253,7 +257,7 @@ class PairRunner:
                 return PairOutcome(pair.row, "kept", record)
             return PairOutcome(pair.row, "done", self._transfer(pair, force if reinvert is None else reinvert))
         except (OSError, ValueError, RuntimeError) as error:  # RuntimeError includes running out of memory
-            return PairOutcome(pair.row, "failed", error=_one_line(error))
+            return PairOutcome(pair.row, "failed", error=first_line(error))
 
     def _transfer(self, pair: Pair, reinvert: bool) -> PairRecord:
         settings, device = self.settings, self.settings.device

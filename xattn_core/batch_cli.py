@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from .batch import BatchSettings, PairOutcome, PairRunner
 from .batch_csv import CSV_HELP, PairsFileError, read_pairs
-from .cli_common import PhaseProgress, add_setting_flags, options_from, resolve_device
+from .cli_common import HelpFormat, PhaseProgress, add_setting_flags, options_from, resolve_device, writable_folder
 from .contact_sheet import sheet_rows, write_index, write_results_csv
 from .diffusers_pipeline import ModelLoadError, TransferOptions, check_model_name
 
 
-class _HelpFormat(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown (but not absent ones), and the pairs-file description kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+class _HelpFormat(HelpFormat, argparse.RawDescriptionHelpFormatter):
+    """The command line's help format, with the pairs-file description kept as written."""
 
 
 def add_batch_command(commands) -> None:
@@ -64,7 +60,7 @@ def add_batch_command(commands) -> None:
 
 
 def _device(args: argparse.Namespace) -> str | None:
-    name = getattr(args, "device", None)
+    name = args.device
     if not args.ray:
         if args.ray_actors is not None or args.ray_cpus is not None:
             raise ValueError("--ray-actors and --ray-cpus need --ray")
@@ -79,11 +75,9 @@ def _device(args: argparse.Namespace) -> str | None:
 
 def _check_folder(path: str) -> Path:
     folder = Path(path).expanduser()
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"--out {path!r}: {existing} is a file, not a folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {path!r} is a file, not a folder")
+    writable_folder(folder, "--out")
     return folder.resolve()
 
 
@@ -171,7 +165,7 @@ def run_batch(args: argparse.Namespace) -> int:
     for error in errors:
         print(f"row {error.row} skipped: {error.message}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = BatchSettings(args.model, device or "cpu", replace(options, object_words=()), out_dir, dino)
+    settings = BatchSettings(args.model, device or "cpu", options, out_dir, dino)
     outcomes: dict[int, PairOutcome] = {}
     progress = PairsProgress(len(pairs))
 

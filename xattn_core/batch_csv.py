@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .diffusers_pipeline import TransferOptions, load_image
+from .segmentation import split_words
 
 REQUIRED = ("structure", "appearance", "prompt")
 OPTIONAL = ("object_word", "structure_mask", "appearance_mask", "seed")
@@ -79,11 +80,6 @@ class RowError:
 
 WordCheck = Callable[[str, tuple[str, ...]], object]
 """``(prompt, object words)``; raises ValueError when a word is not in the prompt."""
-
-
-def split_words(text: str | None) -> tuple[str, ...]:
-    """Comma-separated object words, blanks dropped."""
-    return tuple(word.strip() for word in (text or "").split(",") if word.strip())
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 from .diffusers_pipeline import DEFAULT_MODEL, TransferOptions
 from .inversion import InversionSettings
 from .plan import PlanSettings
+from .segmentation import split_words
 from .transfer import TransferSettings
+
+
+class HelpFormat(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each default, except for flags without one (their help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """The nearest existing folder at or above ``path``, or ValueError when it is a file or cannot be written."""
+    folder = path
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {str(path)!r}: cannot write into {folder}")
+    return folder
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, fast: bool = True) -> None:
@@ -37,7 +57,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, fast: bool = True) -> Non
             "--inversion-cfg, otherwise an approximation",
         )
     parser.add_argument(
-        "--device", default=argparse.SUPPRESS, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
     )
 
 
@@ -47,7 +67,7 @@ def options_from(args: argparse.Namespace) -> TransferOptions:
     transfer = TransferSettings(
         plan=PlanSettings(swap_guidance=args.swap_guidance), contrast=args.contrast, cfg=args.cfg
     )
-    words = tuple(word.strip() for word in (getattr(args, "object_word", None) or "").split(",") if word.strip())
+    words = split_words(getattr(args, "object_word", None))
     return TransferOptions(
         inversion=inversion,
         transfer=transfer,

@@ -29,6 +29,11 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (its type's name when it has none): one line for the user."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _looks_local(model: str) -> bool:
     return model.startswith((".", "/", "~")) or Path(model).suffix != "" or Path(model).expanduser().exists()
 
@@ -79,7 +84,7 @@ def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: torch.d
     except Exception as error:  # noqa: BLE001 - diffusers raises many kinds; all mean "cannot load"
         if not _looks_local(model):
             raise ModelLoadError(_hub_failure(model, error)) from None
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = first_line(error)[:200]
         raise ModelLoadError(f"cannot load the diffusers model in {model!r} ({reason})") from None
     return pipe.to(device)
 

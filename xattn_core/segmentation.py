@@ -145,7 +145,7 @@ def automatic_masks(
         if image not in maps.self_maps or image not in maps.cross_maps:
             raise ValueError(
                 "automatic masks need a decoder self-attention level and a lower cross-attention level; this "
-                "model recorded none for the " + role + " image (connect masks or set adain_masks to none)"
+                "model recorded none for the " + role + " image (give masks, or turn the automatic masks off)"
             )
         self_map, cross_map = maps.self_maps[image], maps.cross_maps[image]
         mask = object_mask(
@@ -197,6 +197,11 @@ def _readable(tokens: Sequence[str]) -> tuple[list[str], str]:
     else:
         text = " ".join(shown)
     return shown, text.strip()
+
+
+def split_words(text: str | None) -> tuple[str, ...]:
+    """Object words as users type them: comma-separated, blanks dropped."""
+    return tuple(word.strip() for word in (text or "").split(",") if word.strip())
 
 
 def word_positions(prompt_tokens: Sequence[str], word_tokens: Sequence[str], word: str) -> list[int]:
