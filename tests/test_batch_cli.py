@@ -94,3 +94,21 @@ def test_a_local_batch_never_imports_ray(pilot, tiny_model_folder, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "outputs" / "002_s1__a2.png").is_file()
+
+
+def test_a_row_with_an_object_word_and_a_mask_is_skipped(pilot):
+    """Given masks turn the automatic ones off, so a row asking for both is refused before any model call."""
+    from xattn_core.batch_csv import read_pairs
+    from xattn_core.diffusers_pipeline import TransferOptions
+
+    pairs = pilot.parent / "masked.csv"
+    pairs.write_text(
+        "structure,appearance,prompt,object_word,structure_mask\n"
+        f"s1.png,a1.png,{PROMPT},animal,s2.png\n"
+        f"s1.png,a1.png,{PROMPT},,s2.png\n"
+    )
+    good, bad = read_pairs(pairs, TransferOptions(size=128))
+    assert [pair.row for pair in good] == [3] and good[0].structure_mask.path == pilot.parent / "s2.png"
+    assert [(error.row, error.message) for error in bad] == [
+        (2, "object_word and structure_mask exclude each other (given masks replace the automatic ones)")
+    ]

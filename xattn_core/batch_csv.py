@@ -26,7 +26,8 @@ PAIRS.csv: one transfer a row, with a header naming its columns (any order, comm
   prompt           "A photo of a <domain>"                              (required)
   object_word      the word naming the object in the prompt (several: comma-separated, quote the field);
                    turns on the automatic AdaIN masks, as --object-word does for transfer
-  structure_mask   a black-and-white image: where AdaIN changes the output (instead of automatic masks)
+  structure_mask   a black-and-white image: where AdaIN changes the output (instead of automatic masks:
+                   not with object_word on the same row)
   appearance_mask  where AdaIN measures the appearance's colours
   seed             the inversion seed of this row (default: --seed)
 Paths are absolute or relative to the CSV's folder. Rows are numbered as a spreadsheet numbers them (the
@@ -156,6 +157,10 @@ def _pair(row: int, values: dict[str, str], inputs: _Inputs, options: TransferOp
     if object_words and words is not None:
         words(values["prompt"], object_words)
     masks = {name: inputs.get(values[name], name) for name in ("structure_mask", "appearance_mask") if values.get(name)}
+    if object_words and masks:  # given masks turn the automatic ones off: say so rather than drop the word
+        raise ValueError(
+            f"object_word and {' and '.join(masks)} exclude each other (given masks replace the automatic ones)"
+        )
     return Pair(
         row=row,
         structure=inputs.get(values["structure"], "structure"),

@@ -268,7 +268,7 @@ def write_transfer(image: Image.Image, result: TransferResult, out: Path, option
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     written = []
-    if options.object_words and result.structure_masks is not None:
+    if options.object_words and result.structure_masks is not None and result.appearance_masks is not None:
         for role, masks in (("appearance", result.appearance_masks), ("structure", result.structure_masks)):
             mask_path = out.with_name(f"{out.stem}_{role}_mask.png")
             mask_image(masks[0], options.size).save(mask_path)
