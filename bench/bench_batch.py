@@ -6,11 +6,12 @@ Run from the repository root, with the project's Python environment active (Ray 
     python bench/bench_batch.py --no-ray           # local only
     python bench/bench_batch.py --steps 100 --start-step 32 --size 512   # the paper's schedule (slow on CPU)
 
-The pilot set is the four images shipped in ``xattn_core/samples`` as four pairs (each image inverted once
-per role). Every run writes into a fresh folder, so every pair inverts and generates; a second run over the
-same folder measures resuming. Ray runs on a local cluster with as many CPUs as this process may use, one
-actor holding one model replica with all of them, which is what the local run gets too. Its cluster start
-is timed apart from the job: a cluster is usually running already.
+The pilot set is the four images shipped in ``xattn_core/samples`` as four pairs; an image is inverted once
+per role and prompt, 7 inversions in all (the report counts them). Every run writes into a fresh folder, so
+every pair inverts and generates; a second run over the same folder measures resuming. Ray runs on a local
+cluster with as many CPUs as this process may use, one actor holding one model replica with all of them,
+which is what the local run gets too. Its cluster start is timed apart from the job: a cluster is usually
+running already.
 """
 
 # ruff: noqa: E402 (imports follow the sys.path set-up that lets this file run as a script)
@@ -32,9 +33,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from xattn_core.__main__ import main as command_line
+from xattn_core.diffusers_pipeline import SAMPLES
 from xattn_core.tiny import save_tiny_pipeline
 
-SAMPLES = ROOT / "xattn_core" / "samples"
 PAIRS = [  # structure, appearance, prompt, object word
     ("giraffe.jpg", "zebra.jpg", "A photo of an animal", "animal"),
     ("zebra.jpg", "giraffe.jpg", "A photo of an animal", "animal"),
@@ -85,7 +86,11 @@ def main() -> None:
         print(f"{count} pairs, {args.steps} steps from {args.start_step}, {args.size} px, tiny pipeline, {cpus} CPUs")
         local = timed_batch([*common, "--out", str(scratch / "local")])
         resumed = timed_batch([*common, "--out", str(scratch / "local")])
-        print(f"local: {local:.1f} s, {local / count:.2f} s per pair (model load included); rerun {resumed:.2f} s")
+        inversions = len(list((scratch / "local" / "inversions").glob("*.safetensors")))
+        print(
+            f"local: {local:.1f} s, {local / count:.2f} s per pair (model load and {inversions} inversions included); "
+            f"rerun {resumed:.2f} s"
+        )
         if args.no_ray:
             return
         import ray

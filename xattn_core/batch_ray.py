@@ -6,7 +6,8 @@ Actors write into the batch folder themselves: it and the images must have the s
 shared filesystem); the driver shows progress and writes the contact sheet.
 
 Two jobs, so that every image is inverted once however many actors run: first each missing inversion, then
-the pairs, whose inversions are then all in the cache. Pairs finished earlier never reach Ray.
+the pairs, whose inversions are then all in the cache. Pairs finished earlier never reach Ray, except to be
+scored when ``--dino`` is new to them (their inversions are then made again if they were deleted).
 """
 
 from __future__ import annotations
