@@ -5,8 +5,9 @@
   plus the official FreeU variant as an output-block patch. The patches read the per-call
   directive that :class:`ComfyBackend` puts into ``transformer_options``; with none, they are
   ordinary attention.
-- :func:`run_in_guider` runs an engine loop as a KSAMPLER function through ``CFGGuider.sample``,
-  so model loading/offloading, ControlNet, hooks and wrappers behave exactly as in KSampler.
+- :func:`run_in_guider` runs an engine loop as a KSAMPLER function through a :class:`TransferGuider` (a
+  ``CFGGuider`` whose path calls get the prompts without hints), so model loading/offloading, ControlNet,
+  hooks and wrappers behave as in KSampler.
 """
 
 from __future__ import annotations

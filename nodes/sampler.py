@@ -91,8 +91,9 @@ VAE_SCALE = 8  # pixels per latent cell for the SD 1.x/2.x/SDXL VAEs the pack su
 
 
 def mask_output(masks: torch.Tensor | None, inversion: Inversion) -> torch.Tensor:
-    """The AdaIN masks used, one per image of ``inversion``, at pixel size (all ones when AdaIN was unmasked),
-    so they can be previewed, edited with mask nodes and fed back."""
+    """The masks given or found, one per image of ``inversion``, at pixel size, so they can be previewed, edited
+    with mask nodes and fed back: all ones when AdaIN was unmasked, all zero where the automatic masks found no
+    object (AdaIN then ran unmasked for the outputs of that image)."""
     if masks is None:
         masks = torch.ones(inversion.batch_size, 1, *inversion.clean.shape[-2:])
     return torch.nn.functional.interpolate(masks.float().cpu(), scale_factor=VAE_SCALE, mode="nearest")[:, 0]

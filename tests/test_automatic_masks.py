@@ -3,8 +3,8 @@ SDXL-shaped): what is recorded, when, for which rows and layers, and how the mas
 
 Random weights do not segment anything (their clusters are noise), so the tests that follow the masks into
 AdaIN hand the engine synthetic attention maps with a known object at the recording layers, after checking
-that the real model recorded its own maps there. k-means and the labelling are tested on their own in
-tests/test_segmentation.py.
+that the real model recorded its own maps there. k-means is tested on its own in tests/test_kmeans.py, the
+labelling in tests/test_segmentation.py.
 """
 
 import dataclasses

@@ -4,13 +4,14 @@ the bench runs the same model at 512 px)."""
 import pytest
 import torch
 
+from tests.stepwise import teacher_forced
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
 from xattn_core.inversion import invert
 from xattn_core.pairing import pair_rows
 from xattn_core.plan import PlanSettings, build_plan, model_evaluations
 from xattn_core.schedule import paper_sigmas
-from xattn_core.transfer import TransferSettings, transfer
+from xattn_core.transfer import JointSampler, TransferSettings, transfer
 
 STEPS, START = 20, 6  # 14 generation steps; first mixing step 3 (counter 2 = 0.1 * 20)
 FIRST_MIXING = 3
@@ -135,6 +136,11 @@ def test_output_hints_give_the_output_rows_calls_of_their_own(unet, inversions):
         hinted_backend = Hinted(backend)
         hinted = transfer(hinted_backend, appearance, structure)
         evaluations = backend.image_evaluations - before
+        # no real hint here, so the output calls must predict what the joint call did, one step at a time
+        # (batch composition differs: rounding only)
+        per_step = teacher_forced(
+            JointSampler(backend, appearance, structure), JointSampler(Hinted(backend), appearance, structure)
+        )
     assert torch.equal(hinted.structure, plain.structure) and torch.equal(hinted.appearance, plain.appearance)
     plan = build_plan(STEPS, START)
     assert evaluations == model_evaluations(plan) + len(plan)  # one more output row per step
@@ -146,6 +152,7 @@ def test_output_hints_give_the_output_rows_calls_of_their_own(unet, inversions):
     assert output_calls.count((False, True)) == sum(step.swaps for step in plan)
     structure_steps = [step for step in plan if step.swaps and step.kv_source.value == "structure"]
     assert structure_steps  # the output call then reads the structure keys/values the joint call captured
+    assert max(per_step) <= 1e-4, per_step
 
 
 def test_a_noise_mask_on_the_structure_keeps_everything_outside_it_exactly(unet, inversions, default_run):

@@ -142,8 +142,10 @@ def test_image_i_of_a_batch_draws_the_noise_of_a_single_inversion_with_seed_plus
         alone = invert(predict, clean[image : image + 1], sigmas, start_step=2, seed=40 + image)
         assert torch.equal(batch.latents[:, image : image + 1], alone.latents)
         assert torch.equal(batch.noise_maps[:, image : image + 1], alone.noise_maps)
-    top = invert(predict, clean[:1], sigmas, seed=2**64 - 1)  # seeds wrap around like torch's own range
+    top = invert(predict, clean[:2], sigmas, seed=2**64 - 1)  # seeds wrap around like torch's own range
     assert torch.isfinite(top.latents).all()
+    wrapped = invert(predict, clean[1:2], sigmas, seed=0)  # image 1 draws with (2**64 - 1) + 1, i.e. 0
+    assert torch.equal(top.latents[:, 1:2], wrapped.latents)
 
 
 def test_noise_mask_survives_the_file_and_old_files_stay_version_1(tmp_path):

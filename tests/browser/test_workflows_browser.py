@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import re
 import shutil
@@ -30,6 +31,7 @@ from browser_devtools import (
     to_jpeg,
 )
 from comfyui_support import COMFYUI_PATH, load_snapshot_module
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -182,6 +184,9 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_screenshot_is_the_templates_thumbnail(browser_results, name):
     """The front end's template browser shows workflows/<name>.jpg; docs/workflows.md shows it too."""
+    screenshot = Image.open(io.BytesIO(browser_results[name]["png"])).convert("RGB")
+    colours = screenshot.getcolors(maxcolors=1 << 16)  # None: more colours than that
+    assert colours is None or len(colours) > 200, f"{name}: the screenshot is nearly blank ({len(colours)} colours)"
     jpeg = to_jpeg(browser_results[name]["png"], MAX_BYTES)
     assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) < MAX_BYTES
     (WORKFLOWS / f"{name}.jpg").write_bytes(jpeg)

@@ -1,6 +1,7 @@
 """ComfyUI work the tests run in a subprocess, with ComfyUI imported there (it parses its own state at import).
 
 python comfy_tasks.py checkpoint sd15|sdxl FILE   # write a random-weight checkpoint
+python comfy_tasks.py controlnet FILE              # write a random-weight SD 1.5 ControlNet
 python comfy_tasks.py validate INPUT_DIR OUTPUT_DIR CKPT_DIR API_FILE...  # execution.validate_prompt
 """
 

@@ -210,7 +210,8 @@ def invert_node(
 
 
 def sample_node(ns, model, appearance, structure, *, positive=None, negative=None, **inputs):
-    """The Cross-Image Attention Sampler's outputs (output, appearance and structure reconstructions).
+    """The Cross-Image Attention Sampler's five outputs: output, appearance and structure reconstructions,
+    appearance and structure masks.
 
     Every widget takes the node's own default unless given in ``inputs``, as a graph would send it.
     """

@@ -96,7 +96,7 @@ def test_masks_go_through_grow_mask_and_back_into_the_sampler(comfy, setup):
 
     first = with_masks(square, square)
     assert torch.equal(first[4], square) and torch.equal(first[3], square)  # the masks used, as given
-    # fed back unchanged: the same transfer, bit for bit
+    # fed back unchanged (they came back as given): the same transfer, bit for bit, i.e. a deterministic run
     again = with_masks(first[3], first[4])
     assert torch.equal(again[0]["samples"], first[0]["samples"])
     (grown,) = GrowMask().expand_mask(first[4], 16, True)

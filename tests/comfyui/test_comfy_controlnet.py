@@ -73,10 +73,6 @@ def test_controlnet_steers_the_output_and_leaves_the_reconstructions_alone(
     difference = (hinted[0]["samples"] - plain[0]["samples"]).abs().max().item()
     print(f"\ncfg {cfg}, 1 x {structures}: max |output with ControlNet - without| = {difference:.3f}")
     assert difference > 1e-2
-    off = sample_node(
-        comfy, sd15, appearance, structure, positive=with_control(conditioning(1), controlnet, 0.0), cfg=cfg
-    )
-    assert torch.equal(off[0]["samples"], plain[0]["samples"])
 
 
 def test_fast_mode_keeps_the_controlnet_on_the_output(comfy, sd15, controlnet):
