@@ -1,4 +1,5 @@
-"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., eta = 1) in sigma space."""
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., eta = 1) in sigma space, and its rectified-flow
+analogue (``flow.py``) for flow models such as Flux."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import torch
 from torch import Tensor
 
 from .attention import AttentionSwap, KeyValueStore
+from .flow import FLOW, flow_noise_map, flow_noisy, flow_step
 from .plan import SWAP_LEVELS
-from .schedule import noise_map
+from .schedule import ddpm_step, noise_map
 from .settings import bounded, check_ranges
+
+DDPM = "ddpm"  # the step kind of edit-friendly DDPM inversion (the paper's); see Inversion.step_kind
+STEP_KIND_KEY = "step_kind"  # metadata key; inversions without it are DDPM ones
+STEP_KINDS = (DDPM, FLOW)
 
 NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
 """``(latents [R, C, H, W], sigmas [R], swap) -> noise prediction [R, C, H, W]``, guidance included.
@@ -102,6 +108,16 @@ class Inversion:
     def batch_size(self) -> int:
         return self.clean.shape[0]
 
+    @property
+    def step_kind(self) -> str:
+        """DDPM (variance-exploding sigma space) or FLOW (rectified flow, sigma from 1 to 0)."""
+        return self.metadata.get(STEP_KIND_KEY, DDPM)
+
+    @property
+    def stepper(self) -> Callable[[Tensor, Tensor, float, float, Tensor | None], Tensor]:
+        """``(latent, prediction, sigma, sigma_next, noise map) -> next latent``: the step of this kind."""
+        return flow_step if self.step_kind == FLOW else ddpm_step
+
     def latent_at(self, step: int) -> Tensor:
         return self.latents[self._index(step, self.steps)]
 
@@ -155,8 +171,8 @@ class Inversion:
         )
 
 
-def draw_noisy_latents(clean: Tensor, sigmas: Tensor, seed: int) -> list[Tensor]:
-    """x_i = x0 + sigma_i * n_i with independent n_i for i < N, and x_N = x0.
+def draw_noisy_latents(clean: Tensor, sigmas: Tensor, seed: int, kind: str = DDPM) -> list[Tensor]:
+    """x_i = x0 + sigma_i * n_i (FLOW: (1 - sigma_i) x0 + sigma_i n_i) with independent n_i for i < N, and x_N = x0.
 
     Image ``b`` of the batch draws from its own generator seeded ``seed + b`` (ComfyUI's batch-index
     convention), so it gets exactly the noise it gets when inverted alone with that seed. All N draws
@@ -167,7 +183,8 @@ def draw_noisy_latents(clean: Tensor, sigmas: Tensor, seed: int) -> list[Tensor]
     noisy = []
     for i in range(len(sigmas) - 1):
         draw = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=torch.float32) for g in generators])
-        noisy.append(clean + float(sigmas[i]) * draw.to(clean.device, clean.dtype))
+        draw = draw.to(clean.device, clean.dtype)
+        noisy.append(flow_noisy(clean, float(sigmas[i]), draw) if kind == FLOW else clean + float(sigmas[i]) * draw)
     noisy.append(clean.clone())
     return noisy
 
@@ -178,21 +195,29 @@ def invert(
     sigmas: Tensor,
     start_step: int = 0,
     seed: int = 0,
-    zero_last_noise: bool = True,
+    zero_last_noise: bool | None = None,
     callback: StepCallback | None = None,
     cache: CacheSettings | None = None,
+    kind: str = DDPM,
 ) -> Inversion:
     """Invert a batch of clean latents, one model call per step for all images of the batch.
 
-    ``zero_last_noise`` reproduces the official code, which zeroes the last noise map. With
-    ``cache`` (fast mode) the predictions and the swapping levels' keys/values are kept too.
+    ``kind`` is DDPM (the paper's) or FLOW (rectified flow, see ``flow.py``). ``zero_last_noise`` (default: for
+    DDPM only) reproduces the official code, which zeroes the last noise map; a flow inversion keeps it, so its
+    regeneration reconstructs every step exactly. With ``cache`` (fast mode) the predictions and the swapping
+    levels' keys/values are kept too.
     """
+    if kind not in STEP_KINDS:
+        raise ValueError(f"unknown inversion kind {kind!r}; use one of {', '.join(STEP_KINDS)}")
+    if zero_last_noise is None:
+        zero_last_noise = kind == DDPM
     steps = len(sigmas) - 1
     if not 0 <= start_step < steps:
         raise ValueError(f"start step must be in 0..{steps - 1} for {steps} steps, got {start_step}")
     if clean.shape[0] == 0:
         raise ValueError("cannot invert an empty latent batch")
-    noisy = draw_noisy_latents(clean, sigmas, seed)
+    noisy = draw_noisy_latents(clean, sigmas, seed, kind)
+    map_for = flow_noise_map if kind == FLOW else noise_map
     batch = clean.shape[0]
     todo = range(start_step, steps)
     noise_maps: list[Tensor] = []
@@ -204,7 +229,7 @@ def invert(
             captured = KeyValueStore(substitute_branches=True)
             swap = AttentionSwap(levels=cache.levels, contrast=1.0, capture_store=captured)  # capture only
         prediction = predict_noise(noisy[i], sigmas[i].expand(batch).to(clean.device), swap)
-        noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
+        noise_maps.append(map_for(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
         if cache is not None and captured is not None:
             kept_predictions.append(prediction)
             if cache.branches is not None:
@@ -226,6 +251,7 @@ def invert(
         latents=torch.stack(noisy[start_step:]),
         noise_maps=torch.stack(noise_maps),
         attention=attention,
+        metadata={} if kind == DDPM else {STEP_KIND_KEY: kind},
     )
 
 

@@ -30,6 +30,11 @@ def check_compatible(appearance: Inversion, structure: Inversion, start_step: in
             f"the appearance inversion ({appearance.steps} steps) and the structure inversion "
             f"({structure.steps} steps) use different schedules; invert both with the same steps and sigmas"
         )
+    if appearance.step_kind != structure.step_kind:
+        raise ValueError(
+            f"the appearance inversion is a {appearance.step_kind} inversion and the structure one a "
+            f"{structure.step_kind} one (different model families); invert both with the same model"
+        )
     if appearance.clean.shape[1] != structure.clean.shape[1]:
         raise ValueError("the appearance and structure inversions have different latent channel counts")
     earliest = max(appearance.start_step, structure.start_step)

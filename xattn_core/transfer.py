@@ -34,7 +34,6 @@ from .attention import DEFAULT_MEMORY_BUDGET, AttentionMaps, AttentionSwap, KeyV
 from .inversion import Inversion
 from .pairing import check_compatible, pair_rows
 from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
-from .schedule import ddpm_step
 from .segmentation import automatic_masks, output_masks
 from .settings import bounded, check_ranges
 
@@ -283,15 +282,16 @@ class JointSampler:
         )
 
     def advance(self, step: StepPlan, latents: PathLatents, noise: StepNoise) -> PathLatents:
-        """Every path's DDPM step with its own stored noise map, then AdaIN on the output."""
+        """Every path's stochastic step (DDPM or flow) with its own stored noise map, then AdaIN on the output."""
         i = step.global_step
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         structure_maps = self.structure.noise_at(i)
-        output = ddpm_step(latents.output, noise.output, sigma, sigma_next, structure_maps[self.structure_rows])
-        appearance_path = ddpm_step(
+        step_path = self.appearance.stepper  # DDPM, or rectified flow (check_compatible made both kinds agree)
+        output = step_path(latents.output, noise.output, sigma, sigma_next, structure_maps[self.structure_rows])
+        appearance_path = step_path(
             latents.appearance, noise.appearance, sigma, sigma_next, self.appearance.noise_at(i)
         )
-        structure_path = ddpm_step(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
+        structure_path = step_path(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
         if step.adain:
             style = appearance_path[self.appearance_rows]
             output = adain(output, style, self.content_mask, self.style_mask, self.settings.adain_strength)
