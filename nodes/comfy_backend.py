@@ -1,13 +1,12 @@
-"""ComfyUI glue: patch a clone of the MODEL and run engine loops inside ComfyUI's sampling machinery.
+"""ComfyUI glue every model family shares: run engine loops inside ComfyUI's sampling machinery.
 
-- :func:`patch_model` clones the ModelPatcher and sets attn1 replace patches on the decoder
-  blocks of the two highest-resolution attention levels (found from the model's own structure),
-  plus the official FreeU variant as an output-block patch. The patches read the per-call
-  directive that :class:`ComfyBackend` puts into ``transformer_options``; with none, they are
-  ordinary attention.
+- A model family (:class:`ModelFamily`; ``unet_family.py``, ``flux_family.py``) patches a clone of the MODEL
+  so that its swapping layers read the per-call directive :class:`ComfyBackend` puts into
+  ``transformer_options``; with none, they are ordinary attention. :func:`family_of` picks the family.
 - :func:`run_in_guider` runs an engine loop as a KSAMPLER function through a :class:`TransferGuider` (a
   ``CFGGuider`` whose path calls get the prompts without hints), so model loading/offloading, ControlNet,
   hooks and wrappers behave as in KSampler.
+- Fingerprints of the weights and prompts, stored with inversions.
 """
 
 from __future__ import annotations
@@ -15,146 +14,57 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
+import comfy.model_sampling
 import comfy.samplers
 import torch
 from torch import Tensor
 
-from ..xattn_core.attention import AttentionSwap, record_attention_maps, route_attention
-from ..xattn_core.freeu import FreeUSettings, official_freeu
-from ..xattn_core.plan import SWAP_LEVELS
+from ..xattn_core.attention import AttentionSwap
+from ..xattn_core.freeu import FreeUSettings
 
 SWAP_KEY = "xattn_swap"  # transformer_options key carrying the AttentionSwap of a model call
+# ComfyUI >= 0.3.6x routes optimized_attention through transformer_options["optimized_attention_override"]
+# (wrap_attn); older versions take no transformer_options argument at all
+ATTENTION_TAKES_OPTIONS = hasattr(comfy_attention, "wrap_attn")
 
 
 class UnsupportedModelError(ValueError):
     pass
 
 
-def _class_names(module: torch.nn.Module) -> set[str]:
-    return {type(m).__name__ for m in module.modules()}
+def plain_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, options: dict, **kwargs) -> Tensor:
+    """ComfyUI's optimized attention, through any ``optimized_attention_override`` another pack set."""
+    if ATTENTION_TAKES_OPTIONS:
+        kwargs["transformer_options"] = options
+    return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=options.get("attn_precision"), **kwargs)
 
 
-def decoder_levels(diffusion_model) -> tuple[dict[int, int], set[int]]:
-    """(output block id -> attention level, ids of the first output block of each decoder level).
+class ModelFamily(Protocol):
+    """What differs between model families: which layers swap and how, the schedule and the inversion step.
 
-    Level 0 is the highest-resolution decoder level that has self-attention (SD 1.x: full latent
-    resolution; SDXL: x2 downsampled, it has no attention at full resolution).
+    Latent channels come from the MODEL's own latent format for every family.
     """
-    blocks = getattr(diffusion_model, "output_blocks", None)
-    inputs = getattr(diffusion_model, "input_blocks", None)
-    if blocks is None or inputs is None:
-        raise UnsupportedModelError(
-            f"{type(diffusion_model).__name__} is not a UNet with decoder self-attention; Cross-Image Attention "
-            "supports SD 1.x, SD 2.x and SDXL models (not DiT/Flux-style transformers)"
-        )
-    factor = 2 ** sum("Downsample" in _class_names(block) for block in inputs)
-    factors: dict[int, int] = {}
-    level_starts = {0}
-    for block_id, block in enumerate(blocks):
-        names = _class_names(block)
-        if "SpatialTransformer" in names:
-            factors[block_id] = factor
-        if "Upsample" in names:
-            factor //= 2
-            level_starts.add(block_id + 1)
-    if not factors:
-        raise UnsupportedModelError("this model's decoder has no self-attention blocks, so there is nothing to swap")
-    ranked = sorted(set(factors.values()))
-    return {block_id: ranked.index(f) for block_id, f in factors.items()}, level_starts
 
+    name: str  # stored in inversion metadata: an inversion only meets a sampler of its own family
+    step_kind: str  # the engine's step (xattn_core.inversion.DDPM or FLOW)
+    automatic_masks: bool  # whether the attention maps for the automatic object masks are recorded
+    freeu: bool  # whether the official FreeU variant applies
 
-def is_sd1(model) -> bool:
-    config = getattr(model.model, "model_config", None)
-    return any(cls.__name__ == "SD15" for cls in type(config).__mro__)
+    def detect(self, model) -> bool: ...
 
+    def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
+        """A clone of ``model`` whose swapping layers follow the directive in ``transformer_options``."""
+        ...
 
-def _attention_patch(level: int, existing: Callable | None, records_maps_at: int | None = None):
-    """attn1 of one output block; ``records_maps_at`` is the transformer index whose maps the automatic masks
-    read, when this block holds that layer."""
+    def default_sigmas(self, model, steps: int) -> Tensor: ...
 
-    def attn1(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
-        heads = extra_options["n_heads"]
-
-        def plain(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-            if existing is not None:  # keep another node's attn1 patch for the ordinary rows
-                return existing(query, key, value, extra_options)
-            return comfy_attention.optimized_attention(
-                query, key, value, heads, attn_precision=extra_options.get("attn_precision")
-            )
-
-        block_index = extra_options.get("block_index", 0)
-        layer = (extra_options.get("block"), block_index)
-        cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
-        swap = extra_options.get(SWAP_KEY)
-        records = block_index == records_maps_at
-        return route_attention(q, k, v, heads, layer, level, cond_or_uncond, swap, plain, records)
-
-    return attn1
-
-
-def _cross_recording_patch(existing: Callable | None):
-    """attn2 of the cross-attention layer whose maps the automatic masks read; attention itself unchanged."""
-
-    def attn2(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
-        heads = extra_options["n_heads"]
-        cond_or_uncond = list(extra_options.get("cond_or_uncond") or [0])
-        record_attention_maps(q, k, heads, cond_or_uncond, extra_options.get(SWAP_KEY), cross=True)
-        if existing is not None:  # another node's attn2 patch (e.g. an IPAdapter) keeps computing this layer
-            return existing(q, k, v, extra_options)
-        return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
-
-    return attn2
-
-
-def _last_transformer(diffusion_model, levels: dict[int, int], level: int) -> tuple[int, int] | None:
-    """(output block id, transformer index) of the last transformer block, in forward order, at ``level``."""
-    blocks = [block_id for block_id, block_level in levels.items() if block_level == level]
-    if not blocks:
-        return None
-    last = diffusion_model.output_blocks[max(blocks)]
-    transformer = [m for m in last.modules() if type(m).__name__ == "SpatialTransformer"][-1]
-    return max(blocks), len(transformer.transformer_blocks) - 1
-
-
-def _freeu_patch(level_starts: set[int], base_channels: int, settings: FreeUSettings):
-    def output_block(h: Tensor, hsp: Tensor, transformer_options: dict):
-        block = transformer_options.get("block")
-        if block is not None and block[1] in level_starts:
-            h = official_freeu(h, base_channels, settings)
-        return h, hsp
-
-    return output_block
-
-
-def patch_model(model, freeu: FreeUSettings | None, records_maps: bool = False):
-    """A clone of ``model`` with swapping decoder self-attention (and optionally the FreeU variant).
-
-    ``records_maps`` also marks the two layers the official automatic masks read: the last decoder
-    self-attention of level 0 and the last decoder cross-attention of level 1 (an attn2 patch there only).
-    """
-    diffusion_model = model.get_model_object("diffusion_model")
-    levels, level_starts = decoder_levels(diffusion_model)
-    patched = model.clone()
-    replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {})
-    self_maps_layer = _last_transformer(diffusion_model, levels, 0) if records_maps else None
-    for block_id, level in levels.items():
-        if level in SWAP_LEVELS:
-            previous = replaced.get("attn1", {}).get(("output", block_id))
-            records_at = self_maps_layer[1] if self_maps_layer and self_maps_layer[0] == block_id else None
-            patched.set_model_attn1_replace(_attention_patch(level, previous, records_at), "output", block_id)
-    cross_maps_layer = _last_transformer(diffusion_model, levels, 1) if records_maps else None
-    if cross_maps_layer is not None:
-        block_id, index = cross_maps_layer
-        attn2 = replaced.get("attn2", {})
-        previous = attn2.get(("output", block_id, index), attn2.get(("output", block_id)))
-        patched.set_model_attn2_replace(_cross_recording_patch(previous), "output", block_id, index)
-    if freeu is not None:
-        patched.set_model_output_block_patch(_freeu_patch(level_starts, diffusion_model.model_channels, freeu))
-    return patched
+    def check_sigmas(self, sigmas: Tensor) -> None:
+        """Refuse a SIGMAS input this family's inversion cannot use, saying what to connect."""
+        ...
 
 
 def model_fingerprint(model) -> str:
@@ -203,9 +113,19 @@ class TransferGuider(comfy.samplers.CFGGuider):
     path calls are run through ComfyUI's own ``sampling_function`` on hint-free copies of the processed conds.
     """
 
+    _path_conds: tuple[dict, list[dict] | None, list[dict] | None] | None = None
+
+    def _hint_free_conds(self) -> tuple[list[dict] | None, list[dict] | None]:
+        """(negative, positive) without hints, built once per sampling (the guider processes its conds anew
+        for every ``sample``, so a new ``self.conds`` means a rebuild)."""
+        if self._path_conds is None or self._path_conds[0] is not self.conds:
+            negative, positive = without_hints(self.conds.get("negative")), without_hints(self.conds.get("positive"))
+            self._path_conds = (self.conds, negative, positive)
+        return self._path_conds[1], self._path_conds[2]
+
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         if model_options.get("transformer_options", {}).get(PATHS_KEY):
-            negative, positive = without_hints(self.conds.get("negative")), without_hints(self.conds.get("positive"))
+            negative, positive = self._hint_free_conds()
             return comfy.samplers.sampling_function(
                 self.inner_model, x, timestep, negative, positive, self.cfg, model_options=model_options, seed=seed
             )
@@ -251,15 +171,18 @@ def run_in_guider(
 ) -> tuple[Tensor, Payload]:
     """Run ``loop`` as a sampler through ``CFGGuider.sample``; returns the (latent-space) result and the payload.
 
-    ``latent`` is a LATENT's samples; the guider converts it to model space and hands it to the
-    loop unchanged (zero noise). The loop's payload (an inversion, the reconstructed paths, ...) comes
-    back beside the latent, which is all a sampler may return to ComfyUI. ``callback`` is ComfyUI's
-    ``(step, x0, x, total)`` preview/progress.
+    ``latent`` is a LATENT's samples; the loop gets it in model space, unchanged (zero noise; flow models end
+    their schedules at sigma 0, so ComfyUI's final ``1 / (1 - sigma)`` rescaling is none). The loop's payload
+    (an inversion, the reconstructed paths, ...) comes back beside the latent, which is all a sampler may
+    return to ComfyUI. ``callback`` is ComfyUI's ``(step, x0, x, total)`` preview/progress.
     """
     payloads = []
 
     def sampler_function(denoiser, x, _sigmas, extra_args=None, callback=None, disable=None):
         backend = ComfyBackend(denoiser, extra_args or {}, output_hints=has_hints(guider.conds))
+        if isinstance(guider.inner_model.model_sampling, comfy.model_sampling.CONST):
+            # flow models scale the start latent by 1 - sigma_0 (zero at sigma 1): hand the loop the latent as is
+            x = guider.inner_model.process_latent_in(latent.to(x))
 
         def preview(step: int, current: Tensor, denoised: Tensor, sigma: float) -> None:
             if callback is not None:

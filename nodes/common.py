@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 
 from ..xattn_core.freeu import FreeUSettings
 from ..xattn_core.settings import value_range
-from .comfy_backend import is_sd1
+from .unet_family import is_sd1
 
 CATEGORY = "appearance transfer"
 Inversion = io.Custom("XATTN_INVERSION")

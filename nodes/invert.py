@@ -11,25 +11,23 @@ from comfy_api.v0_0_2 import io
 
 from ..xattn_core.adain import resize_mask
 from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
-from ..xattn_core.schedule import paper_sigmas
 from ..xattn_core.settings import value_range
-from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
+from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_guider
 from .common import CATEGORY, CheckedCombo, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
+from .families import family_of
 
 
 def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
-    """The paper schedule on the model's own sigma table, or the SIGMAS given."""
+    """The model family's schedule (UNet: the paper's on the model's own sigma table; Flux: its shifted one), or
+    the SIGMAS given."""
+    family = family_of(model)
     if sigmas is not None:
         if sigmas.dim() != 1 or len(sigmas) < 2:
             raise ValueError("the SIGMAS input must hold at least two sigmas")
-        if sigmas[-1] <= 0:
-            raise ValueError(
-                "the SIGMAS input ends at 0; DDPM inversion needs a last sigma above 0 (the paper schedule ends "
-                "at sigma(t=0)). Drop the final 0 (e.g. with SplitSigmas) or leave SIGMAS unconnected"
-            )
+        family.check_sigmas(sigmas)
         return sigmas.float().cpu()
-    return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)
+    return family.default_sigmas(model, steps)
 
 
 NOT_CONNECTED = object()  # validate_inputs: an optional input nobody connected (a connected one arrives as None)
@@ -145,8 +143,9 @@ class XAttnInvertImage(io.ComfyNode):
         total = len(full) - 1
         if not 0 <= start_step < total:
             raise ValueError(f"start_step ({start_step}) must be below the number of steps ({total})")
+        family = family_of(model)
         freeu_on = freeu_settings(freeu, model)
-        patched = patch_model(model, freeu_on)
+        patched = family.patch(model, freeu_on)
         preview = latent_preview.prepare_callback(patched, total - start_step)
         cache = fast_mode_cache(fast_mode)
 
@@ -157,13 +156,17 @@ class XAttnInvertImage(io.ComfyNode):
             def predict(latents, sigmas, swap):  # the images reconstruct themselves: prompts without hints
                 return backend.predict_noise(latents, sigmas, swap, paths=True)
 
-            return clean, invert(predict, clean, full, start_step, seed, callback=progress, cache=cache)
+            inversion = invert(
+                predict, clean, full, start_step, seed, callback=progress, cache=cache, kind=family.step_kind
+            )
+            return clean, inversion
 
         _, inversion = run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
         if latent.get("noise_mask") is not None:  # SetLatentNoiseMask, VAE Encode (for inpainting): local transfer
             inversion.noise_mask = resize_mask(latent["noise_mask"], samples.shape[-2:], samples.shape[0])
         model_object = model.model
         inversion.metadata.update(
+            family=family.name,
             latent_format=type(model_object.latent_format).__name__,
             latent_channels=str(samples.shape[1]),
             model=model_fingerprint(model),

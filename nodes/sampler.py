@@ -13,9 +13,10 @@ from ..xattn_core.inversion import Inversion
 from ..xattn_core.pairing import check_compatible, pair_rows
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.transfer import TransferSettings, transfer
-from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
+from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_guider
 from .common import CATEGORY, CheckedCombo, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
+from .families import family_of
 from .object_word import object_tokens
 
 
@@ -26,6 +27,13 @@ def check_against_model(inversion: Inversion, role: str, model, fingerprint: str
         raise TypeError(
             f"the {role} input needs an XATTN_INVERSION from Invert Image (DDPM) or Load Inversion, "
             f"not {type(inversion).__name__}"
+        )
+    family = family_of(model).name
+    stored_family = inversion.metadata.get("family") or ("flux" if inversion.step_kind == "flow" else None)
+    if stored_family and stored_family != family:
+        raise ValueError(
+            f"the {role} inversion was made with a {stored_family} model, but this MODEL is a {family} model; "
+            "invert the image again with this model"
         )
     latent_format = type(model.model.latent_format).__name__
     stored_format = inversion.metadata.get("latent_format")
@@ -230,7 +238,15 @@ class XAttnCrossImageSampler(io.ComfyNode):
             appearance_mask = structure_mask = None
         automatic = adain_masks == "auto" and appearance_mask is None and structure_mask is None
         words = object_tokens(positive) if automatic else None
-        patched = patch_model(model, freeu_settings(freeu, model), records_maps=words is not None)
+        family = family_of(model)
+        if words is not None and not family.automatic_masks:
+            logging.warning(
+                "Cross-Image Attention: automatic object masks are not available for %s models yet; AdaIN runs "
+                "over the whole images (connect appearance_mask / structure_mask for masked AdaIN)",
+                family.name,
+            )
+            words = None
+        patched = family.patch(model, freeu_settings(freeu, model), records_maps=words is not None, options=options)
         generation_sigmas = appearance.sigmas[start:]
         preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
         output_shape = (len(pairs), *structure.clean.shape[1:])

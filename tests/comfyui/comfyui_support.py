@@ -70,6 +70,8 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         pack=pack,
         nodes=_importlib.import_module(f"{PACK_NAME}.nodes"),
         backend=_importlib.import_module(f"{PACK_NAME}.nodes.comfy_backend"),
+        families=_importlib.import_module(f"{PACK_NAME}.nodes.families"),
+        unet=_importlib.import_module(f"{PACK_NAME}.nodes.unet_family"),
         common=_importlib.import_module(f"{PACK_NAME}.nodes.common"),
         core=SimpleNamespace(
             **{
@@ -77,6 +79,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
                 for name in (
                     "attention",
                     "diffusers_backend",
+                    "flow",
                     "freeu",
                     "inversion",
                     "plan",
@@ -266,3 +269,65 @@ def object_prompt(ns, clip, text: str, object_word: str):
     """CLIP Text Encode (Object Word): CONDITIONING that carries the object word's token positions."""
     (conditioning,) = run(ns.nodes.XAttnObjectPrompt, clip=clip, text=text, object_word=object_word)
     return conditioning
+
+
+FLUX_WIDTH = 32  # the tiny Flux's text and pooled widths (T5 and CLIP-L are 4096 and 768 in Flux.1)
+
+
+def tiny_flux_config(guidance_embed: bool = True) -> dict:
+    """A Flux.1-shaped transformer: 2 double and 2 single blocks, hidden 64, 2 heads, 16 latent channels."""
+    return dict(
+        image_model="flux",
+        in_channels=16,
+        out_channels=16,
+        vec_in_dim=FLUX_WIDTH,
+        context_in_dim=FLUX_WIDTH,
+        hidden_size=64,
+        mlp_ratio=2.0,
+        num_heads=2,
+        depth=2,
+        depth_single_blocks=2,
+        axes_dim=[8, 12, 12],  # sums to the head width, 32, as Flux.1's [16, 56, 56] sums to 128
+        theta=10000,
+        patch_size=2,
+        qkv_bias=True,
+        guidance_embed=guidance_embed,
+    )
+
+
+def tiny_flux(ns, seed: int = 0, guidance_embed: bool = True):
+    """A real ComfyUI Flux MODEL (model_base.Flux in a ModelPatcher) with random weights, velocity std ~1.
+
+    ``guidance_embed`` as Flux.1-dev (guidance-distilled: the guidance value is a model input, taken from the
+    conditioning's ``guidance`` key that FluxGuidance sets); without it, as Flux.1-schnell.
+    """
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = tiny_flux_config(guidance_embed)
+
+    class TinyFlux(comfy.supported_models.Flux):
+        unet_config = config
+
+    model = comfy.model_base.Flux(TinyFlux(config), device=CPU)
+    ns.core.tiny.reinitialise(model.diffusion_model, seed)
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(seed))
+    context, extras = flux_conditioning(seed)[0]
+    with torch.no_grad():
+        sigma = torch.tensor([0.5])
+        denoised = model.apply_model(x, sigma, c_crossattn=context, y=extras["pooled_output"], guidance=torch.ones(1))
+        spread = ((x - denoised) / sigma).std()  # scale the last layer so that the velocity has std ~1
+        model.diffusion_model.final_layer.linear.weight.div_(spread)
+        model.diffusion_model.final_layer.linear.bias.div_(spread)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def flux_conditioning(seed: int, guidance: float | None = 3.5, tokens: int = 6):
+    """CONDITIONING as a Flux text encoder and FluxGuidance make it: T5-like context, pooled CLIP, guidance."""
+    generator = torch.Generator().manual_seed(seed + 200)
+    context = torch.randn(1, tokens, FLUX_WIDTH, generator=generator)
+    extras = {"pooled_output": torch.randn(1, FLUX_WIDTH, generator=generator)}
+    if guidance is not None:
+        extras["guidance"] = guidance
+    return [[context, extras]]

@@ -73,7 +73,7 @@ def transfer(comfy, model, inversion, cfg, positive=1, negative=2, cond=conditio
 
 def stepwise_fast_vs_normal(comfy, model, normal, fast, cfg, cond=conditioning) -> list[float]:
     """Normal vs fast mode one step at a time from identical latents, on ComfyUI's own model calls."""
-    patched = comfy.backend.patch_model(model, comfy.common.freeu_settings("auto", model))
+    patched = comfy.families.patch_model(model, comfy.common.freeu_settings("auto", model))
 
     def loop(backend, x, report):
         samplers = [

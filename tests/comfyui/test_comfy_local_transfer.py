@@ -131,7 +131,7 @@ def test_cond_and_uncond_in_separate_model_calls_match_batched_step_by_step(comf
     monkeypatch.setattr(
         model_management, "get_free_memory", lambda *args, **kwargs: 1 if split["on"] else free(*args, **kwargs)
     )
-    patched = comfy.backend.patch_model(sd15, comfy.common.freeu_settings("auto", sd15))
+    patched = comfy.families.patch_model(sd15, comfy.common.freeu_settings("auto", sd15))
     branches_seen = []
 
     def loop(backend, x, report):

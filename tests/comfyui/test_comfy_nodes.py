@@ -54,7 +54,7 @@ def test_sd15_chain_produces_a_transfer(pair, plain_transfer):
 
 def test_sdxl_chain_swaps_at_x2_and_x4(comfy):
     model = tiny_sdxl(comfy, seed=2)
-    levels, starts = comfy.backend.decoder_levels(model.get_model_object("diffusion_model"))
+    levels, starts = comfy.unet.decoder_levels(model.get_model_object("diffusion_model"))
     assert levels == {0: 1, 1: 1, 2: 0, 3: 0}  # no attention in the full-resolution decoder blocks 4, 5
     appearance = invert(comfy, model, latents(3), cond=sdxl_conditioning)
     structure = invert(comfy, model, latents(4), cond=sdxl_conditioning)
@@ -109,7 +109,7 @@ def test_freeu_fires_once_per_decoder_level(comfy, sd15):
 
     model = sd15.clone()
     model.set_model_output_block_patch(recorder("before"))
-    patched = comfy.backend.patch_model(model, comfy.core.freeu.FreeUSettings())
+    patched = comfy.families.patch_model(model, comfy.core.freeu.FreeUSettings())
     patched.set_model_output_block_patch(recorder("after"))
     import comfy.model_management as model_management
 
@@ -127,7 +127,7 @@ def test_freeu_fires_once_per_decoder_level(comfy, sd15):
         for (block, before), (_, after) in zip(recorded["before"], recorded["after"], strict=True)
         if not torch.equal(before, after)
     ]
-    _, level_starts = comfy.backend.decoder_levels(sd15.get_model_object("diffusion_model"))
+    _, level_starts = comfy.unet.decoder_levels(sd15.get_model_object("diffusion_model"))
     assert changed == sorted(level_starts) == [0, 2]
 
 
@@ -193,7 +193,7 @@ def test_unsupported_model_is_refused_before_sampling(comfy):
 
     cpu = torch.device("cpu")
     flux = model_patcher.ModelPatcher(model_base.Flux(TinyFlux(config), device=cpu), cpu, cpu)
-    with pytest.raises(ValueError, match="not a UNet with decoder self-attention.*SD 1.x, SD 2.x and SDXL"):
+    with pytest.raises(ValueError, match="not a model family Cross-Image Attention supports"):
         invert(comfy, flux, torch.randn(1, 16, 8, 8))
 
 

@@ -79,7 +79,7 @@ def test_inversion_matches_diffusers_step_by_step(setup_models, inversion):
 def test_every_generation_step_matches_diffusers(setup_models, inversion):
     comfy, model, unet = setup_models
     core, backend_module = comfy.core, comfy.backend
-    patched = backend_module.patch_model(model, core.freeu.FreeUSettings())
+    patched = comfy.families.patch_model(model, core.freeu.FreeUSettings())
     appearance, structure = inversion.select([0]), inversion.select([1])
 
     def loop(comfy_backend, x, report):
@@ -133,7 +133,7 @@ def test_automatic_mask_maps_and_masks_match_diffusers(setup_models, inversion):
     """Both backends record the same maps at the mask step (same latents), so they give the same masks."""
     comfy, model, unet = setup_models
     core = comfy.core
-    patched = comfy.backend.patch_model(model, core.freeu.FreeUSettings(), records_maps=True)
+    patched = comfy.families.patch_model(model, core.freeu.FreeUSettings(), records_maps=True)
     appearance, structure = inversion.select([0]), inversion.select([1])
 
     def loop(comfy_backend, x, report):
