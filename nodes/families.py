@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .comfy_backend import ModelFamily, UnsupportedModelError
+from .flux_family import FLUX
 from .unet_family import UNET
 
-FAMILIES: tuple[ModelFamily, ...] = (UNET,)
+FAMILIES: tuple[ModelFamily, ...] = (UNET, FLUX)
 
 
 def family_of(model) -> ModelFamily:

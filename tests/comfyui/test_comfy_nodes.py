@@ -4,7 +4,16 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import conditioning, invert_node, run, sample_node, sdxl_conditioning, tiny_sd15, tiny_sdxl
+from comfyui_support import (
+    conditioning,
+    invert_node,
+    run,
+    sample_node,
+    sdxl_conditioning,
+    tiny_flux,
+    tiny_sd15,
+    tiny_sdxl,
+)
 
 STEPS, START = 8, 2
 
@@ -166,34 +175,11 @@ def test_save_refuses_path_traversal(comfy, pair, tmp_path, monkeypatch):
 
 
 def test_unsupported_model_is_refused_before_sampling(comfy):
-    import comfy.model_base as model_base
-    import comfy.model_patcher as model_patcher
-    import comfy.supported_models as supported_models
-
-    config = dict(
-        image_model="flux",
-        in_channels=16,
-        out_channels=16,
-        vec_in_dim=32,
-        context_in_dim=32,
-        hidden_size=64,
-        mlp_ratio=2.0,
-        num_heads=2,
-        depth=1,
-        depth_single_blocks=1,
-        axes_dim=[8, 12, 12],
-        theta=10000,
-        patch_size=2,
-        qkv_bias=True,
-        guidance_embed=False,
-    )
-
-    class TinyFlux(supported_models.Flux):
-        unet_config = config
-
-    cpu = torch.device("cpu")
-    flux = model_patcher.ModelPatcher(model_base.Flux(TinyFlux(config), device=cpu), cpu, cpu)
-    with pytest.raises(ValueError, match="not a model family Cross-Image Attention supports"):
+    """A Flux-style model that puts its image tokens before the text (a layout the swap does not read)."""
+    flux = tiny_flux(comfy)
+    for block in flux.model.diffusion_model.double_blocks:
+        block.flipped_img_txt = True
+    with pytest.raises(ValueError, match="puts the image tokens before the text"):
         invert(comfy, flux, torch.randn(1, 16, 8, 8))
 
 

@@ -1,0 +1,150 @@
+"""The Flux family: the swap in the image stream of chosen double and single blocks, on ComfyUI's own hooks.
+
+Each chosen block gets a ``patches_replace["dit"]`` block patch (ComfyUI 0.3.64's Flux passes no block index
+in ``transformer_options``, so the patch says which block runs). When the call's directive swaps at the block's
+level, the patch runs the block with ``transformer_options["optimized_attention_override"]`` set, so the block's
+own ``optimized_attention`` call (queries, keys and values with RoPE applied) comes to
+:func:`~xattn_core.joint_attention.route_joint_attention`. Nothing is monkeypatched; another pack's block patch
+or attention override keeps running around ours.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.samplers
+from torch import Tensor
+
+from ..xattn_core.flow import FLOW
+from ..xattn_core.freeu import FreeUSettings
+from ..xattn_core.joint_attention import (
+    DOUBLE_BLOCK_LEVEL,
+    SINGLE_BLOCK_LEVEL,
+    JointSwapSettings,
+    RopeMode,
+    index_rotation,
+    route_joint_attention,
+)
+from .comfy_backend import ATTENTION_TAKES_OPTIONS, SWAP_KEY, UnsupportedModelError
+
+TEXT_TOKENS_KEY = "xattn_text_tokens"  # set by the double blocks: single blocks see cat(txt, img) without a split
+OVERRIDE_KEY = "optimized_attention_override"
+FLUX_OPTIONS_KEY = "flux"  # XATTN_OPTIONS entry: a JointSwapSettings
+
+
+def _attention_override(layer, level, swap, options: dict, text_tokens: int, pe, settings, offset, previous):
+    """An ``optimized_attention_override`` for one block call: ComfyUI calls it with the raw attention function."""
+
+    def override(func, q: Tensor, k: Tensor, v: Tensor, heads: int, *args, **kwargs):
+        def plain(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+            if previous is not None:  # another pack's override keeps computing ordinary attention
+                return previous(func, query, key, value, heads, *args, **kwargs)
+            return func(query, key, value, heads, *args, **kwargs)
+
+        if not kwargs.get("skip_reshape", False):  # not Flux's layout; leave it alone
+            return plain(q, k, v)
+        cond_or_uncond = list(options.get("cond_or_uncond") or [0])
+        return route_joint_attention(
+            q, k, v, layer, level, cond_or_uncond, swap, plain, text_tokens, pe, settings.rope, offset
+        )
+
+    return override
+
+
+def _block_patch(kind: str, index: int, level: int | None, previous, settings: JointSwapSettings, offset):
+    """``patches_replace["dit"][(kind, index)]``; ``level`` None: the block only records the text length."""
+    layer = (kind, index)
+
+    def block(args: dict, extras: dict) -> dict:
+        options = args["transformer_options"]
+        if kind == "double_block":  # one dict per forward, shared by all its blocks
+            options[TEXT_TOKENS_KEY] = args["txt"].shape[1]
+        swap = options.get(SWAP_KEY)
+        if level is not None and swap is not None and level in swap.levels:
+            if TEXT_TOKENS_KEY not in options:
+                raise RuntimeError("a Flux single block ran before any double block; cannot find the text tokens")
+            block_options = dict(options)
+            block_options[OVERRIDE_KEY] = _attention_override(
+                layer,
+                level,
+                swap,
+                options,
+                options[TEXT_TOKENS_KEY],
+                args["pe"],
+                settings,
+                offset,
+                options.get(OVERRIDE_KEY),
+            )
+            args = {**args, "transformer_options": block_options}
+        if previous is not None:
+            return previous(args, extras)
+        return extras["original_block"](args)
+
+    return block
+
+
+def patch_model(model, settings: JointSwapSettings | None = None):
+    """A clone of ``model`` whose chosen blocks swap under a directive (see the module docstring)."""
+    if not ATTENTION_TAKES_OPTIONS:
+        raise UnsupportedModelError(
+            "this ComfyUI has no optimized_attention_override (0.3.64 has it); Flux transfer needs a newer ComfyUI"
+        )
+    settings = settings or JointSwapSettings()
+    diffusion_model = model.get_model_object("diffusion_model")
+    if any(getattr(block, "flipped_img_txt", False) for block in diffusion_model.double_blocks):
+        raise UnsupportedModelError("this Flux variant puts the image tokens before the text; it is not supported")
+    params = diffusion_model.params
+    offset = index_rotation(list(params.axes_dim), params.theta) if settings.rope is RopeMode.OFFSET else None
+    patched = model.clone()
+    replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    doubles = settings.chosen(len(diffusion_model.double_blocks), double=True)
+    singles = settings.chosen(len(diffusion_model.single_blocks), double=False)
+    for kind, indices, level in (
+        ("double_block", sorted({0, *doubles}), DOUBLE_BLOCK_LEVEL),
+        ("single_block", singles, SINGLE_BLOCK_LEVEL),
+    ):
+        chosen = doubles if kind == "double_block" else singles
+        for index in indices:
+            patch = _block_patch(
+                kind, index, level if index in chosen else None, replaced.get((kind, index)), settings, offset
+            )
+            patched.set_model_patch_replace(patch, "dit", kind, index)
+    logging.debug("xattn: Flux swaps in double blocks %s and single blocks %s", doubles, singles)
+    return patched
+
+
+class FluxFamily:
+    """Flux.1 (dev, schnell and fine-tunes): the swap in joint attention, rectified-flow inversion.
+
+    ``cfg`` is the guider's prompt guidance as in KSampler: Flux.1-dev is guidance-distilled, so use cfg 1
+    (one model call per row, no negative prompt) and set the distilled guidance with FluxGuidance on the
+    prompt (ComfyUI's default when none is set: 3.5).
+    """
+
+    name = "flux"
+    step_kind = FLOW
+    automatic_masks = False  # the object masks from T5 image-to-text attention are not built yet
+    freeu = False
+
+    def detect(self, model) -> bool:
+        diffusion_model = model.get_model_object("diffusion_model")
+        return type(diffusion_model).__name__ == "Flux" and hasattr(diffusion_model, "single_blocks")
+
+    def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
+        if freeu is not None:
+            logging.warning("Cross-Image Attention: FreeU applies to UNet decoders only; ignored for this Flux model")
+        return patch_model(model, (options or {}).get(FLUX_OPTIONS_KEY))
+
+    def default_sigmas(self, model, steps: int) -> Tensor:
+        """Flux's own shifted schedule, as KSampler's "simple" scheduler makes it (1 to 0)."""
+        return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).float().cpu()
+
+    def check_sigmas(self, sigmas: Tensor) -> None:
+        if float(sigmas[0]) > 1.0 or float(sigmas[-1]) != 0.0:
+            raise ValueError(
+                "a Flux inversion needs a flow schedule from at most 1 down to 0 (as BasicScheduler makes for this "
+                f"model), got {float(sigmas[0]):.3g} ... {float(sigmas[-1]):.3g}"
+            )
+
+
+FLUX = FluxFamily()

@@ -1,0 +1,294 @@
+"""Flux on the real ComfyUI: a tiny random Flux.1-shaped MODEL built in code from comfy.ldm.flux.
+
+Inversion (rectified flow), the swap in the chosen blocks' joint attention, and the same nodes as for SD.
+"""
+
+import pytest
+import torch
+from comfyui_support import flux_conditioning, invert_node, sample_node, tiny_flux, tiny_sd15
+
+STEPS, START = 6, 2
+POSITIVE, NEGATIVE = flux_conditioning(1), flux_conditioning(2)
+
+
+@pytest.fixture(scope="module")
+def flux(comfy):
+    return tiny_flux(comfy, seed=0)
+
+
+def velocity(model, x, sigma, conditioning, guidance=None):
+    context, extras = conditioning[0]
+    guidance = torch.tensor([extras.get("guidance", 3.5) if guidance is None else guidance])
+    with torch.no_grad():
+        denoised = model.model.apply_model(
+            x, torch.tensor([sigma]), c_crossattn=context, y=extras["pooled_output"], guidance=guidance
+        )
+    return (x - denoised) / sigma
+
+
+def flux_latents(seed: int, batch: int = 1, size: int = 8):
+    return torch.randn(batch, 16, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def invert_flux(comfy, model, samples, **inputs):
+    """Invert Image on Flux at cfg 1 (guidance-distilled: the guidance comes from the prompt's FluxGuidance)."""
+    settings = dict(steps=STEPS, start_step=START, cfg=1.0, positive=POSITIVE, negative=NEGATIVE)
+    settings.update(inputs)
+    return invert_node(comfy, model, samples, **settings)
+
+
+def sample_flux(comfy, model, appearance, structure, **inputs):
+    return sample_node(comfy, model, appearance, structure, positive=POSITIVE, negative=NEGATIVE, **inputs)
+
+
+@pytest.fixture(scope="module")
+def flux_pair(comfy, flux):
+    both = invert_flux(comfy, flux, torch.cat([flux_latents(3), flux_latents(4)]))
+    return both.select([0]), both.select([1])
+
+
+def test_the_tiny_flux_is_a_real_network(comfy, flux):
+    import comfy.ldm.flux.model
+
+    assert isinstance(flux.model.diffusion_model, comfy.ldm.flux.model.Flux)
+    assert flux.model.latent_format.latent_channels == 16
+    x = flux_latents(1)
+    base = velocity(flux, x, 0.6, POSITIVE)
+    assert 0.5 < base.std().item() < 2.0
+    other_input = velocity(flux, x.roll(1, -1), 0.6, POSITIVE)
+    other_sigma = velocity(flux, x, 0.3, POSITIVE)
+    other_context = velocity(flux, x, 0.6, NEGATIVE)
+    other_guidance = velocity(flux, x, 0.6, POSITIVE, guidance=1.0)
+    for changed in (other_input, other_sigma, other_context, other_guidance):
+        assert (changed - base).abs().mean().item() > 1e-2 * base.abs().mean().item()
+    # attention mixes tokens: one changed latent cell changes the velocity far from it
+    poked = x.clone()
+    poked[:, :, 0, 0] += 1.0
+    far = velocity(flux, poked, 0.6, POSITIVE)[:, :, 6:, 6:] - base[:, :, 6:, 6:]
+    assert far.abs().max().item() > 1e-4
+
+
+def regeneration_errors(comfy, model, inversion) -> list[float]:
+    """Relative error of one flow step with the stored noise map from each stored latent, through ComfyUI."""
+    flow_step = comfy.core.flow.flow_step
+    sigmas = inversion.sigmas
+    patched = comfy.families.patch_model(model, None)
+
+    def loop(backend, x, report):
+        errors = []
+        for i in range(inversion.start_step, inversion.steps):
+            latent = inversion.latent_at(i)
+            prediction = backend.predict_noise(latent, sigmas[i].expand(latent.shape[0]), None, paths=True)
+            reached = flow_step(latent, prediction, float(sigmas[i]), float(sigmas[i + 1]), inversion.noise_at(i))
+            target = inversion.latent_at(i + 1)
+            errors.append(((reached - target).norm() / target.norm()).item())
+        return x, errors
+
+    shape = (inversion.batch_size, *inversion.clean.shape[1:])
+    _, errors = comfy.backend.run_in_guider(
+        patched, POSITIVE, NEGATIVE, 1.0, torch.zeros(shape), sigmas[inversion.start_step :], loop
+    )
+    return errors
+
+
+@pytest.mark.parametrize("schedule", ["flux", "linear"])
+def test_flux_inversion_reconstructs_every_step_exactly(comfy, flux, flux_pair, schedule):
+    flow = comfy.core.flow
+    if schedule == "flux":
+        inversion = flux_pair[0]
+        # Invert Image's default is the model's own schedule (KSampler's "simple"); the engine's copy agrees
+        assert torch.allclose(inversion.sigmas, flow.flux_sigmas(STEPS), atol=1e-6)
+    else:
+        inversion = invert_flux(comfy, flux, flux_latents(3), sigmas=flow.linear_sigmas(STEPS))
+        assert torch.equal(inversion.sigmas, flow.linear_sigmas(STEPS))
+    assert inversion.metadata["family"] == "flux" and inversion.step_kind == "flow"
+    assert inversion.latents.shape == (STEPS + 1 - START, 1, 16, 8, 8)
+    assert torch.equal(inversion.latent_at(STEPS), flux.model.process_latent_in(flux_latents(3)))
+    errors = regeneration_errors(comfy, flux, inversion)
+    assert len(errors) == STEPS - START and max(errors) <= 1e-5, errors
+
+
+def no_swap_options(comfy):
+    plan = comfy.core.plan.PlanSettings(level_ranges=((0.0, 0.0), (0.0, 0.0)))
+    return {"plan": plan}
+
+
+@pytest.fixture(scope="module")
+def flux_transfer(comfy, flux, flux_pair):
+    appearance, structure = flux_pair
+    swapped = sample_flux(comfy, flux, appearance, structure)
+    with pytest.warns(UserWarning, match="no generation step swaps"):
+        plain = sample_flux(comfy, flux, appearance, structure, options=no_swap_options(comfy))
+    return swapped, plain
+
+
+def test_the_swap_changes_only_the_output_and_both_paths_reconstruct(comfy, flux, flux_pair, flux_transfer):
+    appearance, structure = flux_pair
+    (output, appearance_out, structure_out, *_), (plain_output, plain_appearance, plain_structure, *_) = flux_transfer
+    # the paths are the same with and without the swap, bit for bit, and reconstruct their images
+    assert torch.equal(appearance_out["samples"], plain_appearance["samples"])
+    assert torch.equal(structure_out["samples"], plain_structure["samples"])
+    for path, inversion in ((appearance_out, appearance), (structure_out, structure)):
+        clean = flux.model.process_latent_out(inversion.clean)
+        error = ((path["samples"] - clean).norm() / clean.norm()).item()
+        assert error <= 1e-4, error
+    difference = ((output["samples"] - plain_output["samples"]).norm() / plain_output["samples"].norm()).item()
+    assert difference > 1e-3, difference
+    assert torch.isfinite(output["samples"]).all() and output["samples"].shape == (1, 16, 8, 8)
+
+
+class Recorder:
+    """Another pack's optimized_attention_override: records every attention call's q, k, v and computes it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        self.calls.append((q.clone(), k.clone(), v.clone()))
+        return func(q, k, v, heads, *args, **kwargs)
+
+
+def reference_swap(query, key, value, appearance_key, appearance_value, text_tokens, contrast):
+    """Plain torch: the output row's image queries over its own text keys and the appearance's image keys."""
+    image = slice(text_tokens, None)
+    keys = torch.cat([key[:, :, :text_tokens], appearance_key[:, :, image]], 2).double()
+    values = torch.cat([value[:, :, :text_tokens], appearance_value[:, :, image]], 2).double()
+    weights = torch.softmax(query[:, :, image].double() @ keys.transpose(-1, -2) / query.shape[-1] ** 0.5, -1)
+    weights = (contrast * weights - (contrast - 1) / keys.shape[2]).clamp(0, 1)
+    return (weights @ values).transpose(1, 2).reshape(1, -1, query.shape[1] * query.shape[-1])
+
+
+def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux):
+    """One swapping call through ComfyUI's Flux (default blocks: the last single block of two) against plain torch.
+
+    The queries, keys and values come from a recording override another pack set; the block's attention output is
+    read at the input of its output projection.
+    """
+    import comfy.model_management as model_management
+
+    attention = comfy.core.attention
+    recorder = Recorder()
+    patched = comfy.families.patch_model(flux, None)
+    # set on the patched clone itself: ModelPatcher.clone deep-copies model_options, and with them a recorder
+    patched.model_options["transformer_options"]["optimized_attention_override"] = recorder
+    model_management.load_models_gpu([patched])
+    context, extras = POSITIVE[0]
+    block = patched.model.diffusion_model.single_blocks[1]
+    seen = []
+    handle = block.linear2.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+
+    def call(x, swap):
+        options = dict(patched.model_options["transformer_options"])
+        options.update({comfy.backend.SWAP_KEY: swap, "cond_or_uncond": [0]})
+        with torch.no_grad():
+            patched.model.apply_model(
+                x,
+                torch.tensor([0.6]),
+                c_crossattn=context,
+                y=extras["pooled_output"],
+                guidance=torch.tensor([3.5]),
+                transformer_options=options,
+            )
+        return recorder.calls[-1]  # the last attention of the forward is single block 1's
+
+    try:
+        store, contrast = attention.KeyValueStore(), 1.67
+        _, appearance_key, appearance_value = call(
+            flux_latents(5), attention.AttentionSwap(frozenset({0}), contrast, capture_store=store)
+        )
+        swap = attention.AttentionSwap(frozenset({0}), contrast, output_rows=(0,), source_rows=(0,), source_store=store)
+        query, key, value = call(flux_latents(6), swap)
+    finally:
+        handle.remove()
+    hidden = block.hidden_size
+    text_tokens = context.shape[1]
+    ours = seen[-1][:, :, :hidden]
+    expected_image = reference_swap(query, key, value, appearance_key, appearance_value, text_tokens, contrast)
+    assert ((ours[:, text_tokens:] - expected_image).abs().max() / expected_image.abs().max()).item() <= 1e-5
+    # the text tokens keep their own attention over the row's own text and image
+    own = torch.softmax(
+        query[:, :, :text_tokens].double() @ key.double().transpose(-1, -2) / query.shape[-1] ** 0.5, -1
+    )
+    expected_text = (own @ value.double()).transpose(1, 2).reshape(1, text_tokens, hidden)
+    assert ((ours[:, :text_tokens] - expected_text).abs().max() / expected_text.abs().max()).item() <= 1e-5
+    assert (ours[:, text_tokens:] - seen[0][:, text_tokens:, :hidden]).abs().max() > 1e-3  # not the capture's
+
+
+def test_the_base_model_is_unchanged_afterwards(comfy, flux, flux_pair):
+    x = flux_latents(9)
+    before = velocity(flux, x, 0.5, POSITIVE)
+    options = repr(flux.model_options)
+    sample_flux(comfy, flux, *flux_pair)
+    assert torch.equal(velocity(flux, x, 0.5, POSITIVE), before)
+    assert repr(flux.model_options) == options
+    assert "patches_replace" not in flux.model_options.get("transformer_options", {})
+
+
+def test_interrupt_stops_a_flux_transfer(comfy, flux, flux_pair):
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+
+    calls = {"n": 0}
+
+    def hook(value, total, preview, node_id=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            model_management.interrupt_current_processing(True)
+
+    comfy_utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(model_management.InterruptProcessingException):
+            sample_flux(comfy, flux, *flux_pair)
+    finally:
+        comfy_utils.set_progress_bar_global_hook(None)
+        model_management.interrupt_current_processing(False)
+    assert calls["n"] < STEPS - START
+    assert "patches_replace" not in flux.model_options.get("transformer_options", {})
+
+
+def test_batches_one_structure_many_appearances_and_the_reverse(comfy, flux, flux_pair):
+    appearance, structure = flux_pair
+    two = invert_flux(comfy, flux, torch.cat([flux_latents(7), flux_latents(8)]))
+    many_appearances, _, _, *_ = sample_flux(comfy, flux, two, structure)
+    many_structures, _, structures_out, *_ = sample_flux(comfy, flux, appearance, two)
+    assert many_appearances["samples"].shape == many_structures["samples"].shape == (2, 16, 8, 8)
+    for outputs in (many_appearances, many_structures):
+        assert (outputs["samples"][0] - outputs["samples"][1]).abs().mean() > 1e-3
+    clean = flux.model.process_latent_out(two.clean)
+    assert ((structures_out["samples"] - clean).norm() / clean.norm()).item() <= 1e-4
+
+
+def counting(model):
+    """A clone whose model calls are counted (a unet wrapper, as other packs add one)."""
+    counted = model.clone()
+    calls = {"n": 0}
+
+    def wrapper(apply_model, args):
+        calls["n"] += 1
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted.set_model_unet_function_wrapper(wrapper)
+    return counted, calls
+
+
+def test_inversions_of_the_other_family_are_refused_before_any_model_call(comfy, flux, flux_pair):
+    sd15 = tiny_sd15(comfy, seed=0)[0]
+    sd_inversion = invert_node(comfy, sd15, torch.randn(1, 4, 8, 8), steps=3, start_step=1)
+    counted_flux, flux_calls = counting(flux)
+    with pytest.raises(ValueError, match="made with a unet model, but this MODEL is a flux model"):
+        sample_flux(comfy, counted_flux, sd_inversion, flux_pair[1])
+    counted_sd, sd_calls = counting(sd15)
+    with pytest.raises(ValueError, match="made with a flux model, but this MODEL is a unet model"):
+        sample_node(comfy, counted_sd, flux_pair[0], sd_inversion)
+    assert flux_calls["n"] == sd_calls["n"] == 0
+    # an inversion without metadata still says what it is: the engine refuses to pair a flow and a DDPM one
+    bare = flux_pair[0].select([0])
+    bare.metadata = {k: v for k, v in bare.metadata.items() if k == "step_kind"}
+    with pytest.raises(ValueError, match="made with a flux model"):
+        sample_node(comfy, counted_sd, bare, sd_inversion)
+    assert sd_calls["n"] == 0
+
+
+def test_a_flux_inversion_refuses_a_ddpm_schedule(comfy, flux):
+    with pytest.raises(ValueError, match="flow schedule from at most 1 down to 0"):
+        invert_flux(comfy, flux, flux_latents(3), sigmas=torch.tensor([14.6, 3.0, 0.03]))

@@ -1,0 +1,204 @@
+"""Cross-image attention in joint (MM-DiT) attention, as Flux's double and single blocks compute it.
+
+One call attends over ``cat(text tokens, image tokens)``: queries, keys and values are ``[rows, heads, tokens,
+dim_head]`` with rotary position embeddings (RoPE) already applied; the text comes first in both block kinds.
+In a swapping layer:
+
+- ordinary rows, and the text queries of output rows, keep their own attention (the backend's fused one);
+- an output row's image queries attend to its own text keys/values and to the *image* keys/values of its source
+  row (the appearance's, or in structure steps the structure's), with the paper's contrast over the whole row
+  of weights (as ``attention.contrasted_attention``). Keeping the text keys is the analogue of the UNet, where the
+  swapped self-attention leaves the text's cross-attention alone.
+
+RoPE (:class:`RopeMode`): keys carry their own image positions. ``keep`` leaves them, so an output query at
+(y, x) is biased towards the source's tokens near (y, x); ``none`` removes the rotation from the output's image
+queries and the source's image keys, so the swap matches by content alone, as the UNet's position-free
+self-attention does; ``offset`` gives the source Flux Kontext's reference index (1 on the first RoPE axis).
+``bench/flux_rope.py`` measures which one hands the structure its own features back from a shifted copy of
+itself; on the tiny random Flux ``keep`` did at every shift (README "Flux"), so it is the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+from .attention import AttentionSwap
+
+JointAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(q, k, v) -> out``: q, k, v ``[rows, heads, tokens, dim_head]``, out ``[rows, tokens, heads * dim_head]``."""
+
+
+class RopeMode(str, Enum):
+    KEEP = "keep"
+    NONE = "none"
+    OFFSET = "offset"
+
+
+DEFAULT_ROPE = RopeMode.KEEP  # measured by bench/flux_rope.py (README "Flux")
+
+
+def rotate(x: Tensor, pe: Tensor, inverse: bool = False) -> Tensor:
+    """Apply (or undo) Flux's RoPE; ``pe`` holds one 2x2 rotation per channel pair, ``[..., tokens, dim/2, 2, 2]``."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2, 1)
+    matrices = pe.float().transpose(-1, -2) if inverse else pe.float()
+    return (matrices @ pairs).reshape(x.shape).to(x.dtype)
+
+
+def index_rotation(axes_dim: list[int], theta: float, index: float = 1.0) -> Tensor:
+    """RoPE rotations ``[dim/2, 2, 2]`` of position (index, 0, 0): Flux Kontext's reference-image index."""
+    angles = []
+    for axis, dim in enumerate(axes_dim):
+        scale = torch.linspace(0, (dim - 2) / dim, steps=dim // 2, dtype=torch.float64)
+        position = index if axis == 0 else 0.0
+        angles.append(position / theta**scale)
+    angle = torch.cat(angles)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([cos, -sin, sin, cos], dim=-1).reshape(-1, 2, 2).float()
+
+
+def _flat(x: Tensor) -> Tensor:
+    """``[rows, heads, tokens, dim]`` -> ``[rows, tokens, heads * dim]``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """``[rows, tokens, heads * dim]`` -> ``[rows, heads, tokens, dim]``."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def contrasted_joint_attention(
+    text_queries: Tensor,
+    text_keys: Tensor,
+    image_queries: Tensor,
+    image_keys: Tensor,
+    values: Tensor,
+    contrast: float,
+    memory_budget: int,
+) -> Tensor:
+    """The paper's contrasted attention over text keys and image keys scored with queries of their own RoPE form.
+
+    ``text_queries``/``image_queries`` are the same queries ``[1, heads, Q, dim]`` as the text and the image keys
+    see them (they differ only when RoPE is removed from the image part); ``values`` ``[1, heads, T + I, dim]``
+    in the keys' order. Weights: clip(c * softmax - (c - 1) / N_keys, 0, 1), not renormalised, in float32, in
+    query blocks of at most ``memory_budget`` bytes. Returns ``[1, Q, heads * dim]``.
+    """
+    heads, query_tokens, dim = text_queries.shape[1:]
+    key_tokens = text_keys.shape[2] + image_keys.shape[2]
+    scale = dim**-0.5
+    text_k, image_k, v = text_keys.float(), image_keys.float(), values.float()
+    query_block = max(1, memory_budget // (2 * heads * key_tokens * 4))
+    offset = (contrast - 1.0) / key_tokens
+    out = torch.empty(1, heads, query_tokens, dim, device=values.device)
+    for start in range(0, query_tokens, query_block):
+        block = slice(start, start + query_block)
+        scores = torch.cat(
+            [
+                text_queries[:, :, block].float() @ text_k.transpose(-1, -2),
+                image_queries[:, :, block].float() @ image_k.transpose(-1, -2),
+            ],
+            dim=-1,
+        )
+        weights = torch.softmax(scores * scale, dim=-1).mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
+        out[:, :, block] = weights @ v
+        del scores, weights
+    return _flat(out).to(values.dtype)
+
+
+def route_joint_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    layer: Hashable,
+    level: int | None,
+    cond_or_uncond: list[int],
+    swap: AttentionSwap | None,
+    plain: JointAttention,
+    text_tokens: int,
+    pe: Tensor | None,
+    rope: RopeMode = DEFAULT_ROPE,
+    offset: Tensor | None = None,
+) -> Tensor:
+    """Joint attention for one block over a batch of one block of rows per ``cond_or_uncond`` entry.
+
+    ``pe`` is the block's RoPE (``[1 or rows, 1, tokens, dim/2, 2, 2]``); ``offset`` the extra rotation of
+    :func:`index_rotation` for ``RopeMode.OFFSET``. Stores hold the image keys/values ``[rows, image tokens,
+    heads * dim]``, the keys already in the RoPE form ``rope`` asks for.
+    """
+    if swap is None or level is None or level not in swap.levels:
+        return plain(query, key, value)
+    heads = query.shape[1]
+    image = slice(text_tokens, None)
+    image_pe = None if pe is None or rope is RopeMode.KEEP else pe[:, :, image]
+
+    def row_pe(rows: slice) -> Tensor:
+        return image_pe if image_pe.shape[0] == 1 else image_pe[rows]
+
+    def source_form(keys: Tensor, rows: slice) -> Tensor:
+        """Image keys ``[rows, heads, image tokens, dim]`` as the swap reads them (RoPE kept, removed or moved)."""
+        if image_pe is None:
+            return keys
+        if rope is RopeMode.OFFSET:  # the image's index axis is 0 and its (y, x) axes are other channel pairs,
+            return rotate(keys, offset.to(keys.device))  # so the extra rotation moves the keys to (1, y, x)
+        return rotate(keys, row_pe(rows), inverse=True)
+
+    rows = query.shape[0] // len(cond_or_uncond)
+    branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
+    if swap.capture_store is not None:
+        for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
+            image_keys = source_form(key[block, :, image], block)
+            swap.capture_store.put(layer, branch, _flat(image_keys), _flat(value[block, :, image]))
+    out = plain(query, key, value)
+    if not swap.output_rows:
+        return out
+    out = out.clone()
+    for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
+        if swap.source_store is None:
+            source_keys = _flat(source_form(key[block, :, image], block))
+            source_values = _flat(value[block, :, image])
+        else:
+            source_keys, source_values = swap.source_store.get(layer, branch)
+        for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
+            index = block.start + output_row
+            row = slice(index, index + 1)
+            queries = query[row, :, image]
+            image_queries = queries
+            if image_pe is not None and rope is RopeMode.NONE:
+                image_queries = rotate(queries, row_pe(row), inverse=True)
+            image_keys = _heads(source_keys[source_row : source_row + 1].to(key), heads)
+            values = torch.cat(
+                [value[row, :, :text_tokens], _heads(source_values[source_row : source_row + 1].to(value), heads)], 2
+            )
+            out[row, image] = contrasted_joint_attention(
+                queries, key[row, :, :text_tokens], image_queries, image_keys, values, swap.contrast, swap.memory_budget
+            ).to(out.dtype)
+    return out
+
+
+SINGLE_BLOCK_LEVEL = 0  # single blocks follow the plan's level-0 step range (the UNet's highest-resolution level)
+DOUBLE_BLOCK_LEVEL = 1  # double blocks follow level 1's
+
+
+@dataclass(frozen=True)
+class JointSwapSettings:
+    """Which blocks of a Flux-style transformer swap, as ``[start, end)`` fractions of each block kind.
+
+    Default: the second half of the single blocks (Flux.1: single blocks 19-37), no double block. This is the
+    paper's choice carried over, not a tuned one: the paper swaps only in the decoder, the late half of the
+    network, and the single blocks are Flux's late half. ``rope``: see :class:`RopeMode`.
+    """
+
+    double_blocks: tuple[float, float] = (1.0, 1.0)
+    single_blocks: tuple[float, float] = (0.5, 1.0)
+    rope: RopeMode = DEFAULT_ROPE
+
+    def chosen(self, count: int, double: bool) -> list[int]:
+        """The indices, among ``count`` blocks of one kind, that swap."""
+        low, high = self.double_blocks if double else self.single_blocks
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"block ranges are fractions 0 <= start <= end <= 1, got ({low:g}, {high:g})")
+        return [i for i in range(count) if low * count <= i < high * count]
