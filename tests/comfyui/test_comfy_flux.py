@@ -7,6 +7,8 @@ import pytest
 import torch
 from comfyui_support import flux_conditioning, invert_node, sample_node, tiny_flux, tiny_sd15
 
+from tests.stepwise import teacher_forced
+
 STEPS, START = 6, 2
 POSITIVE, NEGATIVE = flux_conditioning(1), flux_conditioning(2)
 
@@ -292,3 +294,24 @@ def test_inversions_of_the_other_family_are_refused_before_any_model_call(comfy,
 def test_a_flux_inversion_refuses_a_ddpm_schedule(comfy, flux):
     with pytest.raises(ValueError, match="flow schedule from at most 1 down to 0"):
         invert_flux(comfy, flux, flux_latents(3), sigmas=torch.tensor([14.6, 3.0, 0.03]))
+
+
+def test_fast_mode_on_flux_equals_normal_mode_step_by_step(comfy, flux):
+    """Fast mode keeps the chosen blocks' image keys/values; one step at a time from identical latents."""
+    samples = torch.cat([flux_latents(3), flux_latents(4)])
+    normal, fast = (invert_flux(comfy, flux, samples, fast_mode=mode) for mode in ("off", "on"))
+    assert fast.attention is not None and len(fast.keys_values_at(START)) == 1  # single block 1 of 2, cond
+    assert torch.equal(normal.noise_maps, fast.noise_maps)
+    patched = comfy.families.patch_model(flux, None)
+
+    def loop(backend, x, report):
+        samplers = [
+            comfy.core.transfer.JointSampler(backend, inversion.select([0]), inversion.select([1]))
+            for inversion in (normal, fast)
+        ]
+        return x, teacher_forced(*samplers)
+
+    _, differences = comfy.backend.run_in_guider(
+        patched, POSITIVE, NEGATIVE, 1.0, torch.zeros(1, 16, 8, 8), normal.sigmas[START:], loop
+    )
+    assert len(differences) == STEPS - START and max(differences) <= 1e-4, differences
