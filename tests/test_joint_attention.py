@@ -1,0 +1,82 @@
+"""The swap in joint text+image attention (xattn_core/joint_attention.py), in plain torch."""
+
+import torch
+
+from xattn_core.attention import AttentionSwap, KeyValueStore
+from xattn_core.joint_attention import JointSwapSettings, RopeMode, index_rotation, rotate, route_joint_attention
+
+HEADS, DIM, TEXT, IMAGE = 2, 8, 3, 6
+
+
+def rope_for(positions: torch.Tensor) -> torch.Tensor:
+    """Rotations [1, 1, tokens, DIM/2, 2, 2] of one position axis, as Flux's EmbedND makes them."""
+    scale = torch.linspace(0, (DIM - 2) / DIM, steps=DIM // 2, dtype=torch.float64)
+    angle = positions.double()[:, None] / 10000**scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([cos, -sin, sin, cos], -1).reshape(1, 1, len(positions), DIM // 2, 2, 2).float()
+
+
+def plain(q, k, v):
+    weights = torch.softmax(q @ k.transpose(-1, -2) / DIM**0.5, -1)
+    return (weights @ v).transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+def rows(seed: int, count: int = 2):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(count, HEADS, TEXT + IMAGE, DIM, generator=generator) for _ in range(3)]
+
+
+def test_rotate_undoes_itself_and_the_index_rotation_moves_axis_zero_only():
+    x = torch.randn(1, HEADS, IMAGE, DIM)
+    pe = rope_for(torch.arange(IMAGE))
+    assert torch.allclose(rotate(rotate(x, pe), pe, inverse=True), x, atol=1e-6)
+    offset = index_rotation([4, 2, 2], 10000.0)  # axis 0 owns the first two channel pairs
+    assert not torch.allclose(offset[:2], torch.eye(2).expand(2, 2, 2))
+    assert torch.equal(offset[2:], torch.eye(2).expand(2, 2, 2))
+
+
+def swapped(mode: RopeMode, source_permutation: torch.Tensor):
+    """Row 1 (output) attends to row 0's image tokens (source in the same call), source tokens permuted."""
+    q, k, v = rows(0)
+    pe = rope_for(torch.cat([torch.zeros(TEXT), torch.arange(IMAGE)]))
+    k, v = k.clone(), v.clone()
+    # row 0's image tokens as another image with the same content in another order, rotated for its own positions
+    image = slice(TEXT, None)
+    raw = rotate(k[0:1, :, image], pe[:, :, image], inverse=True)
+    k[0:1, :, image] = rotate(raw[:, :, source_permutation], pe[:, :, image])
+    v[0:1, :, image] = v[0:1, :, image][:, :, source_permutation]
+    swap = AttentionSwap(frozenset({0}), 1.0, output_rows=(1,), source_rows=(0,))
+    return route_joint_attention(q, k, v, "layer", 0, [0], swap, plain, TEXT, pe, mode), (q, k, v)
+
+
+def test_without_rope_the_swap_follows_content_not_positions():
+    permutation = torch.randperm(IMAGE, generator=torch.Generator().manual_seed(1))
+    none_out, _ = swapped(RopeMode.NONE, torch.arange(IMAGE))
+    none_permuted, _ = swapped(RopeMode.NONE, permutation)
+    keep_out, _ = swapped(RopeMode.KEEP, torch.arange(IMAGE))
+    keep_permuted, _ = swapped(RopeMode.KEEP, permutation)
+    assert torch.allclose(none_out[1], none_permuted[1], atol=1e-5)  # position-free: the order does not matter
+    assert (keep_out[1] - keep_permuted[1]).abs().max() > 1e-3  # own positions: it does
+
+
+def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_keys():
+    q, k, v = rows(2)
+    store = KeyValueStore()
+    route_joint_attention(
+        q, k, v, "layer", 0, [0], AttentionSwap(frozenset({0}), 1.0, capture_store=store), plain, TEXT, None
+    )
+    keys, values = store.get("layer", 0)
+    assert keys.shape == values.shape == (2, IMAGE, HEADS * DIM)
+    swap = AttentionSwap(frozenset({0}), 1.67, output_rows=(0,), source_rows=(1,), source_store=store)
+    out = route_joint_attention(q, k, v, "layer", 0, [0], swap, plain, TEXT, None)
+    own = plain(q, k, v)
+    assert torch.equal(out[1], own[1]) and torch.equal(out[0, :TEXT], own[0, :TEXT])
+    assert (out[0, TEXT:] - own[0, TEXT:]).abs().max() > 1e-3
+    elsewhere = route_joint_attention(q, k, v, "layer", 1, [0], swap, plain, TEXT, None)  # another level
+    assert torch.equal(elsewhere, own)
+
+
+def test_default_blocks_are_the_second_half_of_the_single_blocks():
+    settings = JointSwapSettings()
+    assert settings.chosen(38, double=False) == list(range(19, 38)) and settings.chosen(19, double=True) == []
+    assert settings.rope is RopeMode.KEEP
