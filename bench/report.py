@@ -14,8 +14,9 @@ from bench.measure import engine_revision, phase_line, ratio
 from bench.memory_worker import MEMORY_DIM_HEAD, MEMORY_HEADS, MEMORY_TOKENS, MIB
 from bench.naive_port import OUT, STRUCT
 from xattn_core.attention import DEFAULT_MEMORY_BUDGET
+from xattn_core.calls import CallLayout, model_evaluations
 from xattn_core.inversion import InversionSettings
-from xattn_core.plan import PlanSettings, model_evaluations
+from xattn_core.plan import PlanSettings
 from xattn_core.transfer import TransferSettings
 
 
@@ -166,7 +167,7 @@ def eval_targets(steps: int, start: int, plan, inversion_cfg: float, cfg: float)
     inversion_chunks, generation_chunks = (1 if value == 1.0 else 2 for value in (inversion_cfg, cfg))
     generation_steps = steps - start
     inversion = 2 * (steps - start) * inversion_chunks
-    generation = model_evaluations(plan) * generation_chunks
+    generation = model_evaluations(plan, CallLayout.of(1, 1)) * generation_chunks
     official = 2 * steps * inversion_chunks + generation_steps * 2 * 3 * generation_chunks
     return {
         "inversion": inversion,

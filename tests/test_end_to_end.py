@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from tests.stepwise import teacher_forced
+from xattn_core.calls import CallLayout, model_evaluations
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
 from xattn_core.inversion import invert
 from xattn_core.pairing import pair_rows
-from xattn_core.plan import PlanSettings, build_plan, model_evaluations
+from xattn_core.plan import PlanSettings, build_plan
 from xattn_core.schedule import paper_sigmas
 from xattn_core.transfer import JointSampler, TransferSettings, transfer
 
@@ -68,7 +69,7 @@ def test_swap_changes_the_output_from_the_first_mixing_step(unet, inversions):
     result, recorder, evaluations = run(unet, inversions, settings)
     plan = build_plan(STEPS, START, settings.plan)
     assert [step.index for step in plan if step.swaps][0] == FIRST_MIXING
-    assert evaluations == model_evaluations(plan)
+    assert evaluations == model_evaluations(plan, CallLayout.of(1, 1))
     joint_inputs = [latents for latents, _, swap in recorder.calls if latents.shape[0] == 2]
     assert len(joint_inputs) == STEPS - START
     for step, latents in enumerate(joint_inputs):
@@ -143,7 +144,9 @@ def test_output_hints_give_the_output_rows_calls_of_their_own(unet, inversions):
         )
     assert torch.equal(hinted.structure, plain.structure) and torch.equal(hinted.appearance, plain.appearance)
     plan = build_plan(STEPS, START)
-    assert evaluations == model_evaluations(plan) + len(plan)  # one more output row per step
+    # one more output row per step
+    assert evaluations == model_evaluations(plan, CallLayout.of(1, 1, output_hints=True))
+    assert evaluations == model_evaluations(plan, CallLayout.of(1, 1)) + len(plan)
     joint_calls = [paths for rows, paths, _ in hinted_backend.calls if rows == 2]
     output_calls = [(paths, swap is not None) for rows, paths, swap in hinted_backend.calls if rows == 1]
     assert joint_calls == [True] * len(plan)  # output + structure rows, without the hints

@@ -6,6 +6,7 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 - ``schedule``: the paper's sigma schedule and the DDPM (eta = 1) step in sigma space;
 - ``inversion``: edit-friendly DDPM inversion (and fast mode's attention cache);
 - ``plan``: what each generation step does (swap levels, K/V source, swap guidance, AdaIN);
+- ``calls``: the model calls of each step, as data (rows, capture, swap, recording), and their count;
 - ``attention``: where the appearance/structure keys and values are used (``route_attention``);
 - ``adain``: AdaIN on latents, plain and masked;
 - ``kmeans``: k-means in plain torch (scikit-learn's algorithm, on the model's device);
@@ -24,21 +25,24 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 """
 
 from .adain import adain
-from .attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
+from .attention import CallAttention, KeyValueStore, contrasted_attention, route_attention
+from .calls import CallLayout, ModelCall, model_evaluations, step_calls
 from .inversion import AttentionCache, CacheSettings, Inversion, invert
 from .pairing import check_compatible, pair_rows
-from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan, model_evaluations
+from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
 from .schedule import ancestral_split, ddpm_step, paper_sigmas, paper_timesteps
 from .transfer import Backend, TransferResult, TransferSettings, transfer
 
 __all__ = [
     "AttentionCache",
-    "AttentionSwap",
     "Backend",
+    "CallAttention",
+    "CallLayout",
     "CacheSettings",
     "Inversion",
     "KeyValueSource",
     "KeyValueStore",
+    "ModelCall",
     "PlanSettings",
     "StepPlan",
     "TransferResult",
@@ -55,5 +59,6 @@ __all__ = [
     "paper_sigmas",
     "paper_timesteps",
     "route_attention",
+    "step_calls",
     "transfer",
 ]
