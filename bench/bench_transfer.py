@@ -233,8 +233,8 @@ def run_generation(setup: Setup, inversion: InversionRun) -> GenerationRun:
     naive_steps = naive_port.naive_generation(naive, state, latents, maps, setup.sigmas, setup.plan, naive_result)
     plain_steps = naive_port.plain_generation(plain, structure, setup.sigmas, setup.plan, plain_result)
 
-    def after_generation_step(index: int, total: int, *_latents) -> None:
-        progress("generation", index + 1, total)
+    def after_generation_step(done: int, total: int, *_latents) -> None:
+        progress("generation", done, total)
         with clock.section("naive generation"):
             next(naive_steps)
         with clock.section("plain generation"):
@@ -273,8 +273,8 @@ def run_fast_mode(setup: Setup, inversion: InversionRun) -> TransferResult:
     """Ours in fast mode: output rows only, the paths replayed from the inversion's cache (after the rest)."""
     appearance, structure = inversion.ours.select([0]), inversion.ours.select([1])  # outside the timing
 
-    def after_fast_step(index: int, total: int, *_latents) -> None:
-        progress("fast generation", index + 1, total)
+    def after_fast_step(done: int, total: int, *_latents) -> None:
+        progress("fast generation", done, total)
 
     with Counted(setup.ours) as fast_count:
         with setup.clock.section("ours fast generation"):

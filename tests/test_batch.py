@@ -74,6 +74,8 @@ def test_each_image_is_inverted_once_and_bad_rows_are_skipped(first_run, transfe
     generation_calls = transfer_command[1].unet_calls - INVERSION_CALLS
     assert generation_calls > 0
     assert spy.unet_calls == 4 * INVERSION_CALLS + 3 * generation_calls
+    # one prompt for every row, encoded once with the empty negative prompt, as by the transfer command
+    assert spy.text_encodings == transfer_command[1].text_encodings == 2
     lines = run.stderr.splitlines()
     assert f"row 4 skipped: structure: cannot read {pilot.parent / 'not_an_image.png'} as an image" in run.stderr
     assert f"row 6 skipped: structure: image not found: {pilot.parent / MISSING}" in lines

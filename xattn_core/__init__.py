@@ -9,6 +9,7 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 - ``calls``: the model calls of each step, as data (rows, capture, swap, recording), and their count;
 - ``attention``: where the appearance/structure keys and values are used (``route_attention``);
 - ``adain``: AdaIN on latents, plain and masked;
+- ``masks``: a mask as per-image weights at latent size (AdaIN's masks, a structure's noise mask);
 - ``kmeans``: k-means in plain torch (scikit-learn's algorithm, on the model's device);
 - ``segmentation``: the official automatic object masks from attention maps (k-means plus the object word);
 - ``freeu``: the official code's FreeU variant;

@@ -98,9 +98,9 @@ def _run(argv: list[str] | None) -> int:
         appearance = load_image(args.appearance, options.size)
         structure = load_image(args.structure, options.size)
         if options.object_words:  # the tokenizer alone is small: a misspelt word costs no model load
-            from .diffusers_pipeline import load_tokenizer, object_token_positions
+            from .diffusers_pipeline import load_tokenizer, prompt_object_tokens
 
-            object_token_positions(load_tokenizer(args.model), args.prompt, options.object_words)
+            prompt_object_tokens(load_tokenizer(args.model), args.prompt, options.object_words)
     except (ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,10 +17,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .adain import adain, resize_mask
+from .adain import adain
 from .attention import DEFAULT_MEMORY_BUDGET, CallAttention, Capture, KeyValueStore, Recording, Swap
 from .calls import CallLayout, ModelCall, Rows, recording_step, step_calls
 from .inversion import Inversion
+from .masks import resize_mask
 from .pairing import check_compatible, pair_rows
 from .plan import PlanSettings, StepPlan, build_plan
 from .schedule import ddpm_step
@@ -69,7 +70,40 @@ class TransferResult:
 
 
 GenerationCallback = Callable[[int, int, Tensor, Tensor], None]
-"""``(step index, generation steps, output latents after the step, the step's denoised output estimate)``."""
+"""``(steps done, generation steps, output latents after the step, the step's denoised output estimate)``; steps
+are counted from 1, as the inversion's ``StepCallback`` counts them."""
+
+
+@dataclass(frozen=True)
+class TransferOutline:
+    """What a transfer of two inversions does, known before any model call; :func:`outline_transfer` makes it once,
+    for a caller that must set the model up first (ComfyUI's sampler node) and then for the sampler."""
+
+    start: int  # the first generation step, of the schedule both inversions share
+    pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
+    plan: list[StepPlan]
+    mask_step: int | None  # the step (index in ``plan``) whose model calls record the automatic masks' maps
+
+    @property
+    def records_maps(self) -> bool:
+        """Whether the automatic masks are on, so the model's recording layers must be marked."""
+        return self.mask_step is not None
+
+
+def outline_transfer(
+    appearance: Inversion,
+    structure: Inversion,
+    settings: TransferSettings = TransferSettings(),
+    appearance_mask: Tensor | None = None,
+    structure_mask: Tensor | None = None,
+    object_tokens: Sequence[Sequence[int]] | None = None,
+) -> TransferOutline:
+    """The start step, pairs, plan and mask step of :func:`transfer` with the same arguments."""
+    start = check_compatible(appearance, structure, settings.start_step)
+    plan = build_plan(appearance.steps, start, settings.plan)
+    pairs = pair_rows(appearance.batch_size, structure.batch_size)
+    automatic = uses_automatic_masks(object_tokens, appearance_mask, structure_mask)
+    return TransferOutline(start, pairs, plan, recording_step(plan, automatic))
 
 
 @dataclass
@@ -107,15 +141,18 @@ class JointSampler:
         appearance_mask: Tensor | None = None,
         structure_mask: Tensor | None = None,
         object_tokens: Sequence[Sequence[int]] | None = None,
+        outline: TransferOutline | None = None,
     ) -> None:
         """``object_tokens`` (the object word's token positions in the positive prompt, one list per word)
-        turns on the official automatic masks for AdaIN when no mask is given."""
+        turns on the official automatic masks for AdaIN when no mask is given. ``outline``: what
+        :func:`outline_transfer` gave for the same arguments, if the caller has it already."""
         self.backend, self.appearance, self.structure, self.settings = backend, appearance, structure, settings
-        self.start = check_compatible(appearance, structure, settings.start_step)
-        self.pairs = pair_rows(appearance.batch_size, structure.batch_size)
+        if outline is None:
+            outline = outline_transfer(appearance, structure, settings, appearance_mask, structure_mask, object_tokens)
+        self.start, self.pairs, self.plan = outline.start, outline.pairs, outline.plan
+        self.mask_step = outline.mask_step  # the step whose calls record the automatic masks' maps
         self.appearance_rows = [a for a, _ in self.pairs]
         self.structure_rows = [s for _, s in self.pairs]
-        self.plan = build_plan(appearance.steps, self.start, settings.plan)
         self.sigmas = appearance.sigmas.tolist()
         self.appearance_masks = self.structure_masks = None  # per image, [B, 1, H, W]
         if structure_mask is not None:
@@ -142,8 +179,6 @@ class JointSampler:
         )
         output_hints = bool(getattr(backend, "output_hints", False))
         self.layout = CallLayout(tuple(self.pairs), appearance.batch_size, structure.batch_size, cached, output_hints)
-        automatic = uses_automatic_masks(object_tokens, appearance_mask, structure_mask)
-        self.mask_step = recording_step(self.plan, automatic)  # the step whose calls record the maps
         self.object_tokens = [list(positions) for positions in object_tokens or []]
 
     def initial_latents(self) -> PathLatents:
@@ -249,7 +284,7 @@ class JointSampler:
             denoised = latents.output - self.sigmas[step.global_step] * noise.output  # for previews
             latents = self.advance(step, latents, noise)
             if callback is not None:
-                callback(step.index, len(self.plan), latents.output, denoised)
+                callback(step.index + 1, len(self.plan), latents.output, denoised)
         return TransferResult(
             output=latents.output,
             appearance=latents.appearance,
@@ -269,6 +304,7 @@ def transfer(
     structure_mask: Tensor | None = None,
     callback: GenerationCallback | None = None,
     object_tokens: Sequence[Sequence[int]] | None = None,
+    outline: TransferOutline | None = None,
 ) -> TransferResult:
     """Generate images with the structure's layout and the appearance's look.
 
@@ -276,5 +312,7 @@ def transfer(
     cached noise predictions and keys/values, so only the output rows (and the other path, if it
     has no cache) go through the model.
     """
-    sampler = JointSampler(backend, appearance, structure, settings, appearance_mask, structure_mask, object_tokens)
+    sampler = JointSampler(
+        backend, appearance, structure, settings, appearance_mask, structure_mask, object_tokens, outline
+    )
     return sampler.run(callback)
