@@ -222,7 +222,7 @@ def run_generation(setup: Setup, inversion: InversionRun) -> GenerationRun:
     args, clock, ours, naive, plain = setup.args, setup.clock, setup.ours, setup.naive, setup.plain
     normal = dataclasses.replace(inversion.ours, attention=None)  # the normal mode: no cache
     appearance, structure = normal.select([0]), normal.select([1])
-    for backend in (ours, naive):  # the generation's guidance, as xattn_core.diffusers_pipeline sets it
+    for backend in (ours, naive):  # the generation's guidance, as xattn_core.app.diffusers_pipeline sets it
         backend.with_guidance(backend.positive, backend.negative, args.cfg)
     state = naive_port.NaiveSwapState(contrast=args.contrast)
     naive_layers = naive_port.install_naive_processors(setup.naive_unet, state)  # naive.close() restores the originals

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import xattn_core.batch as batch
-import xattn_core.diffusers_pipeline as diffusers_pipeline
-from xattn_core.__main__ import main
+import xattn_core.app.batch as batch
+import xattn_core.app.diffusers_pipeline as diffusers_pipeline
+from xattn_core.app.cli import main
 
 # 6 steps from step 2 at 128 px: 4 inversion steps, each one UNet call for one image (CFG in the same call)
 TINY = ["--steps", "6", "--start-step", "2", "--size", "128", "--device", "cpu"]

@@ -16,13 +16,10 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 - ``pairing``: which appearance and structure images meet in each output, and whether two inversions can;
 - ``transfer``: the joint three-path generation loop over a small ``Backend`` interface;
 - ``inversion_file``: inversions as validated safetensors files;
-- ``scores``: optional DINO structure distance and appearance similarity (**needs transformers** to load a model);
 - ``diffusers_backend``: the ``Backend`` over a diffusers UNet (works on the object; imports no diffusers);
-- ``diffusers_pipeline``, ``__main__``, ``cli_common``: the reference pipeline and command line (**need diffusers**);
-- ``batch_csv``, ``batch``, ``batch_cli``, ``contact_sheet``: the ``batch`` command: its pairs file, the per-pair work
-  with the inversion cache and resuming, the command itself, ``index.html`` and ``results.csv`` (**need diffusers**);
-- ``batch_ray``: ``batch --ray``, the same per-pair work as a Ray Data job (**needs ray**, imported only then);
-- ``tiny``: tiny random models for tests and benchmarks (**needs diffusers and transformers**).
+- ``tiny``: tiny random models for tests and benchmarks (**needs diffusers and transformers**);
+- ``app``: the reference pipeline, the command line (``python -m xattn_core``), the batch command and its scores,
+  which use the engine and are never imported by it.
 """
 
 from .adain import adain

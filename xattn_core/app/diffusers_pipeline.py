@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .diffusers_backend import DiffusersBackend
-from .freeu import FreeUSettings
-from .inversion import CacheSettings, Inversion, InversionSettings, invert
-from .schedule import paper_sigmas
-from .segmentation import word_positions
-from .transfer import TransferResult, TransferSettings, transfer
+from ..diffusers_backend import DiffusersBackend
+from ..freeu import FreeUSettings
+from ..inversion import CacheSettings, Inversion, InversionSettings, invert
+from ..schedule import paper_sigmas
+from ..segmentation import word_positions
+from ..transfer import TransferResult, TransferSettings, transfer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 Progress = Callable[[str, int, int], None]
 """``(phase, done, total)`` with phase "invert" or "generate"."""

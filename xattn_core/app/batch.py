@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..inversion import Inversion
+from ..inversion_file import InversionFileError, load_inversion, save_inversion
 from .batch_csv import InputImage, Pair
 from .diffusers_pipeline import (
     Progress,
@@ -40,8 +42,6 @@ from .diffusers_pipeline import (
     load_image,
     write_transfer,
 )
-from .inversion import Inversion
-from .inversion_file import InversionFileError, load_inversion, save_inversion
 
 CACHE_VERSION = 1  # part of every key: raise it when what an inversion or an output depends on changes
 OUTPUTS, INVERSIONS = "outputs", "inversions"

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..segmentation import split_words, uses_automatic_masks
 from .diffusers_pipeline import TransferOptions, load_image
-from .segmentation import split_words, uses_automatic_masks
 
 REQUIRED = ("structure", "appearance", "prompt")
 OPTIONAL = ("object_word", "structure_mask", "appearance_mask", "seed")
