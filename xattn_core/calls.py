@@ -52,13 +52,22 @@ class CallLayout:
     structures: int
     cached: frozenset[Rows] = frozenset()  # paths replayed from their inversion's attention cache (fast mode)
     output_hints: bool = False  # the output's conditioning carries hints (ControlNet, ...) the paths must not get
+    noise_mask: bool = False  # a local transfer: outside the structure's noise mask the output is its inversion
+    structure_reconstruction: bool = True  # the structure path runs to the end (its reconstruction is wanted)
 
     @classmethod
     def of(
-        cls, appearances: int, structures: int, cached: frozenset[Rows] = frozenset(), output_hints: bool = False
+        cls,
+        appearances: int,
+        structures: int,
+        cached: frozenset[Rows] = frozenset(),
+        output_hints: bool = False,
+        noise_mask: bool = False,
+        structure_reconstruction: bool = True,
     ) -> CallLayout:
         """The layout of ``appearances`` and ``structures`` images, paired as :func:`pair_rows` pairs them."""
-        return cls(tuple(pair_rows(appearances, structures)), appearances, structures, cached, output_hints)
+        pairs = tuple(pair_rows(appearances, structures))
+        return cls(pairs, appearances, structures, cached, output_hints, noise_mask, structure_reconstruction)
 
     def count(self, rows: Rows) -> int:
         return {Rows.OUTPUT: len(self.pairs), Rows.APPEARANCE: self.appearances, Rows.STRUCTURE: self.structures}[rows]
@@ -98,10 +107,27 @@ class ModelCall:
     swap_guidance: float | None = None  # the plain pass: output = this + weight * (swapped output - this)
 
 
-def step_calls(step: StepPlan, layout: CallLayout, records_maps: bool = False) -> list[ModelCall]:
-    """The model calls of ``step`` in the order they run; ``records_maps``: this is the :func:`recording_step`."""
+@dataclass(frozen=True)
+class StepRole:
+    """What a step of the plan means for its calls beyond the step itself (:func:`step_roles` gives them)."""
+
+    records_maps: bool = False  # the recording step of the automatic masks
+    before_swaps: bool = False  # nothing has swapped or run AdaIN yet: the structure rows run in a call of their own
+    output_is_structure: bool = False  # ... and the output rows equal them (no hints, no noise mask): not evaluated
+    structure_needed: bool = True  # something still reads the structure path (keys/values, maps, reconstruction)
+
+
+def step_calls(step: StepPlan, layout: CallLayout, role: StepRole = StepRole()) -> list[ModelCall]:
+    """The model calls of ``step`` in the order they run.
+
+    Before anything swaps (``role.before_swaps``) the structure rows run alone, and while the output rows equal
+    them (``role.output_is_structure``) the output rows are not evaluated: the sampler gives them the
+    structure's prediction. Once nothing reads the structure path any more (``role.structure_needed`` false) its
+    rows are not evaluated either and the path stops there.
+    """
     output, appearance, structure = Rows.OUTPUT, Rows.APPEARANCE, Rows.STRUCTURE
     outputs = len(layout.pairs)
+    records_maps = role.records_maps
     source = None
     if step.swaps:
         source = appearance if step.kv_source is KeyValueSource.APPEARANCE else structure
@@ -127,9 +153,15 @@ def step_calls(step: StepPlan, layout: CallLayout, records_maps: bool = False) -
         calls.append(ModelCall((appearance,), True, (appearance,), capture(appearance), records=images(appearance)))
     elif records_maps:  # a replayed path ran no model call to record its maps in
         calls.append(ModelCall((appearance,), True, records=images(appearance)))
-    if structure in layout.cached:
-        if records_maps:
-            calls.append(ModelCall((structure,), True, records=images(structure)))
+    structure_live = structure not in layout.cached and role.structure_needed
+    if structure in layout.cached and records_maps:
+        calls.append(ModelCall((structure,), True, records=images(structure)))
+    if role.before_swaps:  # the output reads no keys/values yet: the structure rows alone
+        if structure_live:
+            calls.append(ModelCall((structure,), True, (structure,), records=images(structure)))
+        if not role.output_is_structure:
+            calls.append(ModelCall((output,), False, (output,)))
+    elif not structure_live:
         calls.append(ModelCall((output,), False, (output,), swap=swap(0, False)))
     elif layout.output_hints:
         joint = ModelCall(
@@ -159,12 +191,38 @@ def recording_step(plan: list[StepPlan], automatic_masks: bool) -> int | None:
     return next((step.index for step in plan if step.adain), None)
 
 
+def step_roles(plan: list[StepPlan], layout: CallLayout, automatic_masks: bool = False) -> list[StepRole]:
+    """The role of each step of ``plan``.
+
+    The output rows start as copies of their structure rows and take the same DDPM steps, so they stay equal
+    until a step swaps or an AdaIN step has changed them; not so with output-only hints (other conditioning) or
+    a noise mask (the output is blended with the structure's inversion, not its path), where the output rows
+    still run in calls of their own until then, so the structure path is the same with or without. The path is
+    read up to its last key/value step, at the recording step and while the output equals it; after that only
+    its reconstruction would, when ``layout.structure_reconstruction`` asks for it.
+    """
+    records_at = recording_step(plan, automatic_masks)
+    read_until = max(
+        [step.index for step in plan if step.swaps and step.kv_source is KeyValueSource.STRUCTURE]
+        + ([records_at] if records_at is not None else []),
+        default=-1,
+    )
+    shared = not layout.output_hints and not layout.noise_mask
+    before_swaps, roles = True, []
+    for step in plan:
+        before_swaps = before_swaps and not step.swaps
+        needed = layout.structure_reconstruction or step.index <= read_until or before_swaps
+        roles.append(StepRole(step.index == records_at, before_swaps, before_swaps and shared, needed))
+        before_swaps = before_swaps and not step.adain
+    return roles
+
+
 def model_evaluations(plan: list[StepPlan], layout: CallLayout, automatic_masks: bool = False) -> int:
     """Image-evaluations (rows, per cond_or_uncond branch) the joint sampler spends on ``plan``: its exact calls."""
-    records_at = recording_step(plan, automatic_masks)
+    roles = step_roles(plan, layout, automatic_masks)
     return sum(
         layout.count(rows)
-        for step in plan
-        for call in step_calls(step, layout, step.index == records_at)
+        for step, role in zip(plan, roles, strict=True)
+        for call in step_calls(step, layout, role)
         for rows in call.rows
     )

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .adain import adain
 from .attention import DEFAULT_MEMORY_BUDGET, CallAttention, Capture, KeyValueStore, Recording, Swap
-from .calls import CallLayout, ModelCall, Rows, recording_step, step_calls
+from .calls import CallLayout, ModelCall, Rows, recording_step, step_calls, step_roles
 from .inversion import Inversion
 from .masks import resize_mask
 from .pairing import check_compatible, pair_rows
@@ -52,6 +52,9 @@ class TransferSettings:
     start_step: int | None = None  # None: the later of the two inversions' start steps
     adain_strength: float = bounded(1.0, 0.0, 1.0)
     memory_budget: int = bounded(DEFAULT_MEMORY_BUDGET, 2**20, 2**36)  # bytes of explicit attention weights
+    # run the structure path to the end for its reconstruction (TransferResult.structure); without it the path
+    # stops after the last step that reads it, which saves one evaluation per structure image and later step
+    structure_reconstruction: bool = True
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -61,7 +64,7 @@ class TransferSettings:
 class TransferResult:
     output: Tensor  # [outputs, C, H, W]
     appearance: Tensor  # the appearance path's own final latents (a reconstruction)
-    structure: Tensor  # the structure path's own final latents
+    structure: Tensor | None  # the structure path's own final latents; None without structure_reconstruction
     pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
     # [appearances, 1, H, W]: the masks given or found; an output whose automatic mask came out empty used
     # unmasked AdaIN (segmentation.output_masks) though its empty mask is returned here
@@ -121,7 +124,7 @@ class StepNoise:
 
     output: Tensor
     appearance: Tensor
-    structure: Tensor
+    structure: Tensor | None  # None once the structure path has stopped (no reconstruction asked for)
 
 
 class JointSampler:
@@ -178,7 +181,16 @@ class JointSampler:
             if inversion.attention is not None
         )
         output_hints = bool(getattr(backend, "output_hints", False))
-        self.layout = CallLayout(tuple(self.pairs), appearance.batch_size, structure.batch_size, cached, output_hints)
+        self.layout = CallLayout(
+            tuple(self.pairs),
+            appearance.batch_size,
+            structure.batch_size,
+            cached,
+            output_hints,
+            noise_mask=self.noise_mask is not None,
+            structure_reconstruction=settings.structure_reconstruction,
+        )
+        self.roles = step_roles(self.plan, self.layout, self.mask_step is not None)
         self.object_tokens = [list(positions) for positions in object_tokens or []]
 
     def initial_latents(self) -> PathLatents:
@@ -190,7 +202,7 @@ class JointSampler:
 
     def calls(self, step: StepPlan) -> list[ModelCall]:
         """The model calls :meth:`predict` runs for ``step`` (calls.py)."""
-        return step_calls(step, self.layout, step.index == self.mask_step)
+        return step_calls(step, self.layout, self.roles[step.index])
 
     def predict(self, step: StepPlan, latents: PathLatents) -> StepNoise:
         """Run the step's model calls in order; a replayed path's prediction and keys/values come from its cache."""
@@ -218,9 +230,12 @@ class JointSampler:
                     noise[path] = block
                 else:  # the plain pass: push the swapped prediction away from it
                     noise[path] = block + call.swap_guidance * (noise[path] - block)
+        if self.roles[step.index].output_is_structure:  # the output rows are still their structure rows
+            noise[Rows.OUTPUT] = noise[Rows.STRUCTURE][self.structure_rows]
         if maps is not None:
             self._set_automatic_masks(maps)
-        return StepNoise(output=noise[Rows.OUTPUT], appearance=noise[Rows.APPEARANCE], structure=noise[Rows.STRUCTURE])
+        structure = noise.get(Rows.STRUCTURE)
+        return StepNoise(output=noise[Rows.OUTPUT], appearance=noise[Rows.APPEARANCE], structure=structure)
 
     def _attention(
         self, call: ModelCall, keys_values: dict[Rows, KeyValueStore], maps: AttentionMaps | None
@@ -267,7 +282,9 @@ class JointSampler:
         appearance_path = ddpm_step(
             latents.appearance, noise.appearance, sigma, sigma_next, self.appearance.noise_at(i)
         )
-        structure_path = ddpm_step(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
+        structure_path = latents.structure  # the path stopped: nothing reads it any more
+        if noise.structure is not None:
+            structure_path = ddpm_step(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
         if step.adain:
             style = appearance_path[self.appearance_rows]
             output = adain(output, style, self.content_mask, self.style_mask, self.settings.adain_strength)
@@ -288,7 +305,7 @@ class JointSampler:
         return TransferResult(
             output=latents.output,
             appearance=latents.appearance,
-            structure=latents.structure,
+            structure=latents.structure if self.settings.structure_reconstruction else None,
             pairs=self.pairs,
             appearance_masks=self.appearance_masks,
             structure_masks=self.structure_masks,

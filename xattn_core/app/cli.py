@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "transfer",
         help="transfer the appearance of one image onto the structure of another",
         description="Invert both images, generate the structure with the appearance's look, write the result. "
-        "A transfer at the paper's settings takes 533 image-evaluations of the model (272 inverting, 261 "
+        "A transfer at the paper's settings takes 491 image-evaluations of the model (272 inverting, 219 "
         "generating).",
         formatter_class=HelpFormat,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -244,8 +244,9 @@ def generate(
     structure_mask: Tensor | None = None,
     prompts: PromptEncodings | None = None,
 ) -> tuple[Image.Image, TransferResult]:
-    """Run the joint sampler on two inversions of one image each and decode the output."""
-    settings = options.transfer
+    """Run the joint sampler on two inversions of one image each and decode the output (the structure's
+    reconstruction is not made: nothing here writes it)."""
+    settings = replace(options.transfer, structure_reconstruction=False)
     positive, negative = (prompts or PromptEncodings(pipe))(prompt)
     object_tokens = None
     if options.object_words:
