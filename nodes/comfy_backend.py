@@ -23,11 +23,11 @@ import comfy.samplers
 import torch
 from torch import Tensor
 
-from ..xattn_core.attention import AttentionSwap, record_attention_maps, route_attention
+from ..xattn_core.attention import CallAttention, record_attention_maps, route_attention
 from ..xattn_core.freeu import FreeUSettings, official_freeu
 from ..xattn_core.plan import SWAP_LEVELS
 
-SWAP_KEY = "xattn_swap"  # transformer_options key carrying the AttentionSwap of a model call
+SWAP_KEY = "xattn_swap"  # transformer_options key carrying the CallAttention of a model call
 
 
 class UnsupportedModelError(ValueError):
@@ -220,7 +220,7 @@ class ComfyBackend:
         self.extra_args = extra_args
         self.output_hints = output_hints  # the output's conds carry hints the paths must not get
 
-    def _call(self, latents: Tensor, sigmas: Tensor, swap: AttentionSwap | None, paths: bool) -> Tensor:
+    def _call(self, latents: Tensor, sigmas: Tensor, swap: CallAttention | None, paths: bool) -> Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
         extra_args = dict(self.extra_args)
         extra_args["denoise_mask"] = None  # our calls can hold other rows than the sampled latent
@@ -234,7 +234,7 @@ class ComfyBackend:
         return (latents - denoised) / sigmas.reshape(-1, 1, 1, 1)
 
     def predict_noise(
-        self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None, paths: bool = False
+        self, latents: Tensor, sigma: float | Tensor, swap: CallAttention | None = None, paths: bool = False
     ) -> Tensor:
         """``paths``: the rows reconstruct the appearance/structure images, so the prompts come without hints."""
         sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1)

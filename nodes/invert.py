@@ -9,8 +9,8 @@ import latent_preview
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..xattn_core.adain import resize_mask
 from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
+from ..xattn_core.masks import resize_mask
 from ..xattn_core.schedule import paper_sigmas
 from ..xattn_core.settings import value_range
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider

@@ -10,9 +10,8 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import Inversion
-from ..xattn_core.pairing import check_compatible, pair_rows
 from ..xattn_core.plan import PlanSettings
-from ..xattn_core.transfer import TransferSettings, transfer
+from ..xattn_core.transfer import TransferSettings, outline_transfer, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, CheckedCombo, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
@@ -215,31 +214,29 @@ class XAttnCrossImageSampler(io.ComfyNode):
         report_fast_mode(
             appearance, structure, cfg, conditioning_fingerprint(positive), conditioning_fingerprint(negative)
         )
-        start = check_compatible(appearance, structure, None if start_step < 0 else start_step)
-        pairs = pair_rows(appearance.batch_size, structure.batch_size)
         options = options or {}
         settings = TransferSettings(
             plan=dataclasses.replace(options.get("plan", PlanSettings()), swap_guidance=swap_guidance),
             contrast=contrast,
             cfg=cfg,
-            start_step=start,
+            start_step=None if start_step < 0 else start_step,
             adain_strength=adain_strength,
             memory_budget=options.get("memory_budget", TransferSettings().memory_budget),
         )
         if adain_masks == "none":
             appearance_mask = structure_mask = None
-        automatic = adain_masks == "auto" and appearance_mask is None and structure_mask is None
-        words = object_tokens(positive) if automatic else None
-        patched = patch_model(model, freeu_settings(freeu, model), records_maps=words is not None)
-        generation_sigmas = appearance.sigmas[start:]
+        tokens = object_tokens(positive) if adain_masks == "auto" else None  # the object word's, if the prompt has it
+        outline = outline_transfer(appearance, structure, settings, appearance_mask, structure_mask, tokens)
+        patched = patch_model(model, freeu_settings(freeu, model), records_maps=outline.records_maps)
+        generation_sigmas = appearance.sigmas[outline.start :]
         preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
-        output_shape = (len(pairs), *structure.clean.shape[1:])
+        output_shape = (len(outline.pairs), *structure.clean.shape[1:])
 
         def loop(backend, x, report):
             device = x.device
 
-            def progress(step, _total, output, denoised):
-                report(step, output, denoised, float(generation_sigmas[step]))
+            def progress(done, _total, output, denoised):
+                report(done - 1, output, denoised, float(generation_sigmas[done - 1]))
 
             result = transfer(
                 backend,
@@ -249,7 +246,8 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 appearance_mask,
                 structure_mask,
                 callback=progress,
-                object_tokens=words,
+                object_tokens=tokens,
+                outline=outline,
             )
             return result.output.to(x.dtype), result
 

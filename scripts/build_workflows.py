@@ -19,11 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workflow_chain import Transfer  # noqa: E402
+from workflow_files import CONTROLNET_MODEL, SD15_CHECKPOINT, SDXL_CHECKPOINT  # noqa: E402
 from workflow_graph import Graph  # noqa: E402
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
-CONTROLNET = "control_v11p_sd15_canny.pth"
+SD15, SDXL, CONTROLNET = SD15_CHECKPOINT, SDXL_CHECKPOINT, CONTROLNET_MODEL
 GIRAFFE, ZEBRA = "giraffe.jpg", "zebra.jpg"  # the paper's pair, shipped in xattn_core/samples/ (MIT licence)
 DRAWN = "xattn_structure.png", "xattn_appearance.png"  # the pack's drawn samples, copied as these names
 OFFICIAL_INPUTS = (

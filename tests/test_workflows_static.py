@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from scripts.workflow_files import SDXL_CHECKPOINT, WORKFLOW_NAMES
 from tests.workflow_checks import (
     REPO,
     SCHEMAS,
@@ -28,16 +29,7 @@ from tests.workflow_checks import (
     ui_problems,
 )
 
-EXPECTED = [
-    "01_basic_sd15_transfer",
-    "02_masked_transfer",
-    "03_sdxl_transfer",
-    "04_colour_variants",
-    "05_transfer_then_upscale",
-    "06_from_saved_inversions",
-    "07_transfer_with_controlnet",
-    "08_local_transfer",
-]
+EXPECTED = sorted(WORKFLOW_NAMES)
 
 
 def test_the_shipped_set_is_complete():
@@ -199,9 +191,7 @@ def test_local_workflow_masks_the_structure_latent_and_composites():
 
 def test_sdxl_workflow_runs_at_1024():
     _, prompt = load("03_sdxl_transfer")
-    assert [n["inputs"]["ckpt_name"] for n in by_type(prompt, "CheckpointLoaderSimple")] == [
-        "sd_xl_base_1.0.safetensors"
-    ]
+    assert [n["inputs"]["ckpt_name"] for n in by_type(prompt, "CheckpointLoaderSimple")] == [SDXL_CHECKPOINT]
     scales = by_type(prompt, "ImageScale")
     assert len(scales) == 2 and all(n["inputs"]["width"] == n["inputs"]["height"] == 1024 for n in scales)
     assert not by_type(prompt, "EmptyLatentImage")

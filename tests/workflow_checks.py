@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SD15_CHECKPOINT, SDXL_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 SNAPSHOT = WORKFLOWS / "schemas" / "node_schemas.json"
@@ -18,10 +20,10 @@ SEED_NAMES = {"seed", "noise_seed"}  # the front end adds "control after generat
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 # Values of file combos that the tests and docs provide (samples copied into input/, random checkpoints).
 SHIPPED_FILES = {
-    "ckpt_name": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
+    "ckpt_name": {SD15_CHECKPOINT, SDXL_CHECKPOINT},
     "image": {"xattn_structure.png", "xattn_appearance.png", "giraffe.jpg", "zebra.jpg"},
-    "control_net_name": {"control_v11p_sd15_canny.pth"},
-    "inversion_file": {"xattn/structure_00001_.safetensors [output]", "xattn/appearances_00001_.safetensors [output]"},
+    "control_net_name": {CONTROLNET_MODEL},
+    "inversion_file": {f"{name} [output]" for name in SAVED_INVERSIONS},
 }
 SCHEMAS = json.loads(SNAPSHOT.read_text())
 

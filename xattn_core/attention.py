@@ -9,15 +9,22 @@ then call :func:`route_attention`, which decides per row what attention that row
   (a row of the same call), with contrasted, un-renormalised weights (as the official ``AttentionProcessor``
   in ``appearance_transfer_model.py``). In fast mode both come from stores captured while inverting, and
   the output rows run alone.
+
+What a model call's layers do is a :class:`CallAttention`: what to capture, what to swap, which maps to
+record (the sampler's ``calls.py`` says which call gets which).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .segmentation import AttentionMaps
 
 PlainAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``, all ``[rows, tokens, heads * dim_head]``: the backend's fused attention."""
@@ -150,57 +157,68 @@ class KeyValueStore:
         return len(self._entries)
 
 
-@dataclass
-class AttentionMaps:
-    """Head-averaged attention maps recorded for the automatic object masks, keyed by image.
-
-    Only two layers record (the official choice): the last decoder self-attention of the highest-resolution
-    attention level and the last decoder cross-attention of the next level, for the cond branch of the rows
-    a model call names in ``AttentionSwap.map_rows``. Every other layer and row stays on fused attention.
-    """
-
-    self_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, tokens]
-    cross_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, context tokens]
-
-
-@dataclass
-class AttentionSwap:
-    """What the swapping layers do during one model call.
-
-    Row indices count within one cond_or_uncond branch of the batch. ``capture_store`` receives every
-    row's keys/values (the appearance call; the joint call when hints run the output rows again; the
-    inversion in fast mode). ``output_rows[j]`` attends with its own queries to the keys/values of row
-    ``source_rows[j]`` of ``source_store`` (a store captured earlier: the appearance's, or a cached
-    structure's) or, when ``source_store`` is None, of this call (the structure rows of the joint call).
-    """
+@dataclass(frozen=True, eq=False)
+class Capture:
+    """Keep every row's keys/values of the swapping layers at ``levels`` in ``store`` (the appearance call of a
+    step; the joint call when hints run the output rows again; the inversion in fast mode)."""
 
     levels: frozenset[int]
+    store: KeyValueStore
+
+
+@dataclass(frozen=True, eq=False)
+class Swap:
+    """In the swapping layers at ``levels``, ``output_rows[j]`` attends with its own queries to the keys/values of
+    row ``source_rows[j]`` of ``source`` (a store captured earlier: the appearance's, or a cached structure's) or,
+    when ``source`` is None, of this call (the structure rows of the joint call), with contrasted weights."""
+
+    levels: frozenset[int]
+    output_rows: tuple[int, ...]
+    source_rows: tuple[int, ...]
+    source: KeyValueStore | None
     contrast: float
-    capture_store: KeyValueStore | None = None
-    output_rows: tuple[int, ...] = ()
-    source_rows: tuple[int, ...] = ()
-    source_store: KeyValueStore | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
-    maps: AttentionMaps | None = None  # where the recording layers put their maps (automatic masks)
-    map_rows: tuple[tuple[int, Hashable], ...] = ()  # (row of this call, image it shows) to record
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """The recording layers (segmentation.py) put the maps of ``rows`` (row of this call, image it shows) into
+    ``maps``."""
+
+    maps: AttentionMaps
+    rows: tuple[tuple[int, Hashable], ...]
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+
+@dataclass(frozen=True, eq=False)
+class CallAttention:
+    """What the attention layers do during one model call; each part is optional and the parts are independent.
+
+    Row indices count within one cond_or_uncond branch of the batch.
+    """
+
+    capture: Capture | None = None
+    swap: Swap | None = None
+    record: Recording | None = None
 
 
 def record_attention_maps(
-    query: Tensor, key: Tensor, heads: int, cond_or_uncond: list[int], swap: AttentionSwap | None, cross: bool
+    query: Tensor, key: Tensor, heads: int, cond_or_uncond: list[int], call: CallAttention | None, cross: bool
 ) -> None:
-    """At a recording layer: keep the head-averaged weights of the cond-branch rows ``swap.map_rows`` names.
+    """At a recording layer: keep the head-averaged weights of the cond-branch rows ``call.record`` names.
 
     The cond branch carries the positive prompt, which holds the object word; ``key`` is this layer's keys
     (the text's for cross-attention).
     """
-    if swap is None or swap.maps is None or not swap.map_rows or 0 not in cond_or_uncond:
+    record = None if call is None else call.record
+    if record is None or not record.rows or 0 not in cond_or_uncond:
         return
     rows = query.shape[0] // len(cond_or_uncond)
     first = cond_or_uncond.index(0) * rows
-    store = swap.maps.cross_maps if cross else swap.maps.self_maps
-    for row, image in swap.map_rows:
+    store = record.maps.cross_maps if cross else record.maps.self_maps
+    for row, image in record.rows:
         with torch.no_grad():  # the maps only feed k-means
-            store[image] = mean_attention_weights(query[first + row], key[first + row], heads, swap.memory_budget)
+            store[image] = mean_attention_weights(query[first + row], key[first + row], heads, record.memory_budget)
 
 
 def route_attention(
@@ -211,7 +229,7 @@ def route_attention(
     layer: Hashable,
     level: int | None,
     cond_or_uncond: list[int],
-    swap: AttentionSwap | None,
+    call: CallAttention | None,
     plain: PlainAttention,
     records_maps: bool = False,
 ) -> Tensor:
@@ -219,16 +237,17 @@ def route_attention(
 
     ``records_maps`` marks the one self-attention layer whose maps the automatic masks use.
     """
-    if records_maps:
-        record_attention_maps(query, key, heads, cond_or_uncond, swap, cross=False)
-    if swap is None or level is None or level not in swap.levels:
+    if call is None:
         return plain(query, key, value)
+    if records_maps:
+        record_attention_maps(query, key, heads, cond_or_uncond, call, cross=False)
     rows = query.shape[0] // len(cond_or_uncond)
     branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
-    if swap.capture_store is not None:
+    capture, swap = call.capture, call.swap
+    if capture is not None and level in capture.levels:
         for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
-            swap.capture_store.put(layer, branch, key[block], value[block])
-    if not swap.output_rows:
+            capture.store.put(layer, branch, key[block], value[block])
+    if swap is None or level not in swap.levels:
         return plain(query, key, value)
 
     swapped = {block.start + row for block in branch_rows for row in swap.output_rows}
@@ -237,10 +256,10 @@ def route_attention(
     if ordinary:
         out[ordinary] = plain(query[ordinary], key[ordinary], value[ordinary])
     for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
-        if swap.source_store is None:
+        if swap.source is None:
             source_keys, source_values = key[block], value[block]
         else:
-            source_keys, source_values = swap.source_store.get(layer, branch)
+            source_keys, source_values = swap.source.get(layer, branch)
         for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
             index = block.start + output_row
             out[index : index + 1] = contrasted_attention(

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .attention import AttentionSwap, KeyValueStore
+from .attention import CallAttention, Capture, KeyValueStore
 from .plan import SWAP_LEVELS
 from .schedule import noise_map
 from .settings import bounded, check_ranges
 
-NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
+NoisePredictor = Callable[[Tensor, Tensor, CallAttention | None], Tensor]
 """``(latents [R, C, H, W], sigmas [R], swap) -> noise prediction [R, C, H, W]``, guidance included.
 
-``swap`` is None, or (fast mode) a directive that only captures the swapping levels' keys/values.
+The attention directive is None, or (fast mode) one that only captures the swapping levels' keys/values.
 """
 
 StepCallback = Callable[[int, int], None]
@@ -199,11 +199,11 @@ def invert(
     kept_predictions: list[Tensor] = []
     kept_keys_values: list[KeyValueStore] = []
     for done, i in enumerate(todo, start=1):
-        captured, swap = None, None
+        captured, capture = None, None
         if cache is not None:
             captured = KeyValueStore(substitute_branches=True)
-            swap = AttentionSwap(levels=cache.levels, contrast=1.0, capture_store=captured)  # capture only
-        prediction = predict_noise(noisy[i], sigmas[i].expand(batch).to(clean.device), swap)
+            capture = CallAttention(capture=Capture(cache.levels, captured))
+        prediction = predict_noise(noisy[i], sigmas[i].expand(batch).to(clean.device), capture)
         noise_maps.append(noise_map(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
         if cache is not None and captured is not None:
             kept_predictions.append(prediction)

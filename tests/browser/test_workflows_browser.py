@@ -33,6 +33,8 @@ from browser_devtools import (
 from comfyui_support import COMFYUI_PATH, load_snapshot_module
 from PIL import Image
 
+from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SD15_CHECKPOINT, SDXL_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
@@ -45,11 +47,11 @@ SAMPLES = {
     "zebra.jpg": "zebra.jpg",
 }
 PLACEHOLDERS = [
-    "checkpoints/v1-5-pruned-emaonly.safetensors",
-    "checkpoints/sd_xl_base_1.0.safetensors",
-    "controlnet/control_v11p_sd15_canny.pth",
+    f"checkpoints/{SD15_CHECKPOINT}",
+    f"checkpoints/{SDXL_CHECKPOINT}",
+    f"controlnet/{CONTROLNET_MODEL}",
 ]
-INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
+INVERSIONS = list(SAVED_INVERSIONS)
 
 
 async def open_workflows(base: str, port: int) -> dict:

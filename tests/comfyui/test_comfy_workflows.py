@@ -23,11 +23,10 @@ from comfy_tasks import run_task
 from comfyui_support import load_snapshot_module
 from conftest import SAMPLE_INPUTS, SD15_CHECKPOINT
 
-CONTROLNET = "control_v11p_sd15_canny.pth"
+from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SDXL_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 SIZE = 64  # pixels; the latent is 8 x 8
 EXPECTED_IMAGES = {  # SaveImage output: (number of images, width) per workflow after shrink()
@@ -129,11 +128,11 @@ def test_shipped_api_twins_pass_validate_prompt(models, tmp_path):
     (listed / "controlnet").mkdir()
     (listed / "checkpoints" / SD15_CHECKPOINT).symlink_to(models / "checkpoints" / SD15_CHECKPOINT)
     (listed / "checkpoints" / SDXL_CHECKPOINT).write_bytes(b"")
-    (listed / "controlnet" / CONTROLNET).write_bytes(b"")
+    (listed / "controlnet" / CONTROLNET_MODEL).write_bytes(b"")
     output_dir = tmp_path / "output"  # Load Inversion only checks that the named files exist
     (output_dir / "xattn").mkdir(parents=True)
-    for file in ("structure_00001_.safetensors", "appearances_00001_.safetensors"):
-        (output_dir / "xattn" / file).write_bytes(b"")
+    for name in SAVED_INVERSIONS:
+        (output_dir / name).write_bytes(b"")
     files = [str(WORKFLOWS / "api" / f"{name}.json") for name in NAMES]
     out = run_task("validate", str(input_dir), str(output_dir), str(listed), *files, timeout=300)
     results = json.loads(out.strip().splitlines()[-1])
@@ -160,8 +159,8 @@ def test_workflow_runs(server, name):
 
     if name == "06_from_saved_inversions":
         run_workflow(server, "04_colour_variants")  # writes the inversions workflow 6 loads
-        for file in ("structure_00001_.safetensors", "appearances_00001_.safetensors"):
-            assert (server.output_dir / "xattn" / file).is_file()
+        for saved in SAVED_INVERSIONS:
+            assert (server.output_dir / saved).is_file()
     started = time.monotonic()
     history = run_workflow(server, name)
     count, width = EXPECTED_IMAGES[name]
@@ -181,7 +180,7 @@ def test_workflow_runs(server, name):
 @pytest.mark.slow
 def test_controlnet_workflow_runs(server, models):
     """Workflow 7 with a random full-size SD 1.5 ControlNet (~700 MB file): slow tier only."""
-    target = models / "controlnet" / CONTROLNET
+    target = models / "controlnet" / CONTROLNET_MODEL
     if not target.exists():
         run_task("controlnet", str(target), timeout=1800)
     history = queue(server, shrink(api_twin("07_transfer_with_controlnet")), timeout=1800)

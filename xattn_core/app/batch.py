@@ -29,9 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..inversion import Inversion
+from ..inversion_file import InversionFileError, load_inversion, save_inversion
 from .batch_csv import InputImage, Pair
 from .diffusers_pipeline import (
     Progress,
+    PromptEncodings,
     TransferOptions,
     first_line,
     generate,
@@ -39,8 +42,6 @@ from .diffusers_pipeline import (
     load_image,
     write_transfer,
 )
-from .inversion import Inversion
-from .inversion_file import InversionFileError, load_inversion, save_inversion
 
 CACHE_VERSION = 1  # part of every key: raise it when what an inversion or an output depends on changes
 OUTPUTS, INVERSIONS = "outputs", "inversions"
@@ -199,6 +200,7 @@ class PairRunner:
         self.settings = settings
         self.progress = progress
         self._pipe = None
+        self._prompts: PromptEncodings | None = None
         self._scorer = scorer
         self.made: set[str] = set()  # inversions computed by this runner: forcing recomputes each once
 
@@ -208,6 +210,13 @@ class PairRunner:
 
             self._pipe = load_pipeline(self.settings.model, self.settings.device)
         return self._pipe
+
+    def prompts(self) -> PromptEncodings:
+        """The pipeline's prompt encodings: each prompt of the batch is encoded once, for all its inversions and
+        transfers."""
+        if self._prompts is None:
+            self._prompts = PromptEncodings(self.pipe())
+        return self._prompts
 
     def scorer(self):
         if self._scorer is None:
@@ -228,7 +237,9 @@ class PairRunner:
         progress = None
         if self.progress is not None:  # one phase per image, named after it
             progress = lambda phase, done, total: self.progress(f"{phase} {job.image.path.name}", done, total)  # noqa: E731
-        inversion = invert_images(self.pipe(), [image], job.prompt, settings.options, job.seed, progress)
+        inversion = invert_images(
+            self.pipe(), [image], job.prompt, settings.options, job.seed, progress, prompts=self.prompts()
+        )
         inversion.metadata.update(
             image=job.image.path.name, image_sha256=job.image.sha256, prompt=job.prompt, seed=str(job.seed)
         )
@@ -276,6 +287,7 @@ class PairRunner:
             self.progress,
             appearance_mask=_mask(pair.appearance_mask, device),
             structure_mask=_mask(pair.structure_mask, device),
+            prompts=self.prompts(),
         )
         out = output_path(pair, settings)
         masks = write_transfer(image, result, out, options)

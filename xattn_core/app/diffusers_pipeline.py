@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .diffusers_backend import DiffusersBackend
-from .freeu import FreeUSettings
-from .inversion import CacheSettings, Inversion, InversionSettings, invert
-from .schedule import paper_sigmas
-from .segmentation import word_positions
-from .transfer import TransferResult, TransferSettings, transfer
+from ..diffusers_backend import DiffusersBackend
+from ..freeu import FreeUSettings
+from ..inversion import CacheSettings, Inversion, InversionSettings, invert
+from ..schedule import paper_sigmas
+from ..segmentation import word_positions
+from ..transfer import TransferResult, TransferSettings, transfer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 Progress = Callable[[str, int, int], None]
 """``(phase, done, total)`` with phase "invert" or "generate"."""
@@ -126,7 +126,7 @@ def _to_image(decoded: Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def object_token_positions(tokenizer, prompt: str, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+def prompt_object_tokens(tokenizer, prompt: str, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
     """Where each object word sits in the prompt's tokens (the model's own CLIP tokenizer), or ObjectWordError."""
     ids = tokenizer(prompt, max_length=tokenizer.model_max_length, truncation=True).input_ids
     prompt_tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -159,6 +159,21 @@ def encode_prompt(pipe, prompt: str) -> Tensor:
         return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0]
 
 
+class PromptEncodings:
+    """The pipeline's text encodings, each prompt encoded once however many inversions and transfers use it."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.encoded: dict[str, Tensor] = {}
+
+    def __call__(self, prompt: str) -> tuple[Tensor, Tensor]:
+        """The prompt's encoding and the empty negative prompt's (the uncond branch under guidance)."""
+        for text in (prompt, ""):
+            if text not in self.encoded:
+                self.encoded[text] = encode_prompt(self.pipe, text)
+        return self.encoded[prompt], self.encoded[""]
+
+
 def encode_image(pipe, image: Image.Image) -> Tensor:
     with torch.no_grad():
         latent = pipe.vae.encode(_to_tensor(image).to(pipe.device, pipe.vae.dtype)).latent_dist.mean
@@ -186,16 +201,16 @@ def invert_images(
     options: TransferOptions = TransferOptions(),
     seed: int | None = None,
     progress: Progress | None = None,
+    prompts: PromptEncodings | None = None,
 ) -> Inversion:
     """Encode ``images`` and invert them as one batch, one model call per step.
 
     Image ``i`` draws its noise with ``seed + i`` (``seed`` defaults to the options' inversion seed), so an
-    image inverted alone with ``seed + i`` gets the same draws.
+    image inverted alone with ``seed + i`` gets the same draws. ``prompts`` reuses encodings made before.
     """
     inversion_settings = options.inversion
     table = sigma_table(pipe)
-    positive = encode_prompt(pipe, prompt)
-    negative = encode_prompt(pipe, "")
+    positive, negative = (prompts or PromptEncodings(pipe))(prompt)
     with DiffusersBackend(pipe.unet, positive, negative, inversion_settings.cfg, table, _freeu(options)) as backend:
         clean = torch.cat([encode_image(pipe, image) for image in images])
 
@@ -227,13 +242,16 @@ def generate(
     progress: Progress | None = None,
     appearance_mask: Tensor | None = None,
     structure_mask: Tensor | None = None,
+    prompts: PromptEncodings | None = None,
 ) -> tuple[Image.Image, TransferResult]:
-    """Run the joint sampler on two inversions of one image each and decode the output."""
-    settings = options.transfer
-    positive = encode_prompt(pipe, prompt)
-    negative = encode_prompt(pipe, "")
+    """Run the joint sampler on two inversions of one image each and decode the output (the structure's
+    reconstruction is not made: nothing here writes it)."""
+    settings = replace(options.transfer, structure_reconstruction=False)
+    positive, negative = (prompts or PromptEncodings(pipe))(prompt)
+    object_tokens = None
+    if options.object_words:
+        object_tokens = prompt_object_tokens(pipe.tokenizer, prompt, options.object_words)
     with DiffusersBackend(pipe.unet, positive, negative, settings.cfg, sigma_table(pipe), _freeu(options)) as backend:
-        words = object_token_positions(pipe.tokenizer, prompt, options.object_words) if options.object_words else None
         result = transfer(
             backend,
             appearance,
@@ -241,8 +259,8 @@ def generate(
             settings,
             appearance_mask,
             structure_mask,
-            callback=(lambda k, total, *_: progress("generate", k + 1, total)) if progress else None,
-            object_tokens=words,
+            callback=(lambda done, total, *_: progress("generate", done, total)) if progress else None,
+            object_tokens=object_tokens,
         )
     return decode_latent(pipe, result.output[:1]), result
 
@@ -255,9 +273,11 @@ def transfer_images(
     options: TransferOptions = TransferOptions(),
     progress: Progress | None = None,
 ) -> tuple[Image.Image, TransferResult]:
-    """Invert both images in one batch (the appearance with the seed, the structure with seed + 1), generate."""
-    both = invert_images(pipe, [appearance, structure], prompt, options, progress=progress)
-    return generate(pipe, both.select([0]), both.select([1]), prompt, options, progress)
+    """Invert both images in one batch (the appearance with the seed, the structure with seed + 1), generate;
+    the prompt is encoded once for both."""
+    prompts = PromptEncodings(pipe)
+    both = invert_images(pipe, [appearance, structure], prompt, options, progress=progress, prompts=prompts)
+    return generate(pipe, both.select([0]), both.select([1]), prompt, options, progress, prompts=prompts)
 
 
 def write_transfer(image: Image.Image, result: TransferResult, out: Path, options: TransferOptions) -> list[Path]:

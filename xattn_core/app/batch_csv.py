@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..segmentation import split_words, uses_automatic_masks
 from .diffusers_pipeline import TransferOptions, load_image
-from .segmentation import split_words
 
 REQUIRED = ("structure", "appearance", "prompt")
 OPTIONAL = ("object_word", "structure_mask", "appearance_mask", "seed")
@@ -157,7 +157,9 @@ def _pair(row: int, values: dict[str, str], inputs: _Inputs, options: TransferOp
     if object_words and words is not None:
         words(values["prompt"], object_words)
     masks = {name: inputs.get(values[name], name) for name in ("structure_mask", "appearance_mask") if values.get(name)}
-    if object_words and masks:  # given masks turn the automatic ones off: say so rather than drop the word
+    structure_mask, appearance_mask = masks.get("structure_mask"), masks.get("appearance_mask")
+    if object_words and not uses_automatic_masks(object_words, appearance_mask, structure_mask):
+        # the transfer would drop the word: say so instead
         raise ValueError(
             f"object_word and {' and '.join(masks)} exclude each other (given masks replace the automatic ones)"
         )

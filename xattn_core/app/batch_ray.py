@@ -24,7 +24,7 @@ import ray.data
 from .batch import BatchSettings, InversionJob, PairOutcome, PairRunner, inversion_jobs
 from .batch_csv import Pair
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # xattn_core, engine and app, shipped to the workers
 
 
 class _Replica:

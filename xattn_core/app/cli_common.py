@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..inversion import InversionSettings
+from ..plan import PlanSettings
+from ..segmentation import split_words
+from ..transfer import TransferSettings
 from .diffusers_pipeline import DEFAULT_MODEL, TransferOptions
-from .inversion import InversionSettings
-from .plan import PlanSettings
-from .segmentation import split_words
-from .transfer import TransferSettings
 
 
 class HelpFormat(argparse.ArgumentDefaultsHelpFormatter):

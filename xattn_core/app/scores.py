@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .diffusers_pipeline import first_line
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WORKING_SIZE = 512
@@ -144,8 +146,7 @@ def _load_vit(model_path: Path):
             model_path, local_files_only=True, add_pooling_layer=False, output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"could not load the DINO ViT from {model_path}: {first_line}") from None
+        raise ValueError(f"could not load the DINO ViT from {model_path}: {first_line(error)}") from None
     if info.get("missing_keys"):
         # transformers would fill these with random weights, which makes every score meaningless
         missing = sorted(info["missing_keys"])

@@ -83,14 +83,14 @@ def _check_folder(path: str) -> Path:
 
 def _word_check(model: str):
     """Checks object words with the model's tokenizer alone, loaded at the first row that has any."""
-    from .diffusers_pipeline import load_tokenizer, object_token_positions
+    from .diffusers_pipeline import load_tokenizer, prompt_object_tokens
 
     tokenizer = []
 
     def check(prompt: str, words: tuple[str, ...]) -> None:
         if not tokenizer:
             tokenizer.append(load_tokenizer(model))
-        object_token_positions(tokenizer[0], prompt, words)
+        prompt_object_tokens(tokenizer[0], prompt, words)
 
     return check
 
