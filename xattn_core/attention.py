@@ -37,20 +37,16 @@ def merge_heads(tensor: Tensor) -> Tensor:
     return tensor.transpose(1, 2).reshape(rows, tokens, heads * dim_head)
 
 
-# On CPU a block of weights that stays in a core's cache is faster than one the size of the budget, as long as
-# it keeps enough queries for the matrix products (bench/bench_attention.py measures both); on an accelerator
-# bigger blocks mean fewer kernel launches, so there the budget alone sets the block.
-CPU_BLOCK_BYTES = 4 * 2**20
-CPU_MIN_QUERY_BLOCK = 16
+# On CPU 32 to 64 queries a block ran fastest (bench/bench_attention.py: fewer starve the matrix products,
+# more push the block out of the core's cache); on an accelerator bigger blocks mean fewer kernel launches,
+# so there the budget alone sets the block.
+CPU_QUERY_BLOCK = 64
 
 
 def query_block(batch: int, key_tokens: int, memory_budget: int, device: torch.device) -> int:
     """Queries per block so that one float32 ``[batch, block, key_tokens]`` weight block fits the budget."""
-    per_query = batch * key_tokens * 4
-    block = max(1, memory_budget // per_query)
-    if device.type == "cpu":
-        block = min(block, max(CPU_MIN_QUERY_BLOCK, CPU_BLOCK_BYTES // per_query))
-    return block
+    block = max(1, memory_budget // (batch * key_tokens * 4))
+    return min(block, CPU_QUERY_BLOCK) if device.type == "cpu" else block
 
 
 def softmax_blocks(query: Tensor, key: Tensor, memory_budget: int) -> Iterator[tuple[slice, Tensor]]:
@@ -63,12 +59,13 @@ def softmax_blocks(query: Tensor, key: Tensor, memory_budget: int) -> Iterator[t
     batch, query_tokens, dim_head = query.shape
     key_tokens = key.shape[1]
     block = min(query_block(batch, key_tokens, memory_budget, query.device), query_tokens)
-    keys_t = key.transpose(1, 2).contiguous()
+    keys_t = key.transpose(1, 2)  # a view: a contiguous copy makes one-query blocks round differently
     buffer = query.new_empty(batch, block, key_tokens)
     for start in range(0, query_tokens, block):
         rows = slice(start, min(start + block, query_tokens))
         weights = buffer[:, : rows.stop - start]
-        torch.bmm(query[:, rows], keys_t, out=weights).mul_(dim_head**-0.5)  # scaled after, as the official code
+        # the scale after the product: folded into the queries or the product, it changes the last bits
+        torch.bmm(query[:, rows], keys_t, out=weights).mul_(dim_head**-0.5)
         torch.softmax(weights, dim=-1, out=weights)
         yield rows, weights
 
@@ -90,7 +87,8 @@ def contrasted_attention(
     """softmax(QK^T/sqrt(d)) contrasted as clip(c*A - (c-1)/N_keys, 0, 1), not renormalised, times V.
 
     Rows of softmax weights sum to one, so their mean over keys is 1/N_keys and the official
-    ``(A - mean) * c + mean`` reduces to the expression above. Queries are processed in blocks
+    ``(A - mean) * c + mean`` reduces to the expression above (its mean, taken without keepdim, broadcasts
+    along the keys; every row's is 1/N_keys, so that changes nothing). Queries are processed in blocks
     (:func:`softmax_blocks`) so that at most ``memory_budget`` bytes of weights exist at once; the maths
     runs in float32 so fp16/bf16 models cannot overflow here.
     """
