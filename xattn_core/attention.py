@@ -16,7 +16,7 @@ record (the sampler's ``calls.py`` says which call gets which).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,57 @@ PlainAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float32 attention weights alive at a time
 
 
+def split_heads(tensor: Tensor, heads: int) -> Tensor:
+    """``[rows, tokens, heads * dim_head]`` -> ``[rows, heads, tokens, dim_head]`` (a view)."""
+    rows, tokens, width = tensor.shape
+    return tensor.reshape(rows, tokens, heads, width // heads).transpose(1, 2)
+
+
+def merge_heads(tensor: Tensor) -> Tensor:
+    """``[rows, heads, tokens, dim_head]`` -> ``[rows, tokens, heads * dim_head]``, the inverse of ``split_heads``."""
+    rows, heads, tokens, dim_head = tensor.shape
+    return tensor.transpose(1, 2).reshape(rows, tokens, heads * dim_head)
+
+
+# On CPU 32 to 64 queries a block ran fastest (bench/bench_attention.py: fewer starve the matrix products,
+# more push the block out of the core's cache); on an accelerator bigger blocks mean fewer kernel launches,
+# so there the budget alone sets the block.
+CPU_QUERY_BLOCK = 64
+
+
+def query_block(batch: int, key_tokens: int, memory_budget: int, device: torch.device) -> int:
+    """Queries per block so that one float32 ``[batch, block, key_tokens]`` weight block fits the budget."""
+    block = max(1, memory_budget // (batch * key_tokens * 4))
+    return min(block, CPU_QUERY_BLOCK) if device.type == "cpu" else block
+
+
+def softmax_blocks(query: Tensor, key: Tensor, memory_budget: int) -> Iterator[tuple[slice, Tensor]]:
+    """softmax(QK^T / sqrt(d)) of float32 ``[batch, tokens, d]`` queries and keys, one block of queries at a time.
+
+    Yields ``(query slice, weights [batch, block, key tokens])``. The weights of every block live in one buffer
+    of at most ``memory_budget`` bytes (scores, scale and softmax all in place), so use or change them in place
+    before asking for the next block.
+    """
+    batch, query_tokens, dim_head = query.shape
+    key_tokens = key.shape[1]
+    block = min(query_block(batch, key_tokens, memory_budget, query.device), query_tokens)
+    keys_t = key.transpose(1, 2)  # a view: a contiguous copy makes one-query blocks round differently
+    buffer = query.new_empty(batch, block, key_tokens)
+    for start in range(0, query_tokens, block):
+        rows = slice(start, min(start + block, query_tokens))
+        weights = buffer[:, : rows.stop - start]
+        # the scale after the product: folded into the queries or the product, it changes the last bits
+        torch.bmm(query[:, rows], keys_t, out=weights).mul_(dim_head**-0.5)
+        torch.softmax(weights, dim=-1, out=weights)
+        yield rows, weights
+
+
+def _heads_as_batch(tensor: Tensor, heads: int) -> Tensor:
+    """``[rows, tokens, heads * dim_head]`` -> float32 ``[rows * heads, tokens, dim_head]``."""
+    rows, tokens, width = tensor.shape
+    return split_heads(tensor.float(), heads).reshape(rows * heads, tokens, width // heads)
+
+
 def contrasted_attention(
     query: Tensor,
     key: Tensor,
@@ -43,47 +94,30 @@ def contrasted_attention(
     """softmax(QK^T/sqrt(d)) contrasted as clip(c*A - (c-1)/N_keys, 0, 1), not renormalised, times V.
 
     Rows of softmax weights sum to one, so their mean over keys is 1/N_keys and the official
-    ``(A - mean) * c + mean`` reduces to the expression above. Queries are processed in blocks so
-    that at most ``memory_budget`` bytes of weights exist at once; the maths runs in float32 so
-    fp16/bf16 models cannot overflow here.
+    ``(A - mean) * c + mean`` reduces to the expression above (its mean, taken without keepdim, broadcasts
+    along the keys; every row's is 1/N_keys, so that changes nothing). Queries are processed in blocks
+    (:func:`softmax_blocks`) so that at most ``memory_budget`` bytes of weights exist at once; the maths
+    runs in float32 so fp16/bf16 models cannot overflow here.
     """
     rows, query_tokens, width = query.shape
-    key_tokens = key.shape[1]
-    dim_head = width // heads
-    q = query.float().reshape(rows, query_tokens, heads, dim_head).transpose(1, 2)
-    k = key.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
-    v = value.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
-    scale = dim_head**-0.5
-    # the scores and their softmax are both alive at once: two float32 matrices per query block
-    bytes_per_query = 2 * rows * heads * key_tokens * 4
-    query_block = max(1, memory_budget // bytes_per_query)
-    offset = (contrast - 1.0) / key_tokens
-    out = torch.empty_like(q)
-    for start in range(0, query_tokens, query_block):
-        block = slice(start, start + query_block)
-        weights = torch.softmax((q[:, :, block] @ k.transpose(-1, -2)) * scale, dim=-1)
-        weights = weights.mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
-        out[:, :, block] = weights @ v
-        del weights
-    return out.transpose(1, 2).reshape(rows, query_tokens, width).to(query.dtype)
+    q, k, v = (_heads_as_batch(tensor, heads) for tensor in (query, key, value))
+    offset = (contrast - 1.0) / key.shape[1]
+    out = q.new_empty(rows * heads, query_tokens, width // heads)
+    for block, weights in softmax_blocks(q, k, memory_budget):
+        torch.bmm(weights.mul_(contrast).sub_(offset).clamp_(0.0, 1.0), v, out=out[:, block])
+    return merge_heads(out.reshape(rows, heads, query_tokens, -1)).to(query.dtype)
 
 
 def mean_attention_weights(query: Tensor, key: Tensor, heads: int, memory_budget: int) -> Tensor:
     """softmax(QK^T / sqrt(d)) of one row, averaged over heads: ``[query tokens, key tokens]`` in float32.
 
     ``query`` is ``[query tokens, heads * dim_head]``, ``key`` ``[key tokens, heads * dim_head]``; computed in
-    query blocks so that at most ``memory_budget`` bytes of weights exist at once.
+    query blocks (:func:`softmax_blocks`) so that at most ``memory_budget`` bytes of weights exist at once.
     """
-    query_tokens, width = query.shape
-    key_tokens = key.shape[0]
-    dim_head = width // heads
-    q = query.float().reshape(query_tokens, heads, dim_head).transpose(0, 1)
-    k = key.float().reshape(key_tokens, heads, dim_head).transpose(0, 1)
-    query_block = max(1, memory_budget // (2 * heads * key_tokens * 4))
-    weights = torch.empty(query_tokens, key_tokens, device=query.device)
-    for start in range(0, query_tokens, query_block):
-        block = slice(start, start + query_block)
-        weights[block] = torch.softmax((q[:, block] @ k.transpose(-1, -2)) * dim_head**-0.5, dim=-1).mean(0)
+    q, k = (_heads_as_batch(tensor[None], heads) for tensor in (query, key))
+    weights = torch.empty(query.shape[0], key.shape[0], device=query.device)
+    for block, head_weights in softmax_blocks(q, k, memory_budget):
+        weights[block] = head_weights.mean(0)
     return weights
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import CallAttention, record_attention_maps, route_attention
+from .attention import CallAttention, merge_heads, record_attention_maps, route_attention, split_heads
 from .freeu import FreeUSettings, official_freeu
 from .schedule import sd_sigma_table, timestep_for_sigma
 from .segmentation import CROSS_MAPS_LEVEL, SELF_MAPS_LEVEL
@@ -21,10 +21,8 @@ from .segmentation import CROSS_MAPS_LEVEL, SELF_MAPS_LEVEL
 
 def _sdpa(heads: int):
     def attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        rows, tokens, width = query.shape
-        split = lambda t: t.reshape(rows, -1, heads, width // heads).transpose(1, 2)  # noqa: E731
-        out = F.scaled_dot_product_attention(split(query), split(key), split(value))
-        return out.transpose(1, 2).reshape(rows, tokens, width)
+        q, k, v = (split_heads(tensor, heads) for tensor in (query, key, value))
+        return merge_heads(F.scaled_dot_product_attention(q, k, v))
 
     return attend
 
