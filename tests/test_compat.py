@@ -5,6 +5,7 @@ integration tier (tests/comfyui/test_comfy_compat.py) checks the choice made on 
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ COMFYUI_0_3_48 = [  # git trees of bff60b5c (0.3.48) and a125cd8 (0.3.64) list t
 ]
 # Newest public sources (read, not run): version_list.py lists latest, v0_0_3, v0_0_2 and v0_0_1.
 COMFYUI_NEWEST = [*COMFYUI_0_3_48, "credential_registry", "generate_api_spec", "v0_0_3"]
+
+
+COMFYUI_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "latent_preview", "nodes")
+
+
+def test_the_nodes_import_comfyui_only_through_the_shim():
+    """A ComfyUI module imported anywhere else in nodes/ would bypass the version choice made in compat.py."""
+    imports = re.compile(rf"^\s*(?:import|from)\s+({'|'.join(COMFYUI_MODULES)})(?:\.|\s|$)", re.MULTILINE)
+    offenders = {
+        path.name: imports.findall(path.read_text())
+        for path in sorted((REPO / "nodes").glob("*.py"))
+        if path.name != "compat.py"
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+    assert imports.findall((REPO / "nodes" / "compat.py").read_text())  # the pattern does match real imports
 
 
 def test_version_module_names_parse():
