@@ -54,6 +54,7 @@ def choose_api_module(available: Iterable[str]) -> str:
 if importlib.util.find_spec("comfy_api") is not None:
     import comfy.ldm.modules.attention as comfy_attention  # optimized_attention
     import comfy.model_management  # throw_exception_if_processing_interrupted, intermediate_device, get_free_memory
+    import comfy.model_sampling  # CONST: flow-matching models (the Flux family)
     import comfy.samplers  # CFGGuider, KSAMPLER, sampling_function
     import comfy_api
     import folder_paths  # get_input_directory, get_output_directory, get_save_image_path
