@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from ..xattn_core.adain import adain
 from ..xattn_core.transfer import TransferSettings
 from .common import CATEGORY, setting_input
+from .compat import io
 
 
 class XAttnAdaINLatentMatch(io.ComfyNode):

@@ -17,15 +17,13 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-import comfy.ldm.modules.attention as comfy_attention
-import comfy.model_management
-import comfy.samplers
 import torch
 from torch import Tensor
 
 from ..xattn_core.attention import CallAttention, record_attention_maps, route_attention
 from ..xattn_core.freeu import FreeUSettings, official_freeu
 from ..xattn_core.plan import SWAP_LEVELS
+from .compat import comfy, comfy_attention  # comfy.samplers, comfy.model_management: loaded by the shim
 
 SWAP_KEY = "xattn_swap"  # transformer_options key carrying the CallAttention of a model call
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from ..xattn_core.freeu import FreeUSettings
 from ..xattn_core.settings import value_range
 from .comfy_backend import is_sd1
+from .compat import io
 
 CATEGORY = "appearance transfer"
 Inversion = io.Custom("XATTN_INVERSION")

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import comfy.model_management
-import latent_preview
 import torch
-from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
 from ..xattn_core.masks import resize_mask
@@ -16,6 +13,7 @@ from ..xattn_core.settings import value_range
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, CheckedCombo, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
+from .compat import comfy, io, latent_preview
 
 
 def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import latent_preview
 import torch
-from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
@@ -15,6 +13,7 @@ from ..xattn_core.transfer import TransferSettings, outline_transfer, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, patch_model, run_in_guider
 from .common import CATEGORY, CheckedCombo, Options, freeu_input, freeu_settings, setting_input
 from .common import Inversion as InversionSocket
+from .compat import io, latent_preview
 from .object_word import object_tokens
 
 
