@@ -200,32 +200,130 @@ def test_sdxl_workflow_runs(server, models):
     assert len(images) == 1 and images[0].size == (SIZE, SIZE)
 
 
-BAD_VALUES = [  # (node, {input: value}, the text of the one error ComfyUI must report)
-    ("XAttnInvertImage", {"cfg": -1.0}, "Value -1.0 smaller than min of 0.0"),
-    ("XAttnInvertImage", {"start_step": -1}, "start_step must be in 0..999, got -1"),
-    ("XAttnInvertImage", {"seed": -5}, "Value -5 smaller than min of 0"),
-    ("XAttnInvertImage", {"steps": 1}, "steps must be in 2..1000, got 1"),
-    ("XAttnInvertImage", {"steps": 3, "start_step": 3}, "start_step (3) must be below steps (3)"),
-    ("XAttnInvertImage", {"freeu": "bogus"}, "freeu: 'bogus' not in"),
-    ("XAttnInvertImage", {"fast_mode": "bogus"}, "fast_mode: 'bogus' not in"),
-    ("XAttnCrossImageSampler", {"freeu": "bogus"}, "freeu: 'bogus' not in"),
-    ("XAttnCrossImageSampler", {"adain_masks": "bogus"}, "adain_masks: 'bogus' not in"),
+BAD_VALUES = [  # (node, {input: value}, the input ComfyUI must name, the text of the one error it reports)
+    ("XAttnInvertImage", {"cfg": -1.0}, "cfg", "Value -1.0 smaller than min of 0.0"),
+    ("XAttnInvertImage", {"start_step": -1}, "start_step", "Value -1 smaller than min of 0"),
+    ("XAttnInvertImage", {"seed": -5}, "seed", "Value -5 smaller than min of 0"),
+    ("XAttnInvertImage", {"steps": 0}, "steps", "Value 0 smaller than min of 2"),
+    ("XAttnInvertImage", {"steps": 1}, "steps", "Value 1 smaller than min of 2"),
+    ("XAttnInvertImage", {"steps": 1001}, "steps", "Value 1001 bigger than max of 1000"),
+    ("XAttnInvertImage", {"freeu": "bogus"}, "freeu", "freeu: 'bogus' not in"),
+    ("XAttnInvertImage", {"fast_mode": "bogus"}, "fast_mode", "fast_mode: 'bogus' not in"),
+    ("XAttnCrossImageSampler", {"contrast": -5.0}, "contrast", "Value -5.0 smaller than min of 1.0"),
+    ("XAttnCrossImageSampler", {"start_step": -2}, "start_step", "Value -2 smaller than min of -1"),
+    ("XAttnCrossImageSampler", {"freeu": "bogus"}, "freeu", "freeu: 'bogus' not in"),
+    ("XAttnCrossImageSampler", {"adain_masks": "bogus"}, "adain_masks", "adain_masks: 'bogus' not in"),
 ]
 
 
-@pytest.mark.parametrize("node_type, values, expected", BAD_VALUES, ids=lambda value: str(value)[:30])
-def test_validation_reports_each_bad_value_once_and_runs_nothing(server, node_type, values, expected):
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
-    node_id = next(key for key, node in prompt.items() if node["class_type"] == node_type)
-    prompt[node_id]["inputs"].update(values)
+def post_refused(server, prompt: dict) -> list[dict]:
+    """The node errors of a prompt /prompt refuses (400), checking that nothing was queued."""
     before = server.get("/history")
     code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-tests"})
     assert code == 400, response
-    reported = [
-        f"{error['message']}: {error['details']}"
-        for entry in response["node_errors"].values()
-        for error in entry["errors"]
-    ]
-    assert sum(expected in text for text in reported) == 1, reported
-    assert list(response["node_errors"]) == [node_id], reported  # pinned to the node that has the bad value
     assert server.get("/history") == before  # nothing was queued
+    return response["node_errors"]
+
+
+@pytest.mark.parametrize("node_type, values, name, expected", BAD_VALUES, ids=lambda value: str(value)[:30])
+def test_validation_reports_each_bad_value_once_on_its_input(server, node_type, values, name, expected):
+    """An ordinary validation error on the input that has the bad value, never an exception filed elsewhere."""
+    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    node_id = next(key for key, node in prompt.items() if node["class_type"] == node_type)
+    prompt[node_id]["inputs"].update(values)
+    node_errors = post_refused(server, prompt)
+    assert list(node_errors) == [node_id], node_errors  # pinned to the node that has the bad value
+    errors = node_errors[node_id]["errors"]
+    reported = [f"{error['message']}: {error['details']}" for error in errors]
+    assert len(errors) == 1 and expected in reported[0], reported
+    assert errors[0]["extra_info"]["input_name"] == name, errors
+    assert not errors[0]["type"].startswith("exception"), errors
+
+
+def test_start_step_at_the_end_of_the_schedule_fails_when_invert_image_runs(server):
+    """start_step < steps is the one rule between two inputs. ComfyUI files a validate_inputs message under every
+    input it names and an exception under the linking node's input, and skips its own range checks for named
+    inputs, so the rule is checked when the node runs, first thing: one error naming both values."""
+    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    invert = next(key for key, node in prompt.items() if node["class_type"] == "XAttnInvertImage")
+    prompt[invert]["inputs"].update(steps=3, start_step=3)
+    code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-tests"})
+    assert code == 200 and response["node_errors"] == {}, response
+    history = server.wait_for(response["prompt_id"], 300)
+    assert history["status"]["status_str"] == "error"
+    failure = next(message[1] for message in history["status"]["messages"] if message[0] == "execution_error")
+    assert failure["node_type"] == "XAttnInvertImage"
+    assert failure["exception_message"].strip() == "start_step (3) must be below the number of steps (3)"
+
+
+def progress_texts(server, prompt: dict, timeout: float = 300) -> tuple[dict, list[tuple[str, str]]]:
+    """Queue ``prompt`` while listening on the websocket as the front end does; the history entry and the
+    progress texts (node id, text) the server sent meanwhile."""
+    import asyncio
+    import struct
+
+    import aiohttp
+
+    async def listen():
+        texts = []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.base.replace("http", "ws") + "/ws?clientId=xattn-progress") as socket,
+        ):
+            code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-progress"})
+            assert code == 200, response
+            prompt_id = response["prompt_id"]
+            while True:
+                message = await socket.receive(timeout=timeout)
+                if message.type == aiohttp.WSMsgType.BINARY and struct.unpack(">I", message.data[:4])[0] == 3:
+                    (length,) = struct.unpack(">I", message.data[4:8])
+                    texts.append((message.data[8 : 8 + length].decode(), message.data[8 + length :].decode()))
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    event = json.loads(message.data)
+                    data = event.get("data", {})
+                    if event["type"] in ("execution_success", "execution_error") and data["prompt_id"] == prompt_id:
+                        break
+        return server.wait_for(prompt_id, timeout), texts
+
+    return asyncio.run(listen())
+
+
+def test_a_transfer_that_swaps_nothing_warns_on_every_run(server):
+    """5 steps from start step 4 swap no attention: the output is the structure's reconstruction. Each run says
+    so in ComfyUI's log and under the sampler node (Python's warnings filter would have shown it once)."""
+    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    sampler = next(key for key, node in prompt.items() if node["class_type"] == "XAttnCrossImageSampler")
+    for node in by_class(prompt, "XAttnInvertImage"):
+        node["inputs"].update(steps=5, start_step=4)
+    warning = "Cross-Image Attention: no generation step swaps attention (5 steps from start step 4)"
+    for run, contrast in enumerate((1.67, 1.7)):  # a second run of the sampler in the same process
+        prompt[sampler]["inputs"]["contrast"] = contrast
+        logged_before = server.log_text().count(warning)
+        history, texts = progress_texts(server, prompt)
+        assert history["status"]["status_str"] == "success"
+        assert server.log_text().count(warning) == logged_before + 1, (run, server.log_text()[-3000:])
+        shown = [text for node, text in texts if node == sampler]
+        assert len(shown) == 1 and shown[0].startswith("Warning: no generation step swaps attention"), texts
+
+
+def test_the_sampler_states_the_choices_it_made(server):
+    """Appearance inverted from step 2, structure from step 1, sampler start_step -1: it uses 2, and says so,
+    with the masks, FreeU and pairing it chose, once per run."""
+    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    inverts = {node["_meta"]["title"]: node for node in by_class(prompt, "XAttnInvertImage")}
+    inverts["Invert appearance"]["inputs"].update(steps=4, start_step=2)
+    inverts["Invert structure"]["inputs"].update(steps=4, start_step=1)
+    before = len(server.log_text())
+    queue(server, prompt)
+    lines = [line for line in server.log_text()[before:].splitlines() if "Cross-Image Attention Sampler:" in line]
+    assert len(lines) == 1, lines
+    assert (
+        "start step 2 (start_step -1: the later of the inversions' start steps, appearance 2 and structure 1)"
+        in (lines[0])
+    )
+    assert "adain_masks auto: automatic object masks" in lines[0]
+    assert "freeu auto: on (an SD 1.x model)" in lines[0]
+
+
+def by_class(prompt: dict, class_type: str) -> list[dict]:
+    return [node for node in prompt.values() if node["class_type"] == class_type]
