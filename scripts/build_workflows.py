@@ -23,7 +23,25 @@ from workflow_graph import Graph  # noqa: E402
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
-CONTROLNET = "control_v11p_sd15_canny.pth"
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
+# Where each model file comes from: written into the loader nodes' properties.models, which the front end reads to
+# show its Missing Models dialog (file, folder, download link) when a template is opened without them. It
+# offers downloads only from huggingface.co or civitai.com, and only of .safetensors files.
+MODEL_SOURCES = {
+    SD15: (
+        "checkpoints",
+        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors",
+    ),
+    SDXL: (
+        "checkpoints",
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+    ),
+    CONTROLNET: (  # ControlNet 1.1 canny (lllyasviel) in fp16 safetensors, as ComfyUI's own examples link it
+        "controlnet",
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11p_sd15_canny_fp16.safetensors",
+    ),
+}
 GIRAFFE, ZEBRA = "giraffe.jpg", "zebra.jpg"  # the paper's pair, shipped in xattn_core/samples/ (MIT licence)
 DRAWN = "xattn_structure.png", "xattn_appearance.png"  # the pack's drawn samples, copied as these names
 OFFICIAL_INPUTS = (
@@ -291,7 +309,7 @@ def main() -> int:
     args = parser.parse_args()
     info = object_info(args.object_info)
     for name, build in WORKFLOWS_BUILT.items():
-        graph = Graph(info)
+        graph = Graph(info, MODEL_SOURCES)
         build(graph)
         graph.write(WORKFLOWS, name)
         print(f"wrote workflows/{name}.json and workflows/api/{name}.json ({len(graph.nodes)} nodes)")

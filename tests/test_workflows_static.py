@@ -23,6 +23,7 @@ from tests.workflow_checks import (
     api_problems,
     by_type,
     load,
+    overlapping_nodes,
     strip_meta,
     to_api,
     ui_problems,
@@ -240,3 +241,40 @@ def test_saved_inversions_workflow_needs_no_images():
         n["inputs"]["filename_prefix"] + "_00001_.safetensors [output]" for n in by_type(variants, "XAttnSaveInversion")
     }
     assert saved == SHIPPED_FILES["inversion_file"]  # workflow 4 writes what workflow 6 reads
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_two_nodes_overlap(name):
+    """With the sizes written in the file (the browser tier checks the sizes the front end draws)."""
+    workflow, _ = load(name)
+    assert overlapping_nodes(workflow["nodes"], gap=10) == []
+
+
+def test_the_overlap_check_sees_a_title_bar_under_a_node():
+    above = {"id": 1, "type": "A", "pos": [0, 0], "size": [300, 312]}
+    below = {"id": 2, "type": "B", "pos": [100, 320], "size": [300, 100]}  # its title bar starts at y = 290
+    assert overlapping_nodes([above, below]) == ["1 (A) / 2 (B)"]
+    below["pos"] = [100, 350]
+    assert overlapping_nodes([above, below]) == []
+
+
+MODEL_WIDGETS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "ControlNetLoader": ("control_net_name", "controlnet"),
+}
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_model_file_says_where_to_download_it(name):
+    """properties.models, which the front end's Missing Models dialog reads: the file, its folder and an address
+    it offers to download (huggingface.co, a .safetensors file)."""
+    workflow, _ = load(name)
+    loaders = [node for node in workflow["nodes"] if node["type"] in MODEL_WIDGETS]
+    assert loaders
+    for node in loaders:
+        widget, folder = MODEL_WIDGETS[node["type"]]
+        (model,) = node["properties"]["models"]
+        assert model["name"] == node["widgets_values"][0] and model["name"] in SHIPPED_FILES[widget]
+        assert model["directory"] == folder
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
+        assert model["name"].endswith(".safetensors")

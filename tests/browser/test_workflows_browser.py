@@ -47,7 +47,7 @@ SAMPLES = {
 PLACEHOLDERS = [
     "checkpoints/v1-5-pruned-emaonly.safetensors",
     "checkpoints/sd_xl_base_1.0.safetensors",
-    "controlnet/control_v11p_sd15_canny.pth",
+    "controlnet/control_v11p_sd15_canny_fp16.safetensors",
 ]
 INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
 

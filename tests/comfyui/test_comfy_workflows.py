@@ -23,7 +23,7 @@ from comfy_tasks import run_task
 from comfyui_support import load_snapshot_module
 from conftest import SAMPLE_INPUTS, SD15_CHECKPOINT
 
-CONTROLNET = "control_v11p_sd15_canny.pth"
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
