@@ -30,14 +30,14 @@ from tests.workflow_checks import (
 )
 
 EXPECTED = [
-    "01_basic_sd15_transfer",
-    "02_masked_transfer",
-    "03_sdxl_transfer",
-    "04_colour_variants",
-    "05_transfer_then_upscale",
-    "06_from_saved_inversions",
-    "07_transfer_with_controlnet",
-    "08_local_transfer",
+    "01 Basic transfer, SD 1.5",
+    "02 Masks, automatic then edited",
+    "03 SDXL transfer at 1024 px",
+    "04 Colour variants",
+    "05 Transfer, then upscale",
+    "06 Transfer from saved inversions",
+    "07 Transfer with a ControlNet",
+    "08 Local transfer inside a mask",
 ]
 
 
@@ -85,7 +85,7 @@ def test_thumbnail_is_a_small_jpeg_of_the_same_name(name):
 
 
 def test_checker_rejects_a_latent_fed_to_an_inversion_socket():
-    workflow, prompt = load("01_basic_sd15_transfer")
+    workflow, prompt = load("01 Basic transfer, SD 1.5")
     encode = next(node for node in workflow["nodes"] if node["type"] == "VAEEncode")
     sampler = next(node for node in workflow["nodes"] if node["type"] == "XAttnCrossImageSampler")
     slot = next(i for i, s in enumerate(sampler["inputs"]) if s["name"] == "appearance")
@@ -104,7 +104,7 @@ def test_checker_rejects_a_latent_fed_to_an_inversion_socket():
 
 
 def test_checker_rejects_wrong_widget_counts_and_values():
-    workflow, prompt = load("01_basic_sd15_transfer")
+    workflow, prompt = load("01 Basic transfer, SD 1.5")
     invert = next(node for node in workflow["nodes"] if node["type"] == "XAttnInvertImage")
     dropped = copy.deepcopy(workflow)
     target = next(node for node in dropped["nodes"] if node["id"] == invert["id"])
@@ -131,7 +131,7 @@ def test_checker_rejects_wrong_widget_counts_and_values():
 
 
 def test_basic_workflow_uses_the_paper_defaults():
-    _, prompt = load("01_basic_sd15_transfer")
+    _, prompt = load("01 Basic transfer, SD 1.5")
     inversions = by_type(prompt, "XAttnInvertImage")
     assert len(inversions) == 2
     for node in inversions:
@@ -162,7 +162,7 @@ def test_basic_workflow_uses_the_paper_defaults():
 
 
 def test_masked_workflow_edits_the_automatic_masks_and_feeds_them_back():
-    _, prompt = load("02_masked_transfer")
+    _, prompt = load("02 Masks, automatic then edited")
     first, edited = sorted(
         by_type(prompt, "XAttnCrossImageSampler"), key=lambda node: "edited" in node["_meta"]["title"]
     )
@@ -175,7 +175,7 @@ def test_masked_workflow_edits_the_automatic_masks_and_feeds_them_back():
 
 
 def test_controlnet_workflow_steers_the_sampler_with_the_structures_edges():
-    _, prompt = load("07_transfer_with_controlnet")
+    _, prompt = load("07 Transfer with a ControlNet")
     (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
     (apply,) = by_type(prompt, "ControlNetApplyAdvanced")
     apply_id = next(k for k, v in prompt.items() if v is apply)
@@ -189,7 +189,7 @@ def test_controlnet_workflow_steers_the_sampler_with_the_structures_edges():
 
 
 def test_local_workflow_masks_the_structure_latent_and_composites():
-    _, prompt = load("08_local_transfer")
+    _, prompt = load("08 Local transfer inside a mask")
     structure = next(n for n in by_type(prompt, "XAttnInvertImage") if "structure" in n["_meta"]["title"])
     masked = prompt[structure["inputs"]["latent"][0]]
     assert masked["class_type"] == "SetLatentNoiseMask"
@@ -199,7 +199,7 @@ def test_local_workflow_masks_the_structure_latent_and_composites():
 
 
 def test_sdxl_workflow_runs_at_1024():
-    _, prompt = load("03_sdxl_transfer")
+    _, prompt = load("03 SDXL transfer at 1024 px")
     assert [n["inputs"]["ckpt_name"] for n in by_type(prompt, "CheckpointLoaderSimple")] == [
         "sd_xl_base_1.0.safetensors"
     ]
@@ -209,7 +209,7 @@ def test_sdxl_workflow_runs_at_1024():
 
 
 def test_colour_variants_batches_appearances_and_saves_the_structure():
-    _, prompt = load("04_colour_variants")
+    _, prompt = load("04 Colour variants")
     assert by_type(prompt, "ImageBatch")
     saved = {
         prompt[n["inputs"]["inversion"][0]]["_meta"]["title"]: n["inputs"]["filename_prefix"]
@@ -223,7 +223,7 @@ def test_colour_variants_batches_appearances_and_saves_the_structure():
 
 
 def test_upscale_workflow_refines_at_low_denoise():
-    _, prompt = load("05_transfer_then_upscale")
+    _, prompt = load("05 Transfer, then upscale")
     (ksampler,) = by_type(prompt, "KSampler")
     assert 0 < ksampler["inputs"]["denoise"] < 0.6
     upscale = prompt[ksampler["inputs"]["latent_image"][0]]
@@ -232,11 +232,11 @@ def test_upscale_workflow_refines_at_low_denoise():
 
 
 def test_saved_inversions_workflow_needs_no_images():
-    _, prompt = load("06_from_saved_inversions")
+    _, prompt = load("06 Transfer from saved inversions")
     assert not by_type(prompt, "LoadImage") and not by_type(prompt, "XAttnInvertImage")
     loads = by_type(prompt, "XAttnLoadInversion")
     assert sorted(n["inputs"]["inversion_file"] for n in loads) == sorted(SHIPPED_FILES["inversion_file"])
-    _, variants = load("04_colour_variants")
+    _, variants = load("04 Colour variants")
     saved = {
         n["inputs"]["filename_prefix"] + "_00001_.safetensors [output]" for n in by_type(variants, "XAttnSaveInversion")
     }

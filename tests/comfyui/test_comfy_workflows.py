@@ -31,17 +31,17 @@ SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 SIZE = 64  # pixels; the latent is 8 x 8
 EXPECTED_IMAGES = {  # SaveImage output: (number of images, width) per workflow after shrink()
-    "01_basic_sd15_transfer": (1, SIZE),
-    "02_masked_transfer": (1, SIZE),
-    "03_sdxl_transfer": (1, SIZE),
-    "04_colour_variants": (2, SIZE),
-    "05_transfer_then_upscale": (1, SIZE * 3 // 2),
-    "06_from_saved_inversions": (2, SIZE),  # the saved structure x the two saved appearances of 04
-    "07_transfer_with_controlnet": (1, SIZE),
-    "08_local_transfer": (1, SIZE),
+    "01 Basic transfer, SD 1.5": (1, SIZE),
+    "02 Masks, automatic then edited": (1, SIZE),
+    "03 SDXL transfer at 1024 px": (1, SIZE),
+    "04 Colour variants": (2, SIZE),
+    "05 Transfer, then upscale": (1, SIZE * 3 // 2),
+    "06 Transfer from saved inversions": (2, SIZE),  # the saved structure x the two saved appearances of 04
+    "07 Transfer with a ControlNet": (1, SIZE),
+    "08 Local transfer inside a mask": (1, SIZE),
 }
-PREVIEWS = {"01_basic_sd15_transfer": 4, "02_masked_transfer": 2}  # reconstructions and masks shown in the UI
-SLOW = {"03_sdxl_transfer", "07_transfer_with_controlnet"}  # full-size random SDXL / ControlNet files
+PREVIEWS = {"01 Basic transfer, SD 1.5": 4, "02 Masks, automatic then edited": 2}  # reconstructions and masks shown in the UI
+SLOW = {"03 SDXL transfer at 1024 px", "07 Transfer with a ControlNet"}  # full-size random SDXL / ControlNet files
 
 
 def api_twin(name: str) -> dict:
@@ -144,7 +144,7 @@ def test_shipped_api_twins_pass_validate_prompt(models, tmp_path):
 
 
 def test_validation_refuses_a_latent_for_an_inversion(server):
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
     sampler = next(k for k, v in prompt.items() if v["class_type"] == "XAttnCrossImageSampler")
     encode = next(k for k, v in prompt.items() if v["class_type"] == "VAEEncode")
     prompt[sampler]["inputs"]["appearance"] = [encode, 0]
@@ -158,8 +158,8 @@ def test_validation_refuses_a_latent_for_an_inversion(server):
 def test_workflow_runs(server, name):
     import numpy as np
 
-    if name == "06_from_saved_inversions":
-        run_workflow(server, "04_colour_variants")  # writes the inversions workflow 6 loads
+    if name == "06 Transfer from saved inversions":
+        run_workflow(server, "04 Colour variants")  # writes the inversions workflow 6 loads
         for file in ("structure_00001_.safetensors", "appearances_00001_.safetensors"):
             assert (server.output_dir / "xattn" / file).is_file()
     started = time.monotonic()
@@ -184,7 +184,7 @@ def test_controlnet_workflow_runs(server, models):
     target = models / "controlnet" / CONTROLNET
     if not target.exists():
         run_task("controlnet", str(target), timeout=1800)
-    history = queue(server, shrink(api_twin("07_transfer_with_controlnet")), timeout=1800)
+    history = queue(server, shrink(api_twin("07 Transfer with a ControlNet")), timeout=1800)
     images = saved_images(server, history)
     assert len(images) == 1 and images[0].size == (SIZE, SIZE)
 
@@ -195,7 +195,7 @@ def test_sdxl_workflow_runs(server, models):
     target = models / "checkpoints" / SDXL_CHECKPOINT
     if not target.exists() or target.stat().st_size == 0:
         run_task("checkpoint", "sdxl", str(target), timeout=1800)
-    history = queue(server, shrink(api_twin("03_sdxl_transfer")), timeout=1800)
+    history = queue(server, shrink(api_twin("03 SDXL transfer at 1024 px")), timeout=1800)
     images = saved_images(server, history)
     assert len(images) == 1 and images[0].size == (SIZE, SIZE)
 
@@ -228,7 +228,7 @@ def post_refused(server, prompt: dict) -> list[dict]:
 @pytest.mark.parametrize("node_type, values, name, expected", BAD_VALUES, ids=lambda value: str(value)[:30])
 def test_validation_reports_each_bad_value_once_on_its_input(server, node_type, values, name, expected):
     """An ordinary validation error on the input that has the bad value, never an exception filed elsewhere."""
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
     node_id = next(key for key, node in prompt.items() if node["class_type"] == node_type)
     prompt[node_id]["inputs"].update(values)
     node_errors = post_refused(server, prompt)
@@ -244,7 +244,7 @@ def test_start_step_at_the_end_of_the_schedule_fails_when_invert_image_runs(serv
     """start_step < steps is the one rule between two inputs. ComfyUI files a validate_inputs message under every
     input it names and an exception under the linking node's input, and skips its own range checks for named
     inputs, so the rule is checked when the node runs, first thing: one error naming both values."""
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
     invert = next(key for key, node in prompt.items() if node["class_type"] == "XAttnInvertImage")
     prompt[invert]["inputs"].update(steps=3, start_step=3)
     code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-tests"})
@@ -291,7 +291,7 @@ def progress_texts(server, prompt: dict, timeout: float = 300) -> tuple[dict, li
 def test_a_transfer_that_swaps_nothing_warns_on_every_run(server):
     """5 steps from start step 4 swap no attention: the output is the structure's reconstruction. Each run says
     so in ComfyUI's log and under the sampler node (Python's warnings filter would have shown it once)."""
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
     sampler = next(key for key, node in prompt.items() if node["class_type"] == "XAttnCrossImageSampler")
     for node in by_class(prompt, "XAttnInvertImage"):
         node["inputs"].update(steps=5, start_step=4)
@@ -309,7 +309,7 @@ def test_a_transfer_that_swaps_nothing_warns_on_every_run(server):
 def test_the_sampler_states_the_choices_it_made(server):
     """Appearance inverted from step 2, structure from step 1, sampler start_step -1: it uses 2, and says so,
     with the masks, FreeU and pairing it chose, once per run."""
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
     inverts = {node["_meta"]["title"]: node for node in by_class(prompt, "XAttnInvertImage")}
     inverts["Invert appearance"]["inputs"].update(steps=4, start_step=2)
     inverts["Invert structure"]["inputs"].update(steps=4, start_step=1)
