@@ -40,7 +40,8 @@ EXPECTED_IMAGES = {  # SaveImage output: (number of images, width) per workflow 
     "07 Transfer with a ControlNet": (1, SIZE),
     "08 Local transfer inside a mask": (1, SIZE),
 }
-PREVIEWS = {"01 Basic transfer, SD 1.5": 4, "02 Masks, automatic then edited": 2}  # reconstructions and masks shown in the UI
+# reconstructions and masks shown in the UI
+PREVIEWS = {"01 Basic transfer, SD 1.5": 4, "02 Masks, automatic then edited": 2}
 SLOW = {"03 SDXL transfer at 1024 px", "07 Transfer with a ControlNet"}  # full-size random SDXL / ControlNet files
 
 
