@@ -168,6 +168,7 @@ def browser_results(tmp_path_factory):
         for key in ("_templates_png", "_missing_models_png"):
             if key in results:
                 (Path(SCREENSHOTS) / f"{key.strip('_')[:-4]}.png").write_bytes(results[key])
+        (Path(SCREENSHOTS) / "help_page.png").write_bytes(results["_help"]["png"])
     return results
 
 

@@ -16,6 +16,7 @@ import copy
 import json
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,7 @@ def test_templates_are_listed_and_the_snapshot_is_current(server):
 def test_thumbnails_and_help_pages_are_served_where_the_front_end_asks(server):
     pack = load_snapshot_module().PACK_LINK_NAME
     for name in NAMES:  # the template browser asks /api/workflow_templates/<pack>/<workflow>.jpg
-        status, kind, body = server.fetch(f"/api/workflow_templates/{pack}/{name}.jpg")
+        status, kind, body = server.fetch(f"/api/workflow_templates/{pack}/{urllib.parse.quote(name)}.jpg")
         assert (status, kind) == (200, "image/jpeg") and body == (WORKFLOWS / f"{name}.jpg").read_bytes(), name
     help_pages = sorted((REPO / "web" / "docs").glob("*.md"))
     assert len(help_pages) == 8
