@@ -23,24 +23,34 @@ FREEU_CHOICES = ["auto", "on", "off"]
 LOG_PREFIX = "Cross-Image Attention"
 
 
-def show_on_node(text: str) -> None:
-    """Text under the running node in the front end (ComfyUI's progress text, as core's Get Image Size shows its
-    result); nothing when the node runs outside ComfyUI's server (tests, scripts)."""
+_warned_nodes: set[str] = set()  # nodes whose last run showed warnings (the front end keeps the text until replaced)
+
+
+def show_warnings_on_node(messages: list[str]) -> None:
+    """The run's warnings under the running node in the front end (ComfyUI's progress text, as core's Get Image
+    Size shows its result); after a run that showed some, a clean run says so, since the front end keeps the old
+    text. Nothing when the node runs outside ComfyUI's executor and server (tests, scripts)."""
     context = get_executing_context()
     if context is None:  # not run by ComfyUI's executor
         return
     from server import PromptServer  # ComfyUI's server module, loaded when an executor runs: import it only then
 
     server = getattr(PromptServer, "instance", None)
-    if server is not None:
-        server.send_progress_text(text, context.node_id)
+    if server is None:
+        return
+    if messages:
+        server.send_progress_text("\n".join(f"Warning: {message}" for message in messages), context.node_id)
+        _warned_nodes.add(context.node_id)
+    elif context.node_id in _warned_nodes:
+        server.send_progress_text("No warnings in the last run.", context.node_id)
+        _warned_nodes.discard(context.node_id)
 
 
 @contextmanager
 def engine_warnings() -> Iterator[list[str]]:
     """Run engine calls and report each warning they raise through ComfyUI's log, on every run, and on the node.
 
-    The engine warns with ``warnings.warn`` (for library users); Python's default filter shows each text once per
+    The engine raises Python warnings (for library users); Python's default filter shows each text once per
     process, so a ComfyUI user would see it on the first run only. Here every warning is recorded whatever the
     filter says and logged as core nodes log. Yields the list the messages are appended to (after the block).
     """
@@ -53,8 +63,7 @@ def engine_warnings() -> Iterator[list[str]]:
             messages.extend(dict.fromkeys(str(warning.message) for warning in caught))  # AdaIN may repeat a text
             for message in messages:
                 logging.warning("%s: %s", LOG_PREFIX, message)
-            if messages:
-                show_on_node("\n".join(f"Warning: {message}" for message in messages))
+            show_warnings_on_node(messages)
 
 
 def reports_warnings(execute: Callable) -> Callable:

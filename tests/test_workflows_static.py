@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 
 import pytest
 
@@ -74,14 +75,24 @@ def test_api_twin_is_the_ui_graph(name):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_thumbnail_is_a_small_jpeg_of_the_same_name(name):
-    """The front end asks for <workflow>.jpg beside the workflow (a .png is never shown)."""
+def test_thumbnail_is_the_card_the_script_draws(name):
+    """The front end asks for <workflow>.jpg beside the workflow (a .png is never shown) and shows it in a square:
+    the card scripts/make_thumbnails.py draws, as it draws it now."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_thumbnails
+
     thumbnail = WORKFLOWS / f"{name}.jpg"
-    assert thumbnail.is_file(), "run python -m pytest -m browser tests/browser to make the thumbnails"
+    assert thumbnail.is_file(), "run python scripts/make_thumbnails.py"
     data = thumbnail.read_bytes()
-    assert data[:3] == b"\xff\xd8\xff"
-    assert len(data) < 300_000
+    assert data[:3] == b"\xff\xd8\xff" and len(data) < 300_000
     assert not (WORKFLOWS / f"{name}.png").exists()
+    shipped = np.asarray(Image.open(thumbnail).convert("RGB"), dtype=np.float32)
+    drawn = np.asarray(make_thumbnails.draw_card(make_thumbnails.CARDS[name]), dtype=np.float32)
+    assert shipped.shape == (512, 512, 3)
+    assert np.abs(shipped - drawn).mean() < 3, "stale card: run python scripts/make_thumbnails.py"
 
 
 def test_checker_rejects_a_latent_fed_to_an_inversion_socket():

@@ -306,6 +306,12 @@ def test_a_transfer_that_swaps_nothing_warns_on_every_run(server):
         assert server.log_text().count(warning) == logged_before + 1, (run, server.log_text()[-3000:])
         shown = [text for node, text in texts if node == sampler]
         assert len(shown) == 1 and shown[0].startswith("Warning: no generation step swaps attention"), texts
+    # a clean run replaces the text the front end still shows under the node
+    for node in by_class(prompt, "XAttnInvertImage"):
+        node["inputs"].update(steps=5, start_step=1)
+    prompt[sampler]["inputs"]["adain_masks"] = "none"  # random weights find no object: that would warn
+    _, texts = progress_texts(server, prompt)
+    assert [text for node, text in texts if node == sampler] == ["No warnings in the last run."], texts
 
 
 def test_the_sampler_states_the_choices_it_made(server):
