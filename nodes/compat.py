@@ -59,10 +59,28 @@ if importlib.util.find_spec("comfy_api") is not None:
     import comfy_api
     import folder_paths  # get_input_directory, get_output_directory, get_save_image_path
     import latent_preview  # prepare_callback
+    from comfy_execution.utils import get_executing_context  # the running node's id, for its progress text
 
     API_MODULE = "comfy_api." + choose_api_module(module.name for module in pkgutil.iter_modules(comfy_api.__path__))
     _api = importlib.import_module(API_MODULE)
     io = _api.io
     ComfyExtension = _api.ComfyExtension
 
-    __all__ = ["API_MODULE", "ComfyExtension", "comfy", "comfy_attention", "folder_paths", "io", "latent_preview"]
+    def prompt_server():
+        """ComfyUI's running PromptServer, or None. Its module is imported only here, when a node runs under the
+        executor (the server is loaded by then), never at import time."""
+        from server import PromptServer
+
+        return getattr(PromptServer, "instance", None)
+
+    __all__ = [
+        "API_MODULE",
+        "ComfyExtension",
+        "comfy",
+        "comfy_attention",
+        "folder_paths",
+        "get_executing_context",
+        "io",
+        "latent_preview",
+        "prompt_server",
+    ]

@@ -226,3 +226,24 @@ def strip_meta(prompt: dict) -> dict:
 
 def by_type(prompt: dict, class_type: str) -> list[dict]:
     return [node for node in prompt.values() if node["class_type"] == class_type]
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+
+
+def node_box(node: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a node on the canvas, title bar included."""
+    (x, y), (width, height) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+def overlapping_nodes(nodes: list[dict], gap: float = 0) -> list[str]:
+    """Every pair of nodes whose boxes (title bars included) come closer than ``gap``, as 'id (title) / id (title)'."""
+    found = []
+    boxes = [(node, node_box(node)) for node in nodes]
+    for index, (first, a) in enumerate(boxes):
+        for second, b in boxes[index + 1 :]:
+            if a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap:
+                names = [f"{node['id']} ({node.get('title') or node['type']})" for node in (first, second)]
+                found.append(" / ".join(names))
+    return found
