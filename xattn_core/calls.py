@@ -1,10 +1,10 @@
 """The model calls of one generation step, as data: which rows each call evaluates, what its attention layers
 capture, swap and record, and which noise predictions the step takes from it.
 
-:func:`step_calls` is pure: from a step of the plan and the :class:`CallLayout` (the pairs, the paths fast
+:func:`step_calls` is pure: from a step of the plan, the :class:`CallLayout` (the pairs, the paths fast
 mode replays from their inversion's cache, whether the output carries hints of its own, such as a ControlNet)
-it gives the list that ``JointSampler.predict`` runs straight down, and :func:`model_evaluations` counts the
-same lists. Per step:
+and the step's :class:`StepRole` (:func:`step_roles`) it gives the list that ``JointSampler.predict`` runs
+straight down, and :func:`model_evaluations` counts the same lists. Per step:
 
 1. the appearance rows, capturing their keys/values when the output will attend to them;
 2. the output rows together with the structure rows, the output rows swapping attention (to the appearance's
@@ -17,6 +17,11 @@ same lists. Per step:
 
 A path replayed from its inversion's cache (fast mode) takes its noise prediction and keys/values from there:
 call 1, or the structure half of call 2, goes (the output rows then run alone).
+
+Two savings leave the results as they are: until the first swap (or AdaIN) the output rows equal their
+structure rows, so call 2 holds the structure rows alone and the output takes their prediction (with hints or
+a noise mask the output differs and runs in a call of its own); and when the structure's reconstruction is
+not wanted, its rows stop after the last step that reads them.
 
 Automatic masks: the maps are recorded at one step (:func:`recording_step`) by the path rows of these calls,
 at no extra cost; a replayed path there gets one extra call of its own, which only records. What is recorded

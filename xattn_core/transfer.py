@@ -9,6 +9,7 @@ latent statistics towards the appearance path.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -200,14 +201,24 @@ class JointSampler:
             structure=self.structure.latent_at(self.start).clone(),
         )
 
-    def calls(self, step: StepPlan) -> list[ModelCall]:
-        """The model calls :meth:`predict` runs for ``step`` (calls.py)."""
-        return step_calls(step, self.layout, self.roles[step.index])
+    def calls(self, step: StepPlan, latents: PathLatents | None = None) -> list[ModelCall]:
+        """The model calls :meth:`predict` runs for ``step`` (calls.py).
+
+        The output rows share the structure rows' evaluation only while they are equal, as they are on the
+        sampler's own trajectory; latents handed in from elsewhere (a test comparing one step from given
+        latents) may differ, and then the output rows are evaluated in a call of their own.
+        """
+        role = self.roles[step.index]
+        if role.output_is_structure and latents is not None:
+            if not torch.equal(latents.output, latents.structure[self.structure_rows]):
+                role = dataclasses.replace(role, output_is_structure=False)
+        return step_calls(step, self.layout, role)
 
     def predict(self, step: StepPlan, latents: PathLatents) -> StepNoise:
         """Run the step's model calls in order; a replayed path's prediction and keys/values come from its cache."""
         i = step.global_step
-        sigma, calls = self.sigmas[i], self.calls(step)
+        sigma, calls = self.sigmas[i], self.calls(step, latents)
+        shared = not any(Rows.OUTPUT in call.rows for call in calls)  # the output rows are the structure rows
         device, dtype = latents.output.device, latents.output.dtype
         inversions = {Rows.APPEARANCE: self.appearance, Rows.STRUCTURE: self.structure}
         rows = {Rows.OUTPUT: latents.output, Rows.APPEARANCE: latents.appearance, Rows.STRUCTURE: latents.structure}
@@ -230,7 +241,7 @@ class JointSampler:
                     noise[path] = block
                 else:  # the plain pass: push the swapped prediction away from it
                     noise[path] = block + call.swap_guidance * (noise[path] - block)
-        if self.roles[step.index].output_is_structure:  # the output rows are still their structure rows
+        if shared:
             noise[Rows.OUTPUT] = noise[Rows.STRUCTURE][self.structure_rows]
         if maps is not None:
             self._set_automatic_masks(maps)
