@@ -4,6 +4,7 @@ Run from the repository root, with the project's Python environment active:
 
     python bench/bench_attention.py                # the four cases below, 5 timed runs each, 1 thread
     python bench/bench_attention.py --quick        # small cases, 2 runs: a smoke check (the test runs it)
+    python bench/bench_attention.py --block-sweep  # the engine's op with CPU query blocks of 16, 32, 64, 128
 
 Cases: 1 and 2 rows, 8 heads, float32, at SD 1.5's two swapping levels (level 0: 4096 tokens, 320 channels,
 head dim 40; level 1: 1024 tokens, 640 channels, head dim 80), with the engine's contrast and memory budget
@@ -198,6 +199,29 @@ def bench_maps(case: Case, repeats: int, budget: int) -> dict:
     }
 
 
+def block_sweep(repeats: int, blocks: tuple[int, ...] = (16, 32, 64, 128)) -> dict:
+    """The engine's op at 4096 tokens, 1 and 2 rows, with each CPU query block in turn (best of ``repeats``)."""
+    import xattn_core.attention as attention
+
+    chosen, best = attention.CPU_QUERY_BLOCK, {}
+    try:
+        for rows in (1, 2):
+            case = Case(rows, 4096, 40)
+            query, key, value = inputs(case)
+            seconds: dict[int, list[float]] = {block: [] for block in blocks}
+            for _ in range(repeats):
+                for block in blocks:
+                    attention.CPU_QUERY_BLOCK = block
+                    started = time.perf_counter()
+                    contrasted_attention(query, key, value, case.heads, 1.67)
+                    seconds[block].append(time.perf_counter() - started)
+            best[rows] = {block: min(values) for block, values in seconds.items()}
+            print(f"rows {rows}: " + ", ".join(f"{block} queries {t:.3f} s" for block, t in best[rows].items()))
+    finally:
+        attention.CPU_QUERY_BLOCK = chosen
+    return best
+
+
 def memory_lines(threads: int) -> list[str]:
     from bench.memory_worker import MEMORY_DIM_HEAD, MEMORY_HEADS, MEMORY_TOKENS, measure_memory
 
@@ -266,7 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed runs per implementation (default 5, 2 with --quick)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory part")
+    parser.add_argument(
+        "--block-sweep", action="store_true", help="instead: the engine's op with CPU query blocks of 16 to 128"
+    )
     args = parser.parse_args(argv)
+    if args.block_sweep:
+        torch.set_num_threads(args.threads)
+        print(f"# CPU query blocks of contrasted_attention, 4096 tokens, 8x40, best of {args.repeats or 3} runs")
+        block_sweep(args.repeats or 3)
+        return 0
     run(args.quick, args.repeats, args.threads, not args.skip_memory)
     return 0
 

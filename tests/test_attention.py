@@ -121,3 +121,11 @@ def test_compact_copies_views_out_of_the_model_calls_tensors():
     assert torch.equal(key, keys[:2]) and torch.equal(value, keys[2:])
     assert key.untyped_storage().nbytes() == key.nbytes == 2 * 16 * 8 * 4  # no longer the whole call's tensor
     assert compact.branches == {0} and store.only_branches(frozenset({1})).branches == frozenset()
+
+
+def test_inputs_that_require_grad_are_fine():
+    # ComfyUI may call attention with autograd on (weights that require grad); the blocks are computed in place
+    generator = torch.Generator().manual_seed(6)
+    query = torch.randn(1, 40, 16, generator=generator).requires_grad_()
+    out = contrasted_attention(query, query, query, 2, 1.67)
+    assert torch.equal(out, contrasted_attention(query.detach(), query.detach(), query.detach(), 2, 1.67))

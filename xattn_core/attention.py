@@ -83,6 +83,7 @@ def _heads_as_batch(tensor: Tensor, heads: int) -> Tensor:
     return split_heads(tensor.float(), heads).reshape(rows * heads, tokens, width // heads)
 
 
+@torch.no_grad()  # inference only: the blocks are computed in place (out=), which has no backward
 def contrasted_attention(
     query: Tensor,
     key: Tensor,
@@ -108,6 +109,7 @@ def contrasted_attention(
     return merge_heads(out.reshape(rows, heads, query_tokens, -1)).to(query.dtype)
 
 
+@torch.no_grad()  # as contrasted_attention
 def mean_attention_weights(query: Tensor, key: Tensor, heads: int, memory_budget: int) -> Tensor:
     """softmax(QK^T / sqrt(d)) of one row, averaged over heads: ``[query tokens, key tokens]`` in float32.
 
