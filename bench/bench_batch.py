@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from xattn_core.__main__ import main as command_line
-from xattn_core.diffusers_pipeline import SAMPLES
+from xattn_core.app.cli import main as command_line
+from xattn_core.app.diffusers_pipeline import SAMPLES
 from xattn_core.tiny import save_tiny_pipeline
 
 PAIRS = [  # structure, appearance, prompt, object word

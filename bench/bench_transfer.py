@@ -222,7 +222,7 @@ def run_generation(setup: Setup, inversion: InversionRun) -> GenerationRun:
     args, clock, ours, naive, plain = setup.args, setup.clock, setup.ours, setup.naive, setup.plain
     normal = dataclasses.replace(inversion.ours, attention=None)  # the normal mode: no cache
     appearance, structure = normal.select([0]), normal.select([1])
-    for backend in (ours, naive):  # the generation's guidance, as xattn_core.diffusers_pipeline sets it
+    for backend in (ours, naive):  # the generation's guidance, as xattn_core.app.diffusers_pipeline sets it
         backend.with_guidance(backend.positive, backend.negative, args.cfg)
     state = naive_port.NaiveSwapState(contrast=args.contrast)
     naive_layers = naive_port.install_naive_processors(setup.naive_unet, state)  # naive.close() restores the originals
@@ -233,8 +233,8 @@ def run_generation(setup: Setup, inversion: InversionRun) -> GenerationRun:
     naive_steps = naive_port.naive_generation(naive, state, latents, maps, setup.sigmas, setup.plan, naive_result)
     plain_steps = naive_port.plain_generation(plain, structure, setup.sigmas, setup.plan, plain_result)
 
-    def after_generation_step(index: int, total: int, *_latents) -> None:
-        progress("generation", index + 1, total)
+    def after_generation_step(done: int, total: int, *_latents) -> None:
+        progress("generation", done, total)
         with clock.section("naive generation"):
             next(naive_steps)
         with clock.section("plain generation"):
@@ -273,8 +273,8 @@ def run_fast_mode(setup: Setup, inversion: InversionRun) -> TransferResult:
     """Ours in fast mode: output rows only, the paths replayed from the inversion's cache (after the rest)."""
     appearance, structure = inversion.ours.select([0]), inversion.ours.select([1])  # outside the timing
 
-    def after_fast_step(index: int, total: int, *_latents) -> None:
-        progress("fast generation", index + 1, total)
+    def after_fast_step(done: int, total: int, *_latents) -> None:
+        progress("fast generation", done, total)
 
     with Counted(setup.ours) as fast_count:
         with setup.clock.section("ours fast generation"):

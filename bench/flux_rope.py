@@ -76,8 +76,8 @@ def relative_error(ns, model, mode, shift: int, sigma: float, seed: int) -> floa
 
     levels = frozenset({0, 1})
     store = core.attention.KeyValueStore()
-    call(appearance, core.attention.AttentionSwap(levels, 1.0, capture_store=store))
-    swap = core.attention.AttentionSwap(levels, 1.0, output_rows=(0,), source_rows=(0,), source_store=store)
+    call(appearance, core.attention.CallAttention(capture=core.attention.Capture(levels, store)))
+    swap = core.attention.CallAttention(swap=core.attention.Swap(levels, (0,), (0,), store, 1.0))
     swapped, own = call(structure, swap), call(structure, None)
     return ((swapped - own).norm() / own.norm()).item()
 

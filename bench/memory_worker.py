@@ -1,12 +1,13 @@
 """Peak memory of the cross-image attention op alone, one op per fresh process.
 
-    python bench/memory_worker.py ours|naive rusage|profiler --threads N
+    python bench/memory_worker.py ours|naive|previous rusage|profiler --threads N
 
 runs one op once at SD 1.5 level 0 (64x64 query and key tokens, 8 heads, head dim 40, float32) and
 prints one JSON line: ``peak_bytes``, whether the measurement is ``conclusive``, the output's
 ``checksum`` and, for rusage, the op's ``seconds``. ``ours`` is ``xattn_core.attention.contrasted_attention``
 with the engine's default contrast and memory budget (``TransferSettings``), ``naive`` the full-matrix op
-of ``naive_port`` with the same contrast. The bench calls
+of ``naive_port`` with the same contrast, ``previous`` the engine's op before its rewrite
+(``bench_attention.previous_contrasted_attention``). The benches call
 :func:`measure_memory`, which runs this file in a fresh subprocess, so that nothing the bench itself
 allocated shows in the peak.
 """
@@ -114,6 +115,10 @@ def memory_worker(implementation: str, method: str, threads: int) -> None:
     contrast, budget = TransferSettings().contrast, TransferSettings().memory_budget
     if implementation == "ours":
         op = lambda: contrasted_attention(query, key, value, MEMORY_HEADS, contrast, budget)  # noqa: E731
+    elif implementation == "previous":
+        from bench.bench_attention import previous_contrasted_attention
+
+        op = lambda: previous_contrasted_attention(query, key, value, MEMORY_HEADS, contrast, budget)  # noqa: E731
     else:
         op = lambda: naive_attention(query, key, value, MEMORY_HEADS, contrast)  # noqa: E731
     result: dict = {"implementation": implementation, "method": method}
@@ -134,7 +139,7 @@ def measure_memory(implementation: str, method: str, threads: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("implementation", choices=("ours", "naive"))
+    parser.add_argument("implementation", choices=("ours", "naive", "previous"))
     parser.add_argument("method", choices=("rusage", "profiler"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = parser.parse_args(argv)

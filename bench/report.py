@@ -14,8 +14,9 @@ from bench.measure import engine_revision, phase_line, ratio
 from bench.memory_worker import MEMORY_DIM_HEAD, MEMORY_HEADS, MEMORY_TOKENS, MIB
 from bench.naive_port import OUT, STRUCT
 from xattn_core.attention import DEFAULT_MEMORY_BUDGET
+from xattn_core.calls import CallLayout, Rows, model_evaluations
 from xattn_core.inversion import InversionSettings
-from xattn_core.plan import PlanSettings, model_evaluations
+from xattn_core.plan import PlanSettings
 from xattn_core.transfer import TransferSettings
 
 
@@ -166,7 +167,9 @@ def eval_targets(steps: int, start: int, plan, inversion_cfg: float, cfg: float)
     inversion_chunks, generation_chunks = (1 if value == 1.0 else 2 for value in (inversion_cfg, cfg))
     generation_steps = steps - start
     inversion = 2 * (steps - start) * inversion_chunks
-    generation = model_evaluations(plan) * generation_chunks
+    # the budget: every path's row at every step plus the plain passes, as the engine spent before calls.py
+    # shared the output rows with the structure rows (now fewer: see planned_evaluations)
+    generation = sum(3 + (step.swap_weight is not None) for step in plan) * generation_chunks
     official = 2 * steps * inversion_chunks + generation_steps * 2 * 3 * generation_chunks
     return {
         "inversion": inversion,
@@ -175,6 +178,20 @@ def eval_targets(steps: int, start: int, plan, inversion_cfg: float, cfg: float)
         "official": official,
         "fast generation": 2 * generation_steps * generation_chunks,
     }
+
+
+def planned_evaluations(plan, cfg: float) -> dict[str, int]:
+    """Generation image-evaluations calls.py plans for one transfer (1 appearance + 1 structure image)."""
+    chunks = 1 if cfg == 1.0 else 2
+    cached = frozenset({Rows.APPEARANCE, Rows.STRUCTURE})
+    layouts = {
+        "generation": CallLayout.of(1, 1),
+        "generation without the structure reconstruction (command line, batch)": CallLayout.of(
+            1, 1, structure_reconstruction=False
+        ),
+        "fast generation": CallLayout.of(1, 1, cached),
+    }
+    return {name: model_evaluations(plan, layout) * chunks for name, layout in layouts.items()}
 
 
 def check_targets(setup, memory_ok: bool | None) -> int:
@@ -190,6 +207,9 @@ def check_targets(setup, memory_ok: bool | None) -> int:
     scaled = f"{args.steps} steps, start {args.start}, cfg {args.inversion_cfg} / {args.cfg}"
     scope = "the paper's evaluation budget" + ("" if paper else f" scaled to {scaled}")
     print(f"## evaluation-count targets ({scope})")
+    inversion_evals = phases["ours inversion"].evaluations
+    for name, count in planned_evaluations(setup.plan, args.cfg).items():
+        print(f"planned {name}: {count} (with the inversion {inversion_evals + count})")
     generation, inversion = phases["ours generation"].evaluations, phases["ours inversion"].evaluations
     total = inversion + generation
     naive_total = phases["naive inversion"].evaluations + phases["naive generation"].evaluations

@@ -1,8 +1,7 @@
-"""ComfyUI nodes of the Cross-Image Attention pack (V3 schema, comfy_api v0_0_2)."""
-
-from comfy_api.v0_0_2 import ComfyExtension, io
+"""ComfyUI nodes of the Cross-Image Attention pack (V3 schema; ComfyUI names come through nodes/compat.py)."""
 
 from .adain import XAttnAdaINLatentMatch
+from .compat import ComfyExtension, io
 from .inversion_files import XAttnLoadInversion, XAttnSaveInversion
 from .invert import XAttnInvertImage
 from .object_word import XAttnObjectPrompt

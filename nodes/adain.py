@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from ..xattn_core.adain import adain
 from ..xattn_core.transfer import TransferSettings
-from .common import CATEGORY, setting_input
+from .common import CATEGORY, reports_warnings, setting_input
+from .compat import io
 
 
 class XAttnAdaINLatentMatch(io.ComfyNode):
@@ -41,6 +40,7 @@ class XAttnAdaINLatentMatch(io.ComfyNode):
         )
 
     @classmethod
+    @reports_warnings
     def execute(cls, content, style, strength, content_mask=None, style_mask=None):
         samples = content["samples"]
         if samples.shape[0] == 0 or style["samples"].shape[0] == 0:

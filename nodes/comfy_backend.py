@@ -16,17 +16,14 @@ import logging
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-import comfy.ldm.modules.attention as comfy_attention
-import comfy.model_management
-import comfy.model_sampling
-import comfy.samplers
 import torch
 from torch import Tensor
 
-from ..xattn_core.attention import AttentionSwap
+from ..xattn_core.attention import CallAttention
 from ..xattn_core.freeu import FreeUSettings
+from .compat import comfy, comfy_attention  # comfy.samplers, comfy.model_management, comfy.model_sampling
 
-SWAP_KEY = "xattn_swap"  # transformer_options key carrying the AttentionSwap of a model call
+SWAP_KEY = "xattn_swap"  # transformer_options key carrying the CallAttention of a model call
 # ComfyUI >= 0.3.6x routes optimized_attention through transformer_options["optimized_attention_override"]
 # (wrap_attn); older versions take no transformer_options argument at all
 ATTENTION_TAKES_OPTIONS = hasattr(comfy_attention, "wrap_attn")
@@ -140,7 +137,7 @@ class ComfyBackend:
         self.extra_args = extra_args
         self.output_hints = output_hints  # the output's conds carry hints the paths must not get
 
-    def _call(self, latents: Tensor, sigmas: Tensor, swap: AttentionSwap | None, paths: bool) -> Tensor:
+    def _call(self, latents: Tensor, sigmas: Tensor, swap: CallAttention | None, paths: bool) -> Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
         extra_args = dict(self.extra_args)
         extra_args["denoise_mask"] = None  # our calls can hold other rows than the sampled latent
@@ -154,7 +151,7 @@ class ComfyBackend:
         return (latents - denoised) / sigmas.reshape(-1, 1, 1, 1)
 
     def predict_noise(
-        self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None, paths: bool = False
+        self, latents: Tensor, sigma: float | Tensor, swap: CallAttention | None = None, paths: bool = False
     ) -> Tensor:
         """``paths``: the rows reconstruct the appearance/structure images, so the prompts come without hints."""
         sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).reshape(-1)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
+import functools
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ..xattn_core.freeu import FreeUSettings
 from ..xattn_core.settings import value_range
+from .compat import get_executing_context, io, prompt_server
 from .unet_family import is_sd1
 
 CATEGORY = "appearance transfer"
@@ -13,6 +18,65 @@ Inversion = io.Custom("XATTN_INVERSION")
 Options = io.Custom("XATTN_OPTIONS")
 
 FREEU_CHOICES = ["auto", "on", "off"]
+LOG_PREFIX = "Cross-Image Attention"
+
+
+_warned_nodes: set[str] = set()  # nodes whose last run showed warnings (the front end keeps the text until replaced)
+
+
+def show_warnings_on_node(messages: list[str]) -> None:
+    """The run's warnings under the running node in the front end (ComfyUI's progress text, as core's Get Image
+    Size shows its result); after a run that showed some, a clean run says so, since the front end keeps the old
+    text. Nothing when the node runs outside ComfyUI's executor and server (tests, scripts)."""
+    context = get_executing_context()
+    if context is None:  # not run by ComfyUI's executor
+        return
+    server = prompt_server()
+    if server is None:
+        return
+    if messages:
+        server.send_progress_text("\n".join(f"Warning: {message}" for message in messages), context.node_id)
+        _warned_nodes.add(context.node_id)
+    elif context.node_id in _warned_nodes:
+        server.send_progress_text("No warnings in the last run.", context.node_id)
+        _warned_nodes.discard(context.node_id)
+
+
+@contextmanager
+def engine_warnings() -> Iterator[list[str]]:
+    """Run engine calls and report each warning they raise through ComfyUI's log, on every run, and on the node.
+
+    The engine raises Python warnings (for library users); Python's default filter shows each text once per
+    process, so a ComfyUI user would see it on the first run only. Here every warning is recorded whatever the
+    filter says and logged as core nodes log. Yields the list the messages are appended to (after the block).
+    """
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield messages
+        finally:  # a failed run reports what it warned about too
+            messages.extend(dict.fromkeys(str(warning.message) for warning in caught))  # AdaIN may repeat a text
+            for message in messages:
+                logging.warning("%s: %s", LOG_PREFIX, message)
+            show_warnings_on_node(messages)
+
+
+def reports_warnings(execute: Callable) -> Callable:
+    """Decorate a node's ``execute`` (under ``@classmethod``) to run it inside :func:`engine_warnings`."""
+
+    @functools.wraps(execute)
+    def run(cls, *args, **kwargs):
+        with engine_warnings():
+            return execute(cls, *args, **kwargs)
+
+    return run
+
+
+def log_choices(node: str, choices: list[str]) -> None:
+    """One log line per run with what a node chose for the user (automatic settings, defaults it resolved)."""
+    if choices:
+        logging.info("%s %s: %s", LOG_PREFIX, node, "; ".join(choices))
 
 
 def setting_input(kind: type, settings_type: type, name: str, socket: str | None = None, **options):
@@ -47,3 +111,10 @@ def freeu_settings(choice: str, model) -> FreeUSettings | None:
     if choice == "on" or (choice == "auto" and is_sd1(model)):
         return FreeUSettings()
     return None
+
+
+def freeu_choice(choice: str, settings: FreeUSettings | None) -> list[str]:
+    """What freeu 'auto' resolved to, for :func:`log_choices` (nothing when the user chose on or off)."""
+    if choice != "auto":
+        return []
+    return ["freeu auto: " + ("on (an SD 1.x model)" if settings is not None else "off (not an SD 1.x model)")]

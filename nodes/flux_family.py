@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import comfy.samplers
 from torch import Tensor
 
 from ..xattn_core.flow import FLOW
@@ -24,8 +23,10 @@ from ..xattn_core.joint_attention import (
     RopeMode,
     index_rotation,
     route_joint_attention,
+    touches,
 )
 from .comfy_backend import ATTENTION_TAKES_OPTIONS, SWAP_KEY, UnsupportedModelError
+from .compat import comfy
 
 TEXT_TOKENS_KEY = "xattn_text_tokens"  # set by the double blocks: single blocks see cat(txt, img) without a split
 OVERRIDE_KEY = "optimized_attention_override"
@@ -60,7 +61,7 @@ def _block_patch(kind: str, index: int, level: int | None, previous, settings: J
         if kind == "double_block":  # one dict per forward, shared by all its blocks
             options[TEXT_TOKENS_KEY] = args["txt"].shape[1]
         swap = options.get(SWAP_KEY)
-        if level is not None and swap is not None and level in swap.levels:
+        if touches(swap, level):
             if TEXT_TOKENS_KEY not in options:
                 raise RuntimeError("a Flux single block ran before any double block; cannot find the text tokens")
             block_options = dict(options)

@@ -6,12 +6,10 @@ import logging
 import os
 from pathlib import Path
 
-import folder_paths
-from comfy_api.v0_0_2 import io
-
 from ..xattn_core.inversion_file import load_inversion, save_inversion
 from .common import CATEGORY
 from .common import Inversion as InversionSocket
+from .compat import folder_paths, io
 
 SUFFIX = ".safetensors"
 

@@ -1,20 +1,33 @@
-"""Invert Image (DDPM): edit-friendly DDPM inversion of every image in a latent batch."""
+"""Invert Image (DDPM): edit-friendly DDPM inversion of every image in a latent batch.
+
+Validation: ComfyUI checks each widget against its min/max itself and reports a bad value as an ordinary error
+on that input ("Value 0 smaller than min of 2"), but only for inputs that the node's ``validate_inputs`` does not
+name; it files a message that ``validate_inputs`` returns under every input named there, and an exception under
+the input of the node that links to this one. So the one rule between two inputs, start_step below the number
+of steps, is checked when the node runs, before any model evaluation, and ComfyUI keeps its own range checks.
+"""
 
 from __future__ import annotations
 
 import logging
 
-import comfy.model_management
-import latent_preview
 import torch
-from comfy_api.v0_0_2 import io
 
-from ..xattn_core.adain import resize_mask
 from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
-from ..xattn_core.settings import value_range
+from ..xattn_core.masks import resize_mask
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_guider
-from .common import CATEGORY, CheckedCombo, freeu_input, freeu_settings, setting_input
+from .common import (
+    CATEGORY,
+    CheckedCombo,
+    freeu_choice,
+    freeu_input,
+    freeu_settings,
+    log_choices,
+    reports_warnings,
+    setting_input,
+)
 from .common import Inversion as InversionSocket
+from .compat import comfy, io, latent_preview
 from .families import family_of
 
 
@@ -30,7 +43,6 @@ def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
     return family.default_sigmas(model, steps)
 
 
-NOT_CONNECTED = object()  # validate_inputs: an optional input nobody connected (a connected one arrives as None)
 FAST_MODE_BRANCHES = {"on": frozenset({0}), "on + uncond": None}  # cond_or_uncond kept: cond only, or all
 
 
@@ -111,22 +123,7 @@ class XAttnInvertImage(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, start_step=None, sigmas=NOT_CONNECTED) -> bool:
-        """The check that needs two inputs: start_step below steps (unless SIGMAS replaces the steps).
-
-        ComfyUI skips its own range check for the inputs named here and repeats a returned message once per
-        named input, so the ranges are checked here too and a problem is raised, which ComfyUI reports once.
-        Linked inputs arrive as None (their values are not known before the graph runs).
-        """
-        for name, value in (("steps", steps), ("start_step", start_step)):
-            low, high = value_range(InversionSettings, name)
-            if value is not None and not low <= value <= high:
-                raise ValueError(f"{name} must be in {low}..{high}, got {value}")
-        if sigmas is NOT_CONNECTED and steps is not None and start_step is not None and start_step >= steps:
-            raise ValueError(f"start_step ({start_step}) must be below steps ({steps})")
-        return True
-
-    @classmethod
+    @reports_warnings
     def execute(
         cls, model, latent, positive, negative, steps, start_step, cfg, seed, freeu, fast_mode="off", sigmas=None
     ):
@@ -141,10 +138,13 @@ class XAttnInvertImage(io.ComfyNode):
             )
         full = schedule(model, steps, sigmas)
         total = len(full) - 1
-        if not 0 <= start_step < total:
-            raise ValueError(f"start_step ({start_step}) must be below the number of steps ({total})")
+        if not 0 <= start_step < total:  # checked here, not at validation: see the module's note on validation
+            source = "the SIGMAS input's" if sigmas is not None else "the"
+            raise ValueError(f"start_step ({start_step}) must be below {source} number of steps ({total})")
         family = family_of(model)
         freeu_on = freeu_settings(freeu, model)
+        sigmas_choice = [f"{total} steps from the SIGMAS input (steps = {steps} ignored)"] if sigmas is not None else []
+        log_choices("Invert Image", [*sigmas_choice, *freeu_choice(freeu, freeu_on)])
         patched = family.patch(model, freeu_on)
         preview = latent_preview.prepare_callback(patched, total - start_step)
         cache = fast_mode_cache(fast_mode)

@@ -8,10 +8,9 @@ one node replaces the positive CLIP Text Encode and nothing else in a graph chan
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from ..xattn_core.segmentation import ObjectWordError, split_words, word_positions
 from .common import CATEGORY
+from .compat import io
 
 OBJECT_TOKENS_KEY = "xattn_object_tokens"  # conditioning entry: one tuple of token positions per object word
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings
 from .common import CATEGORY, Options, setting_input
+from .compat import io
 
 
 class XAttnOptions(io.ComfyNode):

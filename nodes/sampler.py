@@ -5,17 +5,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import latent_preview
 import torch
-from comfy_api.v0_0_2 import io
 
 from ..xattn_core.inversion import Inversion
-from ..xattn_core.pairing import check_compatible, pair_rows
 from ..xattn_core.plan import PlanSettings
-from ..xattn_core.transfer import TransferSettings, transfer
+from ..xattn_core.transfer import TransferSettings, outline_transfer, transfer
 from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_guider
-from .common import CATEGORY, CheckedCombo, Options, freeu_input, freeu_settings, setting_input
+from .common import (
+    CATEGORY,
+    CheckedCombo,
+    Options,
+    freeu_choice,
+    freeu_input,
+    freeu_settings,
+    log_choices,
+    reports_warnings,
+    setting_input,
+)
 from .common import Inversion as InversionSocket
+from .compat import io, latent_preview
 from .families import family_of
 from .object_word import object_tokens
 
@@ -105,6 +113,52 @@ def mask_output(masks: torch.Tensor | None, inversion: Inversion) -> torch.Tenso
     if masks is None:
         masks = torch.ones(inversion.batch_size, 1, *inversion.clean.shape[-2:])
     return torch.nn.functional.interpolate(masks.float().cpu(), scale_factor=VAE_SCALE, mode="nearest")[:, 0]
+
+
+def start_choice(asked: int, start: int, appearance: Inversion, structure: Inversion) -> list[str]:
+    """The start step that -1 resolved to, for the run's log line."""
+    if asked >= 0:
+        return []
+    if appearance.start_step == structure.start_step:
+        return [f"start step {start} (start_step -1: the inversions' start step)"]
+    return [
+        f"start step {start} (start_step -1: the later of the inversions' start steps, appearance "
+        f"{appearance.start_step} and structure {structure.start_step})"
+    ]
+
+
+def pairing_choice(appearances: int, structures: int) -> list[str]:
+    """How the two batches were paired (nothing for one image each)."""
+    if appearances == structures == 1:
+        return []
+    if appearances == structures:
+        return [f"{appearances} appearances and {structures} structures paired one to one: {appearances} outputs"]
+    if structures == 1:
+        return [f"1 structure with each of {appearances} appearances: {appearances} outputs"]
+    return [f"each of {structures} structures with 1 appearance: {structures} outputs"]
+
+
+def mask_choice(mode: str, appearance_mask, structure_mask, words) -> list[str]:
+    """Where AdaIN matches colours, and why, when the user did not say it outright."""
+    connected = [
+        name for name, mask in (("appearance", appearance_mask), ("structure", structure_mask)) if mask is not None
+    ]
+    if mode == "none":
+        return []
+    if connected:
+        whole = {"appearance", "structure"} - set(connected)
+        rest = f", the whole {whole.pop()} image" if whole else ""
+        return [
+            f"adain_masks {mode}: the connected {' and '.join(connected)} mask{'s' if len(connected) > 1 else ''}{rest}"
+        ]
+    if mode == "from inputs":
+        return ["adain_masks from inputs: no mask connected, so AdaIN matches whole images"]
+    if words is not None:
+        return ["adain_masks auto: automatic object masks (the positive prompt marks an object word)"]
+    return [
+        "adain_masks auto: whole images (no mask connected, and the positive prompt marks no object word: use CLIP "
+        "Text Encode (Object Word) for automatic masks)"
+    ]
 
 
 class XAttnCrossImageSampler(io.ComfyNode):
@@ -199,6 +253,7 @@ class XAttnCrossImageSampler(io.ComfyNode):
         )
 
     @classmethod
+    @reports_warnings
     def execute(
         cls,
         model,
@@ -223,39 +278,48 @@ class XAttnCrossImageSampler(io.ComfyNode):
         report_fast_mode(
             appearance, structure, cfg, conditioning_fingerprint(positive), conditioning_fingerprint(negative)
         )
-        start = check_compatible(appearance, structure, None if start_step < 0 else start_step)
-        pairs = pair_rows(appearance.batch_size, structure.batch_size)
         options = options or {}
         settings = TransferSettings(
             plan=dataclasses.replace(options.get("plan", PlanSettings()), swap_guidance=swap_guidance),
             contrast=contrast,
             cfg=cfg,
-            start_step=start,
+            start_step=None if start_step < 0 else start_step,
             adain_strength=adain_strength,
             memory_budget=options.get("memory_budget", TransferSettings().memory_budget),
         )
         if adain_masks == "none":
             appearance_mask = structure_mask = None
-        automatic = adain_masks == "auto" and appearance_mask is None and structure_mask is None
-        words = object_tokens(positive) if automatic else None
+        tokens = object_tokens(positive) if adain_masks == "auto" else None  # the object word's, if the prompt has it
         family = family_of(model)
-        if words is not None and not family.automatic_masks:
-            logging.warning(
-                "Cross-Image Attention: automatic object masks are not available for %s models yet; AdaIN runs "
-                "over the whole images (connect appearance_mask / structure_mask for masked AdaIN)",
-                family.name,
-            )
-            words = None
-        patched = family.patch(model, freeu_settings(freeu, model), records_maps=words is not None, options=options)
-        generation_sigmas = appearance.sigmas[start:]
+        if tokens is not None and not family.automatic_masks:
+            if appearance_mask is None and structure_mask is None:
+                logging.warning(
+                    "Cross-Image Attention: automatic object masks are not available for %s models yet; AdaIN runs "
+                    "over the whole images (connect appearance_mask / structure_mask for masked AdaIN)",
+                    family.name,
+                )
+            tokens = None
+        outline = outline_transfer(appearance, structure, settings, appearance_mask, structure_mask, tokens)
+        freeu_on = freeu_settings(freeu, model)
+        log_choices(
+            "Sampler",
+            [
+                *start_choice(start_step, outline.start, appearance, structure),
+                *pairing_choice(appearance.batch_size, structure.batch_size),
+                *mask_choice(adain_masks, appearance_mask, structure_mask, tokens),
+                *freeu_choice(freeu, freeu_on),
+            ],
+        )
+        patched = family.patch(model, freeu_on, records_maps=outline.records_maps, options=options)
+        generation_sigmas = appearance.sigmas[outline.start :]
         preview = latent_preview.prepare_callback(patched, len(generation_sigmas) - 1)
-        output_shape = (len(pairs), *structure.clean.shape[1:])
+        output_shape = (len(outline.pairs), *structure.clean.shape[1:])
 
         def loop(backend, x, report):
             device = x.device
 
-            def progress(step, _total, output, denoised):
-                report(step, output, denoised, float(generation_sigmas[step]))
+            def progress(done, _total, output, denoised):
+                report(done - 1, output, denoised, float(generation_sigmas[done - 1]))
 
             result = transfer(
                 backend,
@@ -265,7 +329,8 @@ class XAttnCrossImageSampler(io.ComfyNode):
                 appearance_mask,
                 structure_mask,
                 callback=progress,
-                object_tokens=words,
+                object_tokens=tokens,
+                outline=outline,
             )
             return result.output.to(x.dtype), result
 

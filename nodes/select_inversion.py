@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
-
 from .common import CATEGORY
 from .common import Inversion as InversionSocket
+from .compat import io
 
 
 def parse_indices(text: str) -> list[int]:

@@ -19,22 +19,42 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workflow_chain import Transfer  # noqa: E402
+from workflow_files import CONTROLNET_MODEL, SD15_CHECKPOINT, SDXL_CHECKPOINT, WORKFLOW_NAMES  # noqa: E402
 from workflow_graph import Graph  # noqa: E402
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
-CONTROLNET = "control_v11p_sd15_canny.pth"
+SD15, SDXL, CONTROLNET = SD15_CHECKPOINT, SDXL_CHECKPOINT, CONTROLNET_MODEL
+# Where each model file comes from: written into the loader nodes' properties.models, which the front end reads to
+# show its Missing Models dialog (file, folder, download link) when a template is opened without them. It
+# offers downloads only from huggingface.co or civitai.com, and only of .safetensors files.
+MODEL_SOURCES = {
+    SD15: (
+        "checkpoints",
+        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors",
+    ),
+    SDXL: (
+        "checkpoints",
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+    ),
+    CONTROLNET: (  # ControlNet 1.1 canny (lllyasviel) in fp16 safetensors, as ComfyUI's own examples link it
+        "controlnet",
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11p_sd15_canny_fp16.safetensors",
+    ),
+}
 GIRAFFE, ZEBRA = "giraffe.jpg", "zebra.jpg"  # the paper's pair, shipped in xattn_core/samples/ (MIT licence)
 DRAWN = "xattn_structure.png", "xattn_appearance.png"  # the pack's drawn samples, copied as these names
+PACK_FOLDER = "custom_nodes/comfyui-xattn"  # where the README's clone command puts the pack
+# ComfyUI has no way for a template to bring its input images (core templates name files the user uploads), so
+# each note gives the one command that copies the pack's samples into input/, run from ComfyUI's folder.
 OFFICIAL_INPUTS = (
-    "**Inputs.** Copy the pack's `xattn_core/samples/giraffe.jpg` (structure) and `zebra.jpg` (appearance), the "
-    "paper's own pair from the official repository (MIT licence), into ComfyUI's `input/` folder, or pick your own "
-    "images in the Load Image nodes."
+    f"**Inputs:** `cp {PACK_FOLDER}/xattn_core/samples/giraffe.jpg {PACK_FOLDER}/xattn_core/samples/zebra.jpg input/` "
+    "(from ComfyUI's folder; the paper's pair, MIT licence), or pick your own images in the Load Image nodes."
 )
 DRAWN_INPUTS = (
-    "**Inputs.** Copy the pack's sample images `xattn_core/samples/structure.png` and `appearance.png` into "
-    "ComfyUI's `input/` folder as `xattn_structure.png` and `xattn_appearance.png`, or pick your own images in "
-    "the Load Image nodes."
+    f"**Inputs:** `cp {PACK_FOLDER}/xattn_core/samples/structure.png input/xattn_structure.png && cp "
+    f"{PACK_FOLDER}/xattn_core/samples/appearance.png input/xattn_appearance.png` (from ComfyUI's folder), or pick "
+    "your own images in the Load Image nodes."
 )
 
 
@@ -108,7 +128,7 @@ def colour_variants(g: Graph) -> None:
         "one with inverted colours (core **Invert Image**); replace it with another Load Image, and chain more "
         "Batch Images nodes for more variants. Both inversions are saved with **Save Inversion** "
         "(`output/xattn/structure_00001_.safetensors`, `output/xattn/appearances_00001_.safetensors`), so "
-        "*06_from_saved_inversions* can reuse them without inverting again."
+        "*06 Transfer from saved inversions* can reuse them without inverting again."
     )
     t = Transfer(g, SD15, DRAWN, 512, None, "A photo of a vase", "xattn/colour_variants")
     t.sample()
@@ -168,7 +188,7 @@ def upscale(g: Graph) -> None:
 def from_saved(g: Graph) -> None:
     g.note(
         "# Transfer from saved inversions\n\nNo images and no inversion: **Load Inversion** reads inversions "
-        "saved by **Save Inversion** (run *04_colour_variants* first; it saves `xattn/structure_00001_.safetensors`"
+        "saved by **Save Inversion** (run *04 Colour variants* first; it saves `xattn/structure_00001_.safetensors`"
         " and `xattn/appearances_00001_.safetensors` in the output folder, listed with an `[output]` tag). Files "
         "placed in the input folder are listed too.\n\nUse the **same checkpoint** the inversions were made with "
         "(a different latent format is refused). The sampler starts at the inversions' start step; set "
@@ -258,16 +278,10 @@ def local(g: Graph) -> None:
     g.link(mask, 0, preview, "mask")
 
 
-WORKFLOWS_BUILT = {
-    "01_basic_sd15_transfer": basic,
-    "02_masked_transfer": masked,
-    "03_sdxl_transfer": sdxl,
-    "04_colour_variants": colour_variants,
-    "05_transfer_then_upscale": upscale,
-    "06_from_saved_inversions": from_saved,
-    "07_transfer_with_controlnet": controlnet,
-    "08_local_transfer": local,
-}
+# one writer per shipped workflow, in WORKFLOW_NAMES's order
+WORKFLOWS_BUILT = dict(
+    zip(WORKFLOW_NAMES, (basic, masked, sdxl, colour_variants, upscale, from_saved, controlnet, local), strict=True)
+)
 
 
 def object_info(path: str | None) -> dict:
@@ -291,7 +305,7 @@ def main() -> int:
     args = parser.parse_args()
     info = object_info(args.object_info)
     for name, build in WORKFLOWS_BUILT.items():
-        graph = Graph(info)
+        graph = Graph(info, MODEL_SOURCES)
         build(graph)
         graph.write(WORKFLOWS, name)
         print(f"wrote workflows/{name}.json and workflows/api/{name}.json ({len(graph.nodes)} nodes)")

@@ -15,6 +15,8 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}  # the front end adds "control after generate" to these INTs as well
 IMAGE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "MaskPreview"}  # they show an image: taller
 NOTE_COLOURS = {"color": "#432", "bgcolor": "#653"}
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+GAP = 20  # the least space kept between two nodes
 
 
 def _kind(spec: list) -> str:
@@ -42,8 +44,9 @@ class Graph:
     """One workflow. ``add`` a node with its widget values by name (the rest take their defaults), ``link`` an
     output to an input, ``write`` both formats."""
 
-    def __init__(self, object_info: dict) -> None:
+    def __init__(self, object_info: dict, model_sources: dict[str, tuple[str, str]] | None = None) -> None:
         self.info = object_info
+        self.model_sources = model_sources or {}  # file name -> (models/ folder, download address)
         self.nodes: list[Node] = []
         self.links: list[list] = []
 
@@ -128,6 +131,29 @@ class Graph:
         height = 46 + 22 * rows + 26 * widgets + (300 if node.type in IMAGE_NODES else 0)
         return [400 if node.type in ("CLIPTextEncode", "XAttnObjectPrompt") else 320, height]
 
+    def _settled(self) -> dict[int, list[int]]:
+        """Each node's position, moved down where it would overlap a node above it (title bars included, GAP
+        apart), so a workflow never opens with one node covering another's title or widgets. Nodes are placed in
+        order of their top edge; ``pos`` in ``add`` is where a node goes when nothing is in the way."""
+        placed: list[tuple[int, int, int, int]] = []  # left, top, right, bottom (title bar included)
+        positions = {}
+        for node in sorted(self.nodes, key=lambda node: (node.pos[1], node.pos[0])):
+            (x, y), (width, height) = node.pos, self._size(node)
+            blocked = True
+            while blocked:
+                blocked = False
+                for left, top, right, bottom in placed:
+                    if (
+                        x < right + GAP
+                        and left < x + width + GAP
+                        and y - TITLE_HEIGHT < bottom + GAP
+                        and top < y + height + GAP
+                    ):
+                        y, blocked = bottom + GAP + TITLE_HEIGHT, True
+            placed.append((x, y - TITLE_HEIGHT, x + width, y + height))
+            positions[node.id] = [x, y]
+        return positions
+
     # -- output --------------------------------------------------------------------------------------------------
 
     def _order(self) -> dict[int, int]:
@@ -141,13 +167,13 @@ class Graph:
         return order
 
     def ui(self) -> dict:
-        order = self._order()
+        order, positions = self._order(), self._settled()
         nodes = []
         for node in self.nodes:
             entry = {
                 "id": node.id,
                 "type": node.type,
-                "pos": list(node.pos),
+                "pos": positions[node.id],
                 "size": self._size(node),
                 "flags": {},
                 "order": order[node.id],
@@ -175,6 +201,13 @@ class Graph:
                 for slot, (name, kind) in enumerate(zip(names, self.info[node.type]["output"], strict=True))
             ]
             entry["properties"] = {"Node name for S&R": node.type}
+            models = [
+                {"name": value, "url": self.model_sources[value][1], "directory": self.model_sources[value][0]}
+                for value in self._widgets(node).values()
+                if isinstance(value, str) and value in self.model_sources
+            ]
+            if models:  # the front end's Missing Models dialog reads these
+                entry["properties"]["models"] = models
             entry["widgets_values"] = self._widget_values(node)
             if node.title:
                 entry["title"] = node.title

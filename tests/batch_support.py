@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import xattn_core.batch as batch
-import xattn_core.diffusers_pipeline as diffusers_pipeline
-from xattn_core.__main__ import main
+import xattn_core.app.batch as batch
+import xattn_core.app.diffusers_pipeline as diffusers_pipeline
+from xattn_core.app.cli import main
 
 # 6 steps from step 2 at 128 px: 4 inversion steps, each one UNet call for one image (CFG in the same call)
 TINY = ["--steps", "6", "--start-step", "2", "--size", "128", "--device", "cpu"]
@@ -83,10 +83,12 @@ def pixels(path: Path) -> np.ndarray:
 
 @dataclass
 class ModelSpy:
-    """Counts pipeline loads, UNet forwards and the images each inversion was handed (as their pixels)."""
+    """Counts pipeline loads, UNet forwards, prompt encodings and the images each inversion was handed (as their
+    pixels)."""
 
     loads: int = 0
     unet_calls: int = 0
+    text_encodings: int = 0
     inversions: list[tuple[bytes, ...]] = field(default_factory=list)
     seeds: list[int | None] = field(default_factory=list)
 
@@ -97,6 +99,8 @@ class ModelSpy:
             self.loads += 1
             pipe = load(*args, **kwargs)
             pipe.unet.register_forward_pre_hook(lambda *_: setattr(self, "unet_calls", self.unet_calls + 1))
+            encoder = pipe.text_encoder
+            encoder.register_forward_pre_hook(lambda *_: setattr(self, "text_encodings", self.text_encodings + 1))
             return pipe
 
         def recording_invert(pipe, images, *args, **kwargs):

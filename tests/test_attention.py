@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from xattn_core.attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
+from xattn_core.attention import (
+    CallAttention,
+    Capture,
+    KeyValueStore,
+    Swap,
+    contrasted_attention,
+    route_attention,
+)
 
 
 def naive_contrasted(query, key, value, heads, contrast):
@@ -55,12 +62,12 @@ def test_route_attention_swaps_only_output_rows_and_reads_captured_appearance():
     # appearance call: two appearance rows, captured for cond chunk 0 and uncond chunk 1
     app_q, app_k, app_v = (torch.randn(4, 20, 32, generator=generator) for _ in range(3))
     store = KeyValueStore()
-    capture = AttentionSwap(levels=frozenset({0}), contrast=1.67, capture_store=store)
+    capture = CallAttention(capture=Capture(frozenset({0}), store))
     route_attention(app_q, app_k, app_v, 4, "layer", 0, [1, 0], capture, plain)
     assert len(store) == 2
     # output call: rows [output0, output1, structure] per chunk, chunk order [1, 0]
     q, k, v = (torch.randn(6, 24, 32, generator=generator) for _ in range(3))
-    swap = AttentionSwap(frozenset({0}), 1.67, output_rows=(0, 1), source_rows=(1, 0), source_store=store)
+    swap = CallAttention(swap=Swap(frozenset({0}), output_rows=(0, 1), source_rows=(1, 0), source=store, contrast=1.67))
     out = route_attention(q, k, v, 4, "layer", 0, [1, 0], swap, plain)
     # uncond chunk (first), output 0 takes appearance row 1 of the uncond capture (rows 0..1 of app)
     assert torch.allclose(out[0:1], naive_contrasted(q[0:1], app_k[1:2], app_v[1:2], 4, 1.67), atol=1e-5)
@@ -76,14 +83,14 @@ def test_route_attention_swaps_only_output_rows_and_reads_captured_appearance():
 def test_route_attention_structure_source_uses_same_call_rows():
     generator = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(2, 16, 32, generator=generator) for _ in range(3))
-    swap = AttentionSwap(levels=frozenset({1}), contrast=1.67, output_rows=(0,), source_rows=(1,))
+    swap = CallAttention(swap=Swap(frozenset({1}), output_rows=(0,), source_rows=(1,), source=None, contrast=1.67))
     out = route_attention(q, k, v, 4, "layer", 1, [0], swap, plain)
     assert torch.allclose(out[0:1], naive_contrasted(q[0:1], k[1:2], v[1:2], 4, 1.67), atol=1e-5)
     assert torch.allclose(out[1:2], plain(q[1:2], k[1:2], v[1:2]), atol=1e-6)
 
 
 def test_missing_capture_is_a_clear_error():
-    swap = AttentionSwap(frozenset({0}), 1.67, output_rows=(0,), source_rows=(0,), source_store=KeyValueStore())
+    swap = CallAttention(swap=Swap(frozenset({0}), (0,), (0,), source=KeyValueStore(), contrast=1.67))
     q = torch.randn(1, 4, 8)
     with pytest.raises(RuntimeError, match="no keys/values were captured for layer 'layer', cond_or_uncond 0"):
         route_attention(q, q, q, 2, "layer", 0, [0], swap, plain)
@@ -114,3 +121,11 @@ def test_compact_copies_views_out_of_the_model_calls_tensors():
     assert torch.equal(key, keys[:2]) and torch.equal(value, keys[2:])
     assert key.untyped_storage().nbytes() == key.nbytes == 2 * 16 * 8 * 4  # no longer the whole call's tensor
     assert compact.branches == {0} and store.only_branches(frozenset({1})).branches == frozenset()
+
+
+def test_inputs_that_require_grad_are_fine():
+    # ComfyUI may call attention with autograd on (weights that require grad); the blocks are computed in place
+    generator = torch.Generator().manual_seed(6)
+    query = torch.randn(1, 40, 16, generator=generator).requires_grad_()
+    out = contrasted_attention(query, query, query, 2, 1.67)
+    assert torch.equal(out, contrasted_attention(query.detach(), query.detach(), query.detach(), 2, 1.67))

@@ -47,12 +47,13 @@ class Recorder:
         self.backend, self.replace_maps = backend, replace_maps
         self.recording_calls = []
 
-    def predict_noise(self, latents, sigma, swap=None, paths=False):
-        noise = self.backend.predict_noise(latents, sigma, swap, paths)
-        if swap is not None and swap.maps is not None:
-            self.recording_calls.append((float(sigma), swap.map_rows, dict(swap.maps.self_maps)))
+    def predict_noise(self, latents, sigma, attention=None, paths=False):
+        noise = self.backend.predict_noise(latents, sigma, attention, paths)
+        if attention is not None and attention.record is not None:
+            record = attention.record
+            self.recording_calls.append((float(sigma), record.rows, dict(record.maps.self_maps)))
             if self.replace_maps is not None:
-                self.replace_maps(swap)
+                self.replace_maps(record)
         return noise
 
 
@@ -122,10 +123,10 @@ def test_a_found_object_masks_adain_and_adain_leaves_the_rest_alone(model):
     unet, inversion, self_grid, cross_grid = model
     region, self_map, cross_map = synthetic_maps(self_grid, cross_grid)
 
-    def replace(swap):  # the real maps were recorded (checked above); the object is made findable here
-        for _, image in swap.map_rows:
-            assert image in swap.maps.self_maps and image in swap.maps.cross_maps
-            swap.maps.self_maps[image], swap.maps.cross_maps[image] = self_map, cross_map
+    def replace(record):  # the real maps were recorded (checked above); the object is made findable here
+        for _, image in record.rows:
+            assert image in record.maps.self_maps and image in record.maps.cross_maps
+            record.maps.self_maps[image], record.maps.cross_maps[image] = self_map, cross_map
 
     with DiffusersBackend(unet, tiny_context(1), None, 1.0) as backend:
         sampler = sampler_for(unet, inversion, Recorder(backend, replace), object_tokens=OBJECT)
@@ -153,9 +154,9 @@ def test_no_object_found_falls_back_to_unmasked_adain_with_one_warning(model):
     _, self_map, _ = synthetic_maps(self_grid, cross_grid)
     flat_cross = torch.full((cross_grid[0] * cross_grid[1], 77), 1 / 77)  # the word stands out nowhere
 
-    def replace(swap):
-        for _, image in swap.map_rows:
-            swap.maps.self_maps[image], swap.maps.cross_maps[image] = self_map, flat_cross
+    def replace(record):
+        for _, image in record.rows:
+            record.maps.self_maps[image], record.maps.cross_maps[image] = self_map, flat_cross
 
     with DiffusersBackend(unet, tiny_context(1), None, 1.0) as backend:
         sampler = sampler_for(unet, inversion, Recorder(backend, replace), object_tokens=OBJECT)

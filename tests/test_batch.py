@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import xattn_core.batch as batch
+import xattn_core.app.batch as batch
 from tests.batch_support import (
     INVERSION_CALLS,
     MISSING,
@@ -22,7 +22,7 @@ from tests.batch_support import (
     run_main,
     write_pilot_set,
 )
-from xattn_core.diffusers_pipeline import TransferOptions, generate, invert_images, load_image, load_pipeline
+from xattn_core.app.diffusers_pipeline import TransferOptions, generate, invert_images, load_image, load_pipeline
 from xattn_core.inversion import InversionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +74,8 @@ def test_each_image_is_inverted_once_and_bad_rows_are_skipped(first_run, transfe
     generation_calls = transfer_command[1].unet_calls - INVERSION_CALLS
     assert generation_calls > 0
     assert spy.unet_calls == 4 * INVERSION_CALLS + 3 * generation_calls
+    # one prompt for every row, encoded once with the empty negative prompt, as by the transfer command
+    assert spy.text_encodings == transfer_command[1].text_encodings == 2
     lines = run.stderr.splitlines()
     assert f"row 4 skipped: structure: cannot read {pilot.parent / 'not_an_image.png'} as an image" in run.stderr
     assert f"row 6 skipped: structure: image not found: {pilot.parent / MISSING}" in lines
@@ -201,7 +203,7 @@ def test_results_csv_has_one_row_per_pair(first_run, pilot):
 
 
 def test_dino_scores_fill_results_and_sheet_without_the_model(first_run, tiny_model_folder, pilot, tmp_path):
-    from xattn_core.scores import DinoScorer
+    from xattn_core.app.scores import DinoScorer
     from xattn_core.tiny import tiny_vit
 
     tiny_vit(0).save_pretrained(tmp_path / "dino")

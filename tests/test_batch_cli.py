@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import xattn_core.diffusers_pipeline as diffusers_pipeline
+import xattn_core.app.diffusers_pipeline as diffusers_pipeline
 from tests.batch_support import PROMPT, TINY, run_main, write_pilot_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_a_local_batch_never_imports_ray(pilot, tiny_model_folder, tmp_path):
     pairs = tmp_path / "one.csv"
     pairs.write_text(f"structure,appearance,prompt\n{pilot.parent / 's1.png'},{pilot.parent / 'a2.png'},{PROMPT}\n")
     script = (
-        "import sys\nfrom xattn_core.__main__ import main\ncode = main(sys.argv[1:])\n"
+        "import sys\nfrom xattn_core.app.cli import main\ncode = main(sys.argv[1:])\n"
         "assert 'ray' not in sys.modules, 'a local batch imported ray'\nsys.exit(code)"
     )
     args = ["batch", pairs, "--model", tiny_model_folder, *TINY, "--out", tmp_path / "out"]
@@ -98,8 +98,8 @@ def test_a_local_batch_never_imports_ray(pilot, tiny_model_folder, tmp_path):
 
 def test_a_row_with_an_object_word_and_a_mask_is_skipped(pilot):
     """Given masks turn the automatic ones off, so a row asking for both is refused before any model call."""
-    from xattn_core.batch_csv import read_pairs
-    from xattn_core.diffusers_pipeline import TransferOptions
+    from xattn_core.app.batch_csv import read_pairs
+    from xattn_core.app.diffusers_pipeline import TransferOptions
 
     pairs = pilot.parent / "masked.csv"
     pairs.write_text(

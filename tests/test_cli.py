@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import xattn_core.diffusers_pipeline as diffusers_pipeline
-from xattn_core.__main__ import PhaseProgress, build_parser, main
+import xattn_core.app.diffusers_pipeline as diffusers_pipeline
+from xattn_core.app.cli import PhaseProgress, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--steps", "6", "--start-step", "2", "--size", "128"]

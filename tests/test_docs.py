@@ -17,11 +17,17 @@ SCHEMAS = json.loads((REPO / "workflows" / "schemas" / "node_schemas.json").read
 PACK_NODES = sorted(name for name in SCHEMAS if name.startswith("XAttn"))
 
 
+ITEM = re.compile(r"- \*\*(\w+)\*\*(?: \(default `([^`]*)`\))?: (.+)")
+
+
 def table(page: str, heading: str) -> list[list[str]]:
-    """The rows of the markdown table under ``## heading`` (without its header and rule)."""
+    """[name, default, text] of each item of the list under ``## heading`` (``- **name** (default `x`): text``; a
+    list, not a table, so that it reads at the width of the front end's help sidebar)."""
     section = page.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+    assert "|" not in "".join(line[:1] for line in section.splitlines()), f"## {heading}: a list, not a table"
+    items = [ITEM.fullmatch(line) for line in section.splitlines() if line.startswith("- ")]
+    assert all(items), section
+    return [[item[1], item[2] or "—", item[3]] for item in items]
 
 
 def shown(default) -> str:

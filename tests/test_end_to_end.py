@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from tests.stepwise import teacher_forced
+from xattn_core.calls import CallLayout, model_evaluations
 from xattn_core.diffusers_backend import DiffusersBackend
 from xattn_core.freeu import FreeUSettings
 from xattn_core.inversion import invert
 from xattn_core.pairing import pair_rows
-from xattn_core.plan import PlanSettings, build_plan, model_evaluations
+from xattn_core.plan import PlanSettings, build_plan
 from xattn_core.schedule import paper_sigmas
 from xattn_core.transfer import JointSampler, TransferSettings, transfer
 
@@ -55,7 +56,7 @@ def test_without_swap_and_adain_the_output_path_is_the_structure_path(unet, inve
     settings = TransferSettings(plan=PlanSettings(level_ranges=(), adain_range=(0.0, 0.0)))
     result, _, evaluations = run(unet, inversions, settings)
     assert torch.equal(result.output, result.structure)
-    assert evaluations == 3 * (STEPS - START)
+    assert evaluations == 2 * (STEPS - START)  # the output rows share the structure rows' evaluations
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +69,14 @@ def test_swap_changes_the_output_from_the_first_mixing_step(unet, inversions):
     result, recorder, evaluations = run(unet, inversions, settings)
     plan = build_plan(STEPS, START, settings.plan)
     assert [step.index for step in plan if step.swaps][0] == FIRST_MIXING
-    assert evaluations == model_evaluations(plan)
+    assert evaluations == model_evaluations(plan, CallLayout.of(1, 1))
+    # before the first mixing step the output rows are the structure rows: evaluated once, in the structure call
     joint_inputs = [latents for latents, _, swap in recorder.calls if latents.shape[0] == 2]
-    assert len(joint_inputs) == STEPS - START
-    for step, latents in enumerate(joint_inputs):
-        output_row, structure_row = latents[0], latents[1]
-        if step <= FIRST_MIXING:  # inputs of steps up to the first mixing step are still identical
-            assert torch.equal(output_row, structure_row), step
-        else:
-            assert (output_row - structure_row).abs().max() > 1e-3, step
+    assert len(joint_inputs) == STEPS - START - FIRST_MIXING
+    first_output, first_structure = joint_inputs[0]  # the first mixing step's inputs are still identical
+    assert torch.equal(first_output, first_structure)
+    for latents in joint_inputs[1:]:
+        assert (latents[0] - latents[1]).abs().max() > 1e-3
     assert (result.output - result.structure).abs().mean() > 1e-2
     assert torch.isfinite(result.output).all()
 
@@ -143,13 +143,19 @@ def test_output_hints_give_the_output_rows_calls_of_their_own(unet, inversions):
         )
     assert torch.equal(hinted.structure, plain.structure) and torch.equal(hinted.appearance, plain.appearance)
     plan = build_plan(STEPS, START)
-    assert evaluations == model_evaluations(plan) + len(plan)  # one more output row per step
+    swapping = sum(step.swaps for step in plan)
+    assert swapping == len(plan) - FIRST_MIXING
+    # the output rows are evaluated at every step (other conditioning than the structure's), and once more in
+    # each swapping step: as many evaluations as a local transfer (evaluated too) plus one a swapping step
+    assert evaluations == model_evaluations(plan, CallLayout.of(1, 1, output_hints=True))
+    assert evaluations == model_evaluations(plan, CallLayout.of(1, 1, noise_mask=True)) + swapping
     joint_calls = [paths for rows, paths, _ in hinted_backend.calls if rows == 2]
     output_calls = [(paths, swap is not None) for rows, paths, swap in hinted_backend.calls if rows == 1]
-    assert joint_calls == [True] * len(plan)  # output + structure rows, without the hints
-    # per step: the appearance path (True), the output with hints swapping (False, swaps) and the plain pass
-    assert output_calls.count((True, False)) + output_calls.count((True, True)) == len(plan)
-    assert output_calls.count((False, True)) == sum(step.swaps for step in plan)
+    assert joint_calls == [True] * swapping  # output + structure rows, without the hints
+    # per step the appearance path (True); before the first swap the structure rows alone (True), the output
+    # with hints (False); then the output with hints swapping (False, swaps); the plain passes (False, False)
+    assert output_calls.count((True, False)) + output_calls.count((True, True)) == len(plan) + FIRST_MIXING
+    assert output_calls.count((False, True)) == swapping
     structure_steps = [step for step in plan if step.swaps and step.kv_source.value == "structure"]
     assert structure_steps  # the output call then reads the structure keys/values the joint call captured
     assert max(per_step) <= 1e-4, per_step

@@ -2,7 +2,7 @@
 
 import torch
 
-from xattn_core.attention import AttentionSwap, KeyValueStore
+from xattn_core.attention import CallAttention, Capture, KeyValueStore, Swap
 from xattn_core.joint_attention import JointSwapSettings, RopeMode, index_rotation, rotate, route_joint_attention
 
 HEADS, DIM, TEXT, IMAGE = 2, 8, 3, 6
@@ -45,7 +45,7 @@ def swapped(mode: RopeMode, source_permutation: torch.Tensor):
     raw = rotate(k[0:1, :, image], pe[:, :, image], inverse=True)
     k[0:1, :, image] = rotate(raw[:, :, source_permutation], pe[:, :, image])
     v[0:1, :, image] = v[0:1, :, image][:, :, source_permutation]
-    swap = AttentionSwap(frozenset({0}), 1.0, output_rows=(1,), source_rows=(0,))
+    swap = CallAttention(swap=Swap(frozenset({0}), (1,), (0,), None, 1.0))
     return route_joint_attention(q, k, v, "layer", 0, [0], swap, plain, TEXT, pe, mode), (q, k, v)
 
 
@@ -63,11 +63,11 @@ def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_ke
     q, k, v = rows(2)
     store = KeyValueStore()
     route_joint_attention(
-        q, k, v, "layer", 0, [0], AttentionSwap(frozenset({0}), 1.0, capture_store=store), plain, TEXT, None
+        q, k, v, "layer", 0, [0], CallAttention(capture=Capture(frozenset({0}), store)), plain, TEXT, None
     )
     keys, values = store.get("layer", 0)
     assert keys.shape == values.shape == (2, IMAGE, HEADS * DIM)
-    swap = AttentionSwap(frozenset({0}), 1.67, output_rows=(0,), source_rows=(1,), source_store=store)
+    swap = CallAttention(swap=Swap(frozenset({0}), (0,), (1,), store, 1.67))
     out = route_joint_attention(q, k, v, "layer", 0, [0], swap, plain, TEXT, None)
     own = plain(q, k, v)
     assert torch.equal(out[1], own[1]) and torch.equal(out[0, :TEXT], own[0, :TEXT])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from xattn_core.scores import (
+from xattn_core.app.scores import (
     DinoScorer,
     PairScores,
     appearance_similarity,

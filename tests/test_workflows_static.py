@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 
 import pytest
 
+from scripts.workflow_files import SDXL_CHECKPOINT, WORKFLOW_NAMES
 from tests.workflow_checks import (
     REPO,
     SCHEMAS,
@@ -23,21 +25,13 @@ from tests.workflow_checks import (
     api_problems,
     by_type,
     load,
+    overlapping_nodes,
     strip_meta,
     to_api,
     ui_problems,
 )
 
-EXPECTED = [
-    "01_basic_sd15_transfer",
-    "02_masked_transfer",
-    "03_sdxl_transfer",
-    "04_colour_variants",
-    "05_transfer_then_upscale",
-    "06_from_saved_inversions",
-    "07_transfer_with_controlnet",
-    "08_local_transfer",
-]
+EXPECTED = list(WORKFLOW_NAMES)
 
 
 def test_the_shipped_set_is_complete():
@@ -73,18 +67,28 @@ def test_api_twin_is_the_ui_graph(name):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_thumbnail_is_a_small_jpeg_of_the_same_name(name):
-    """The front end asks for <workflow>.jpg beside the workflow (a .png is never shown)."""
+def test_thumbnail_is_the_card_the_script_draws(name):
+    """The front end asks for <workflow>.jpg beside the workflow (a .png is never shown) and shows it in a square:
+    the card scripts/make_thumbnails.py draws, as it draws it now."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_thumbnails
+
     thumbnail = WORKFLOWS / f"{name}.jpg"
-    assert thumbnail.is_file(), "run python -m pytest -m browser tests/browser to make the thumbnails"
+    assert thumbnail.is_file(), "run python scripts/make_thumbnails.py"
     data = thumbnail.read_bytes()
-    assert data[:3] == b"\xff\xd8\xff"
-    assert len(data) < 300_000
+    assert data[:3] == b"\xff\xd8\xff" and len(data) < 300_000
     assert not (WORKFLOWS / f"{name}.png").exists()
+    shipped = np.asarray(Image.open(thumbnail).convert("RGB"), dtype=np.float32)
+    drawn = np.asarray(make_thumbnails.draw_card(make_thumbnails.CARDS[name]), dtype=np.float32)
+    assert shipped.shape == (512, 512, 3)
+    assert np.abs(shipped - drawn).mean() < 3, "stale card: run python scripts/make_thumbnails.py"
 
 
 def test_checker_rejects_a_latent_fed_to_an_inversion_socket():
-    workflow, prompt = load("01_basic_sd15_transfer")
+    workflow, prompt = load("01 Basic transfer, SD 1.5")
     encode = next(node for node in workflow["nodes"] if node["type"] == "VAEEncode")
     sampler = next(node for node in workflow["nodes"] if node["type"] == "XAttnCrossImageSampler")
     slot = next(i for i, s in enumerate(sampler["inputs"]) if s["name"] == "appearance")
@@ -103,7 +107,7 @@ def test_checker_rejects_a_latent_fed_to_an_inversion_socket():
 
 
 def test_checker_rejects_wrong_widget_counts_and_values():
-    workflow, prompt = load("01_basic_sd15_transfer")
+    workflow, prompt = load("01 Basic transfer, SD 1.5")
     invert = next(node for node in workflow["nodes"] if node["type"] == "XAttnInvertImage")
     dropped = copy.deepcopy(workflow)
     target = next(node for node in dropped["nodes"] if node["id"] == invert["id"])
@@ -130,7 +134,7 @@ def test_checker_rejects_wrong_widget_counts_and_values():
 
 
 def test_basic_workflow_uses_the_paper_defaults():
-    _, prompt = load("01_basic_sd15_transfer")
+    _, prompt = load("01 Basic transfer, SD 1.5")
     inversions = by_type(prompt, "XAttnInvertImage")
     assert len(inversions) == 2
     for node in inversions:
@@ -161,7 +165,7 @@ def test_basic_workflow_uses_the_paper_defaults():
 
 
 def test_masked_workflow_edits_the_automatic_masks_and_feeds_them_back():
-    _, prompt = load("02_masked_transfer")
+    _, prompt = load("02 Masks, automatic then edited")
     first, edited = sorted(
         by_type(prompt, "XAttnCrossImageSampler"), key=lambda node: "edited" in node["_meta"]["title"]
     )
@@ -174,7 +178,7 @@ def test_masked_workflow_edits_the_automatic_masks_and_feeds_them_back():
 
 
 def test_controlnet_workflow_steers_the_sampler_with_the_structures_edges():
-    _, prompt = load("07_transfer_with_controlnet")
+    _, prompt = load("07 Transfer with a ControlNet")
     (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
     (apply,) = by_type(prompt, "ControlNetApplyAdvanced")
     apply_id = next(k for k, v in prompt.items() if v is apply)
@@ -188,7 +192,7 @@ def test_controlnet_workflow_steers_the_sampler_with_the_structures_edges():
 
 
 def test_local_workflow_masks_the_structure_latent_and_composites():
-    _, prompt = load("08_local_transfer")
+    _, prompt = load("08 Local transfer inside a mask")
     structure = next(n for n in by_type(prompt, "XAttnInvertImage") if "structure" in n["_meta"]["title"])
     masked = prompt[structure["inputs"]["latent"][0]]
     assert masked["class_type"] == "SetLatentNoiseMask"
@@ -198,17 +202,15 @@ def test_local_workflow_masks_the_structure_latent_and_composites():
 
 
 def test_sdxl_workflow_runs_at_1024():
-    _, prompt = load("03_sdxl_transfer")
-    assert [n["inputs"]["ckpt_name"] for n in by_type(prompt, "CheckpointLoaderSimple")] == [
-        "sd_xl_base_1.0.safetensors"
-    ]
+    _, prompt = load("03 SDXL transfer at 1024 px")
+    assert [n["inputs"]["ckpt_name"] for n in by_type(prompt, "CheckpointLoaderSimple")] == [SDXL_CHECKPOINT]
     scales = by_type(prompt, "ImageScale")
     assert len(scales) == 2 and all(n["inputs"]["width"] == n["inputs"]["height"] == 1024 for n in scales)
     assert not by_type(prompt, "EmptyLatentImage")
 
 
 def test_colour_variants_batches_appearances_and_saves_the_structure():
-    _, prompt = load("04_colour_variants")
+    _, prompt = load("04 Colour variants")
     assert by_type(prompt, "ImageBatch")
     saved = {
         prompt[n["inputs"]["inversion"][0]]["_meta"]["title"]: n["inputs"]["filename_prefix"]
@@ -222,7 +224,7 @@ def test_colour_variants_batches_appearances_and_saves_the_structure():
 
 
 def test_upscale_workflow_refines_at_low_denoise():
-    _, prompt = load("05_transfer_then_upscale")
+    _, prompt = load("05 Transfer, then upscale")
     (ksampler,) = by_type(prompt, "KSampler")
     assert 0 < ksampler["inputs"]["denoise"] < 0.6
     upscale = prompt[ksampler["inputs"]["latent_image"][0]]
@@ -231,12 +233,49 @@ def test_upscale_workflow_refines_at_low_denoise():
 
 
 def test_saved_inversions_workflow_needs_no_images():
-    _, prompt = load("06_from_saved_inversions")
+    _, prompt = load("06 Transfer from saved inversions")
     assert not by_type(prompt, "LoadImage") and not by_type(prompt, "XAttnInvertImage")
     loads = by_type(prompt, "XAttnLoadInversion")
     assert sorted(n["inputs"]["inversion_file"] for n in loads) == sorted(SHIPPED_FILES["inversion_file"])
-    _, variants = load("04_colour_variants")
+    _, variants = load("04 Colour variants")
     saved = {
         n["inputs"]["filename_prefix"] + "_00001_.safetensors [output]" for n in by_type(variants, "XAttnSaveInversion")
     }
     assert saved == SHIPPED_FILES["inversion_file"]  # workflow 4 writes what workflow 6 reads
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_two_nodes_overlap(name):
+    """With the sizes written in the file (the browser tier checks the sizes the front end draws)."""
+    workflow, _ = load(name)
+    assert overlapping_nodes(workflow["nodes"], gap=10) == []
+
+
+def test_the_overlap_check_sees_a_title_bar_under_a_node():
+    above = {"id": 1, "type": "A", "pos": [0, 0], "size": [300, 312]}
+    below = {"id": 2, "type": "B", "pos": [100, 320], "size": [300, 100]}  # its title bar starts at y = 290
+    assert overlapping_nodes([above, below]) == ["1 (A) / 2 (B)"]
+    below["pos"] = [100, 350]
+    assert overlapping_nodes([above, below]) == []
+
+
+MODEL_WIDGETS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "ControlNetLoader": ("control_net_name", "controlnet"),
+}
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_model_file_says_where_to_download_it(name):
+    """properties.models, which the front end's Missing Models dialog reads: the file, its folder and an address
+    it offers to download (huggingface.co, a .safetensors file)."""
+    workflow, _ = load(name)
+    loaders = [node for node in workflow["nodes"] if node["type"] in MODEL_WIDGETS]
+    assert loaders
+    for node in loaders:
+        widget, folder = MODEL_WIDGETS[node["type"]]
+        (model,) = node["properties"]["models"]
+        assert model["name"] == node["widgets_values"][0] and model["name"] in SHIPPED_FILES[widget]
+        assert model["directory"] == folder
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
+        assert model["name"].endswith(".safetensors")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SD15_CHECKPOINT, SDXL_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 SNAPSHOT = WORKFLOWS / "schemas" / "node_schemas.json"
@@ -18,10 +20,10 @@ SEED_NAMES = {"seed", "noise_seed"}  # the front end adds "control after generat
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 # Values of file combos that the tests and docs provide (samples copied into input/, random checkpoints).
 SHIPPED_FILES = {
-    "ckpt_name": {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"},
+    "ckpt_name": {SD15_CHECKPOINT, SDXL_CHECKPOINT},
     "image": {"xattn_structure.png", "xattn_appearance.png", "giraffe.jpg", "zebra.jpg"},
-    "control_net_name": {"control_v11p_sd15_canny.pth"},
-    "inversion_file": {"xattn/structure_00001_.safetensors [output]", "xattn/appearances_00001_.safetensors [output]"},
+    "control_net_name": {CONTROLNET_MODEL},
+    "inversion_file": {f"{name} [output]" for name in SAVED_INVERSIONS},
 }
 SCHEMAS = json.loads(SNAPSHOT.read_text())
 
@@ -224,3 +226,24 @@ def strip_meta(prompt: dict) -> dict:
 
 def by_type(prompt: dict, class_type: str) -> list[dict]:
     return [node for node in prompt.values() if node["class_type"] == class_type]
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+
+
+def node_box(node: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a node on the canvas, title bar included."""
+    (x, y), (width, height) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+def overlapping_nodes(nodes: list[dict], gap: float = 0) -> list[str]:
+    """Every pair of nodes whose boxes (title bars included) come closer than ``gap``, as 'id (title) / id (title)'."""
+    found = []
+    boxes = [(node, node_box(node)) for node in nodes]
+    for index, (first, a) in enumerate(boxes):
+        for second, b in boxes[index + 1 :]:
+            if a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap:
+                names = [f"{node['id']} ({node.get('title') or node['type']})" for node in (first, second)]
+                found.append(" / ".join(names))
+    return found

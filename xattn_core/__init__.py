@@ -6,39 +6,41 @@ Modules (torch, numpy, safetensors and pillow only, unless marked):
 - ``schedule``: the paper's sigma schedule and the DDPM (eta = 1) step in sigma space;
 - ``inversion``: edit-friendly DDPM inversion (and fast mode's attention cache);
 - ``plan``: what each generation step does (swap levels, K/V source, swap guidance, AdaIN);
+- ``calls``: the model calls of each step, as data (rows, capture, swap, recording), and their count;
 - ``attention``: where the appearance/structure keys and values are used (``route_attention``);
 - ``adain``: AdaIN on latents, plain and masked;
+- ``masks``: a mask as per-image weights at latent size (AdaIN's masks, a structure's noise mask);
 - ``kmeans``: k-means in plain torch (scikit-learn's algorithm, on the model's device);
 - ``segmentation``: the official automatic object masks from attention maps (k-means plus the object word);
 - ``freeu``: the official code's FreeU variant;
 - ``pairing``: which appearance and structure images meet in each output, and whether two inversions can;
 - ``transfer``: the joint three-path generation loop over a small ``Backend`` interface;
 - ``inversion_file``: inversions as validated safetensors files;
-- ``scores``: optional DINO structure distance and appearance similarity (**needs transformers** to load a model);
 - ``diffusers_backend``: the ``Backend`` over a diffusers UNet (works on the object; imports no diffusers);
-- ``diffusers_pipeline``, ``__main__``, ``cli_common``: the reference pipeline and command line (**need diffusers**);
-- ``batch_csv``, ``batch``, ``batch_cli``, ``contact_sheet``: the ``batch`` command: its pairs file, the per-pair work
-  with the inversion cache and resuming, the command itself, ``index.html`` and ``results.csv`` (**need diffusers**);
-- ``batch_ray``: ``batch --ray``, the same per-pair work as a Ray Data job (**needs ray**, imported only then);
-- ``tiny``: tiny random models for tests and benchmarks (**needs diffusers and transformers**).
+- ``tiny``: tiny random models for tests and benchmarks (**needs diffusers and transformers**);
+- ``app``: the reference pipeline, the command line (``python -m xattn_core``), the batch command and its scores,
+  which use the engine and are never imported by it.
 """
 
 from .adain import adain
-from .attention import AttentionSwap, KeyValueStore, contrasted_attention, route_attention
+from .attention import CallAttention, KeyValueStore, contrasted_attention, route_attention
+from .calls import CallLayout, ModelCall, model_evaluations, step_calls
 from .inversion import AttentionCache, CacheSettings, Inversion, invert
 from .pairing import check_compatible, pair_rows
-from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan, model_evaluations
+from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
 from .schedule import ancestral_split, ddpm_step, paper_sigmas, paper_timesteps
 from .transfer import Backend, TransferResult, TransferSettings, transfer
 
 __all__ = [
     "AttentionCache",
-    "AttentionSwap",
     "Backend",
+    "CallAttention",
+    "CallLayout",
     "CacheSettings",
     "Inversion",
     "KeyValueSource",
     "KeyValueStore",
+    "ModelCall",
     "PlanSettings",
     "StepPlan",
     "TransferResult",
@@ -55,5 +57,6 @@ __all__ = [
     "paper_sigmas",
     "paper_timesteps",
     "route_attention",
+    "step_calls",
     "transfer",
 ]

@@ -9,15 +9,22 @@ then call :func:`route_attention`, which decides per row what attention that row
   (a row of the same call), with contrasted, un-renormalised weights (as the official ``AttentionProcessor``
   in ``appearance_transfer_model.py``). In fast mode both come from stores captured while inverting, and
   the output rows run alone.
+
+What a model call's layers do is a :class:`CallAttention`: what to capture, what to swap, which maps to
+record (the sampler's ``calls.py`` says which call gets which).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .segmentation import AttentionMaps
 
 PlainAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``, all ``[rows, tokens, heads * dim_head]``: the backend's fused attention."""
@@ -25,6 +32,58 @@ PlainAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float32 attention weights alive at a time
 
 
+def split_heads(tensor: Tensor, heads: int) -> Tensor:
+    """``[rows, tokens, heads * dim_head]`` -> ``[rows, heads, tokens, dim_head]`` (a view)."""
+    rows, tokens, width = tensor.shape
+    return tensor.reshape(rows, tokens, heads, width // heads).transpose(1, 2)
+
+
+def merge_heads(tensor: Tensor) -> Tensor:
+    """``[rows, heads, tokens, dim_head]`` -> ``[rows, tokens, heads * dim_head]``, the inverse of ``split_heads``."""
+    rows, heads, tokens, dim_head = tensor.shape
+    return tensor.transpose(1, 2).reshape(rows, tokens, heads * dim_head)
+
+
+# On CPU 32 to 64 queries a block ran fastest (bench/bench_attention.py: fewer starve the matrix products,
+# more push the block out of the core's cache); on an accelerator bigger blocks mean fewer kernel launches,
+# so there the budget alone sets the block.
+CPU_QUERY_BLOCK = 64
+
+
+def query_block(batch: int, key_tokens: int, memory_budget: int, device: torch.device) -> int:
+    """Queries per block so that one float32 ``[batch, block, key_tokens]`` weight block fits the budget."""
+    block = max(1, memory_budget // (batch * key_tokens * 4))
+    return min(block, CPU_QUERY_BLOCK) if device.type == "cpu" else block
+
+
+def softmax_blocks(query: Tensor, key: Tensor, memory_budget: int) -> Iterator[tuple[slice, Tensor]]:
+    """softmax(QK^T / sqrt(d)) of float32 ``[batch, tokens, d]`` queries and keys, one block of queries at a time.
+
+    Yields ``(query slice, weights [batch, block, key tokens])``. The weights of every block live in one buffer
+    of at most ``memory_budget`` bytes (scores, scale and softmax all in place), so use or change them in place
+    before asking for the next block.
+    """
+    batch, query_tokens, dim_head = query.shape
+    key_tokens = key.shape[1]
+    block = min(query_block(batch, key_tokens, memory_budget, query.device), query_tokens)
+    keys_t = key.transpose(1, 2)  # a view: a contiguous copy makes one-query blocks round differently
+    buffer = query.new_empty(batch, block, key_tokens)
+    for start in range(0, query_tokens, block):
+        rows = slice(start, min(start + block, query_tokens))
+        weights = buffer[:, : rows.stop - start]
+        # the scale after the product: folded into the queries or the product, it changes the last bits
+        torch.bmm(query[:, rows], keys_t, out=weights).mul_(dim_head**-0.5)
+        torch.softmax(weights, dim=-1, out=weights)
+        yield rows, weights
+
+
+def _heads_as_batch(tensor: Tensor, heads: int) -> Tensor:
+    """``[rows, tokens, heads * dim_head]`` -> float32 ``[rows * heads, tokens, dim_head]``."""
+    rows, tokens, width = tensor.shape
+    return split_heads(tensor.float(), heads).reshape(rows * heads, tokens, width // heads)
+
+
+@torch.no_grad()  # inference only: the blocks are computed in place (out=), which has no backward
 def contrasted_attention(
     query: Tensor,
     key: Tensor,
@@ -36,47 +95,31 @@ def contrasted_attention(
     """softmax(QK^T/sqrt(d)) contrasted as clip(c*A - (c-1)/N_keys, 0, 1), not renormalised, times V.
 
     Rows of softmax weights sum to one, so their mean over keys is 1/N_keys and the official
-    ``(A - mean) * c + mean`` reduces to the expression above. Queries are processed in blocks so
-    that at most ``memory_budget`` bytes of weights exist at once; the maths runs in float32 so
-    fp16/bf16 models cannot overflow here.
+    ``(A - mean) * c + mean`` reduces to the expression above (its mean, taken without keepdim, broadcasts
+    along the keys; every row's is 1/N_keys, so that changes nothing). Queries are processed in blocks
+    (:func:`softmax_blocks`) so that at most ``memory_budget`` bytes of weights exist at once; the maths
+    runs in float32 so fp16/bf16 models cannot overflow here.
     """
     rows, query_tokens, width = query.shape
-    key_tokens = key.shape[1]
-    dim_head = width // heads
-    q = query.float().reshape(rows, query_tokens, heads, dim_head).transpose(1, 2)
-    k = key.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
-    v = value.float().reshape(rows, key_tokens, heads, dim_head).transpose(1, 2)
-    scale = dim_head**-0.5
-    # the scores and their softmax are both alive at once: two float32 matrices per query block
-    bytes_per_query = 2 * rows * heads * key_tokens * 4
-    query_block = max(1, memory_budget // bytes_per_query)
-    offset = (contrast - 1.0) / key_tokens
-    out = torch.empty_like(q)
-    for start in range(0, query_tokens, query_block):
-        block = slice(start, start + query_block)
-        weights = torch.softmax((q[:, :, block] @ k.transpose(-1, -2)) * scale, dim=-1)
-        weights = weights.mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
-        out[:, :, block] = weights @ v
-        del weights
-    return out.transpose(1, 2).reshape(rows, query_tokens, width).to(query.dtype)
+    q, k, v = (_heads_as_batch(tensor, heads) for tensor in (query, key, value))
+    offset = (contrast - 1.0) / key.shape[1]
+    out = q.new_empty(rows * heads, query_tokens, width // heads)
+    for block, weights in softmax_blocks(q, k, memory_budget):
+        torch.bmm(weights.mul_(contrast).sub_(offset).clamp_(0.0, 1.0), v, out=out[:, block])
+    return merge_heads(out.reshape(rows, heads, query_tokens, -1)).to(query.dtype)
 
 
+@torch.no_grad()  # as contrasted_attention
 def mean_attention_weights(query: Tensor, key: Tensor, heads: int, memory_budget: int) -> Tensor:
     """softmax(QK^T / sqrt(d)) of one row, averaged over heads: ``[query tokens, key tokens]`` in float32.
 
     ``query`` is ``[query tokens, heads * dim_head]``, ``key`` ``[key tokens, heads * dim_head]``; computed in
-    query blocks so that at most ``memory_budget`` bytes of weights exist at once.
+    query blocks (:func:`softmax_blocks`) so that at most ``memory_budget`` bytes of weights exist at once.
     """
-    query_tokens, width = query.shape
-    key_tokens = key.shape[0]
-    dim_head = width // heads
-    q = query.float().reshape(query_tokens, heads, dim_head).transpose(0, 1)
-    k = key.float().reshape(key_tokens, heads, dim_head).transpose(0, 1)
-    query_block = max(1, memory_budget // (2 * heads * key_tokens * 4))
-    weights = torch.empty(query_tokens, key_tokens, device=query.device)
-    for start in range(0, query_tokens, query_block):
-        block = slice(start, start + query_block)
-        weights[block] = torch.softmax((q[:, block] @ k.transpose(-1, -2)) * dim_head**-0.5, dim=-1).mean(0)
+    q, k = (_heads_as_batch(tensor[None], heads) for tensor in (query, key))
+    weights = torch.empty(query.shape[0], key.shape[0], device=query.device)
+    for block, head_weights in softmax_blocks(q, k, memory_budget):
+        weights[block] = head_weights.mean(0)
     return weights
 
 
@@ -150,57 +193,68 @@ class KeyValueStore:
         return len(self._entries)
 
 
-@dataclass
-class AttentionMaps:
-    """Head-averaged attention maps recorded for the automatic object masks, keyed by image.
-
-    Only two layers record (the official choice): the last decoder self-attention of the highest-resolution
-    attention level and the last decoder cross-attention of the next level, for the cond branch of the rows
-    a model call names in ``AttentionSwap.map_rows``. Every other layer and row stays on fused attention.
-    """
-
-    self_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, tokens]
-    cross_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, context tokens]
-
-
-@dataclass
-class AttentionSwap:
-    """What the swapping layers do during one model call.
-
-    Row indices count within one cond_or_uncond branch of the batch. ``capture_store`` receives every
-    row's keys/values (the appearance call; the joint call when hints run the output rows again; the
-    inversion in fast mode). ``output_rows[j]`` attends with its own queries to the keys/values of row
-    ``source_rows[j]`` of ``source_store`` (a store captured earlier: the appearance's, or a cached
-    structure's) or, when ``source_store`` is None, of this call (the structure rows of the joint call).
-    """
+@dataclass(frozen=True, eq=False)
+class Capture:
+    """Keep every row's keys/values of the swapping layers at ``levels`` in ``store`` (the appearance call of a
+    step; the joint call when hints run the output rows again; the inversion in fast mode)."""
 
     levels: frozenset[int]
+    store: KeyValueStore
+
+
+@dataclass(frozen=True, eq=False)
+class Swap:
+    """In the swapping layers at ``levels``, ``output_rows[j]`` attends with its own queries to the keys/values of
+    row ``source_rows[j]`` of ``source`` (a store captured earlier: the appearance's, or a cached structure's) or,
+    when ``source`` is None, of this call (the structure rows of the joint call), with contrasted weights."""
+
+    levels: frozenset[int]
+    output_rows: tuple[int, ...]
+    source_rows: tuple[int, ...]
+    source: KeyValueStore | None
     contrast: float
-    capture_store: KeyValueStore | None = None
-    output_rows: tuple[int, ...] = ()
-    source_rows: tuple[int, ...] = ()
-    source_store: KeyValueStore | None = None
     memory_budget: int = DEFAULT_MEMORY_BUDGET
-    maps: AttentionMaps | None = None  # where the recording layers put their maps (automatic masks)
-    map_rows: tuple[tuple[int, Hashable], ...] = ()  # (row of this call, image it shows) to record
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """The recording layers (segmentation.py) put the maps of ``rows`` (row of this call, image it shows) into
+    ``maps``."""
+
+    maps: AttentionMaps
+    rows: tuple[tuple[int, Hashable], ...]
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+
+@dataclass(frozen=True, eq=False)
+class CallAttention:
+    """What the attention layers do during one model call; each part is optional and the parts are independent.
+
+    Row indices count within one cond_or_uncond branch of the batch.
+    """
+
+    capture: Capture | None = None
+    swap: Swap | None = None
+    record: Recording | None = None
 
 
 def record_attention_maps(
-    query: Tensor, key: Tensor, heads: int, cond_or_uncond: list[int], swap: AttentionSwap | None, cross: bool
+    query: Tensor, key: Tensor, heads: int, cond_or_uncond: list[int], call: CallAttention | None, cross: bool
 ) -> None:
-    """At a recording layer: keep the head-averaged weights of the cond-branch rows ``swap.map_rows`` names.
+    """At a recording layer: keep the head-averaged weights of the cond-branch rows ``call.record`` names.
 
     The cond branch carries the positive prompt, which holds the object word; ``key`` is this layer's keys
     (the text's for cross-attention).
     """
-    if swap is None or swap.maps is None or not swap.map_rows or 0 not in cond_or_uncond:
+    record = None if call is None else call.record
+    if record is None or not record.rows or 0 not in cond_or_uncond:
         return
     rows = query.shape[0] // len(cond_or_uncond)
     first = cond_or_uncond.index(0) * rows
-    store = swap.maps.cross_maps if cross else swap.maps.self_maps
-    for row, image in swap.map_rows:
+    store = record.maps.cross_maps if cross else record.maps.self_maps
+    for row, image in record.rows:
         with torch.no_grad():  # the maps only feed k-means
-            store[image] = mean_attention_weights(query[first + row], key[first + row], heads, swap.memory_budget)
+            store[image] = mean_attention_weights(query[first + row], key[first + row], heads, record.memory_budget)
 
 
 def route_attention(
@@ -211,7 +265,7 @@ def route_attention(
     layer: Hashable,
     level: int | None,
     cond_or_uncond: list[int],
-    swap: AttentionSwap | None,
+    call: CallAttention | None,
     plain: PlainAttention,
     records_maps: bool = False,
 ) -> Tensor:
@@ -219,16 +273,17 @@ def route_attention(
 
     ``records_maps`` marks the one self-attention layer whose maps the automatic masks use.
     """
-    if records_maps:
-        record_attention_maps(query, key, heads, cond_or_uncond, swap, cross=False)
-    if swap is None or level is None or level not in swap.levels:
+    if call is None:
         return plain(query, key, value)
+    if records_maps:
+        record_attention_maps(query, key, heads, cond_or_uncond, call, cross=False)
     rows = query.shape[0] // len(cond_or_uncond)
     branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
-    if swap.capture_store is not None:
+    capture, swap = call.capture, call.swap
+    if capture is not None and level in capture.levels:
         for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
-            swap.capture_store.put(layer, branch, key[block], value[block])
-    if not swap.output_rows:
+            capture.store.put(layer, branch, key[block], value[block])
+    if swap is None or level not in swap.levels:
         return plain(query, key, value)
 
     swapped = {block.start + row for block in branch_rows for row in swap.output_rows}
@@ -237,10 +292,10 @@ def route_attention(
     if ordinary:
         out[ordinary] = plain(query[ordinary], key[ordinary], value[ordinary])
     for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
-        if swap.source_store is None:
+        if swap.source is None:
             source_keys, source_values = key[block], value[block]
         else:
-            source_keys, source_values = swap.source_store.get(layer, branch)
+            source_keys, source_values = swap.source.get(layer, branch)
         for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
             index = block.start + output_row
             out[index : index + 1] = contrasted_attention(

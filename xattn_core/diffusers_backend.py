@@ -13,17 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import AttentionSwap, record_attention_maps, route_attention
+from .attention import CallAttention, merge_heads, record_attention_maps, route_attention, split_heads
 from .freeu import FreeUSettings, official_freeu
 from .schedule import sd_sigma_table, timestep_for_sigma
+from .segmentation import CROSS_MAPS_LEVEL, SELF_MAPS_LEVEL
 
 
 def _sdpa(heads: int):
     def attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        rows, tokens, width = query.shape
-        split = lambda t: t.reshape(rows, -1, heads, width // heads).transpose(1, 2)  # noqa: E731
-        out = F.scaled_dot_product_attention(split(query), split(key), split(value))
-        return out.transpose(1, 2).reshape(rows, tokens, width)
+        q, k, v = (split_heads(tensor, heads) for tensor in (query, key, value))
+        return merge_heads(F.scaled_dot_product_attention(q, k, v))
 
     return attend
 
@@ -32,7 +31,7 @@ class _CallState:
     """What the processors need to know about the model call in progress."""
 
     def __init__(self) -> None:
-        self.swap: AttentionSwap | None = None
+        self.attention: CallAttention | None = None  # what the attention layers do in this call
         self.cond_or_uncond: list[int] = [0]
 
 
@@ -61,7 +60,7 @@ class SwapAttentionProcessor:
             self.layer,
             self.level,
             self.state.cond_or_uncond,
-            self.state.swap,
+            self.state.attention,
             _sdpa(attn.heads),
             self.records_maps,
         )
@@ -79,13 +78,13 @@ class RecordingCrossAttentionProcessor:
         self.state = state
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states=None, *args, **kwargs):
-        swap = self.state.swap
-        if swap is not None and swap.maps is not None and encoder_hidden_states is not None:
+        call = self.state.attention
+        if call is not None and call.record is not None and encoder_hidden_states is not None:
             context = (
                 attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
             )
             query, key = attn.to_q(hidden_states), attn.to_k(context)
-            record_attention_maps(query, key, attn.heads, self.state.cond_or_uncond, swap, cross=True)
+            record_attention_maps(query, key, attn.heads, self.state.cond_or_uncond, call, cross=True)
         return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
@@ -147,9 +146,8 @@ class DiffusersBackend:
         self._hooks = []
         processors = dict(self._original_processors)
         swapping = decoder_self_attention_processors(unet)
-        # the official masks read the last self-attention of level 0 and the last cross-attention of level 1
-        self_maps_layer = _last_at_level(swapping, 0)
-        cross_maps_layer = _last_at_level(decoder_attention_processors(unet, "attn2.processor"), 1)
+        self_maps_layer = _last_at_level(swapping, SELF_MAPS_LEVEL)
+        cross_maps_layer = _last_at_level(decoder_attention_processors(unet, "attn2.processor"), CROSS_MAPS_LEVEL)
         for name, level in swapping.items():
             processors[name] = SwapAttentionProcessor(name, level, self._state, name == self_maps_layer)
         if cross_maps_layer is not None:
@@ -176,7 +174,7 @@ class DiffusersBackend:
         self.close()
 
     def predict_noise(
-        self, latents: Tensor, sigma: float | Tensor, swap: AttentionSwap | None = None, paths: bool = False
+        self, latents: Tensor, sigma: float | Tensor, attention: CallAttention | None = None, paths: bool = False
     ) -> Tensor:
         """Guided noise prediction for sigma-space ``latents`` at ``sigma`` (a float or one per row).
 
@@ -190,12 +188,12 @@ class DiffusersBackend:
         model_in = (latents / (sigmas**2 + 1).sqrt().reshape(-1, 1, 1, 1)).repeat(len(cond_or_uncond), 1, 1, 1)
         timesteps = timestep_for_sigma(sigmas, self.sigma_table).repeat(len(cond_or_uncond))
         context = torch.cat([c.expand(rows, -1, -1) for c in contexts]).to(latents.device, self.unet.dtype)
-        self._state.swap, self._state.cond_or_uncond = swap, cond_or_uncond
+        self._state.attention, self._state.cond_or_uncond = attention, cond_or_uncond
         try:
             with torch.no_grad():
                 prediction = self.unet(model_in.to(self.unet.dtype), timesteps, encoder_hidden_states=context).sample
         finally:
-            self._state.swap, self._state.cond_or_uncond = None, [0]
+            self._state.attention, self._state.cond_or_uncond = None, [0]
         self.model_calls += 1
         self.image_evaluations += rows * len(cond_or_uncond)
         prediction = prediction.float()

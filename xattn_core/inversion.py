@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .attention import AttentionSwap, KeyValueStore
+from .attention import CallAttention, Capture, KeyValueStore
 from .flow import FLOW, flow_noise_map, flow_noisy, flow_step
 from .plan import SWAP_LEVELS
 from .schedule import ddpm_step, noise_map
@@ -19,10 +19,10 @@ DDPM = "ddpm"  # the step kind of edit-friendly DDPM inversion (the paper's); se
 STEP_KIND_KEY = "step_kind"  # metadata key; inversions without it are DDPM ones
 STEP_KINDS = (DDPM, FLOW)
 
-NoisePredictor = Callable[[Tensor, Tensor, AttentionSwap | None], Tensor]
+NoisePredictor = Callable[[Tensor, Tensor, CallAttention | None], Tensor]
 """``(latents [R, C, H, W], sigmas [R], swap) -> noise prediction [R, C, H, W]``, guidance included.
 
-``swap`` is None, or (fast mode) a directive that only captures the swapping levels' keys/values.
+The attention directive is None, or (fast mode) one that only captures the swapping levels' keys/values.
 """
 
 StepCallback = Callable[[int, int], None]
@@ -224,11 +224,11 @@ def invert(
     kept_predictions: list[Tensor] = []
     kept_keys_values: list[KeyValueStore] = []
     for done, i in enumerate(todo, start=1):
-        captured, swap = None, None
+        captured, capture = None, None
         if cache is not None:
             captured = KeyValueStore(substitute_branches=True)
-            swap = AttentionSwap(levels=cache.levels, contrast=1.0, capture_store=captured)  # capture only
-        prediction = predict_noise(noisy[i], sigmas[i].expand(batch).to(clean.device), swap)
+            capture = CallAttention(capture=Capture(cache.levels, captured))
+        prediction = predict_noise(noisy[i], sigmas[i].expand(batch).to(clean.device), capture)
         noise_maps.append(map_for(noisy[i], noisy[i + 1], prediction, float(sigmas[i]), float(sigmas[i + 1])))
         if cache is not None and captured is not None:
             kept_predictions.append(prediction)

@@ -27,7 +27,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from .attention import AttentionSwap
+from .attention import CallAttention
 
 JointAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``: q, k, v ``[rows, heads, tokens, dim_head]``, out ``[rows, tokens, heads * dim_head]``."""
@@ -109,6 +109,13 @@ def contrasted_joint_attention(
     return _flat(out).to(values.dtype)
 
 
+def touches(call: CallAttention | None, level: int | None) -> bool:
+    """Whether a block at ``level`` captures or swaps during the call ``call`` directs."""
+    if call is None or level is None:
+        return False
+    return any(part is not None and level in part.levels for part in (call.capture, call.swap))
+
+
 def route_joint_attention(
     query: Tensor,
     key: Tensor,
@@ -116,7 +123,7 @@ def route_joint_attention(
     layer: Hashable,
     level: int | None,
     cond_or_uncond: list[int],
-    swap: AttentionSwap | None,
+    call: CallAttention | None,
     plain: JointAttention,
     text_tokens: int,
     pe: Tensor | None,
@@ -129,8 +136,9 @@ def route_joint_attention(
     :func:`index_rotation` for ``RopeMode.OFFSET``. Stores hold the image keys/values ``[rows, image tokens,
     heads * dim]``, the keys already in the RoPE form ``rope`` asks for.
     """
-    if swap is None or level is None or level not in swap.levels:
+    if not touches(call, level):
         return plain(query, key, value)
+    capture, swap = call.capture, call.swap
     heads = query.shape[1]
     image = slice(text_tokens, None)
     image_pe = None if pe is None or rope is RopeMode.KEEP else pe[:, :, image]
@@ -148,20 +156,20 @@ def route_joint_attention(
 
     rows = query.shape[0] // len(cond_or_uncond)
     branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
-    if swap.capture_store is not None:
+    if capture is not None and level in capture.levels:
         for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
             image_keys = source_form(key[block, :, image], block)
-            swap.capture_store.put(layer, branch, _flat(image_keys), _flat(value[block, :, image]))
+            capture.store.put(layer, branch, _flat(image_keys), _flat(value[block, :, image]))
     out = plain(query, key, value)
-    if not swap.output_rows:
+    if swap is None or level not in swap.levels or not swap.output_rows:
         return out
     out = out.clone()
     for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
-        if swap.source_store is None:
+        if swap.source is None:
             source_keys = _flat(source_form(key[block, :, image], block))
             source_values = _flat(value[block, :, image])
         else:
-            source_keys, source_values = swap.source_store.get(layer, branch)
+            source_keys, source_values = swap.source.get(layer, branch)
         for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
             index = block.start + output_row
             row = slice(index, index + 1)

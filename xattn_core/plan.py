@@ -103,12 +103,3 @@ def build_plan(steps: int, start_step: int, settings: PlanSettings = PlanSetting
             stacklevel=2,
         )
     return plan
-
-
-def model_evaluations(plan: list[StepPlan], outputs: int = 1, appearances: int = 1, structures: int = 1) -> int:
-    """Image-evaluations the joint sampler spends on ``plan`` (plain pass for output rows only).
-
-    Without output-only hints (each adds ``outputs`` per step) and without fast mode's recording calls.
-    """
-    per_step = outputs + appearances + structures
-    return sum(per_step + (outputs if step.swap_weight is not None else 0) for step in plan)

@@ -4,23 +4,40 @@ Tokens that attend alike belong to the same region, so k-means over the rows of 
 the image into a few segments. The cross-attention map of an object word then says which segments show that
 object: a segment whose mean (normalised) word attention stands out from the others is kept. Everything here
 is plain torch so that it runs wherever the model runs, with no numpy or scikit-learn at run time.
+
+The whole automatic-mask path, in order:
+
+- :func:`uses_automatic_masks`: they are on when the object word's token positions are known and no mask is
+  given;
+- ``calls.py``: at which step the maps are recorded (the first AdaIN step) and by which model calls and rows
+  (a path replayed from fast mode's cache gets one call of its own there);
+- the two recording layers, :data:`SELF_MAPS_LEVEL` and :data:`CROSS_MAPS_LEVEL` below (each backend marks
+  them), keep head-averaged maps of those rows in :class:`AttentionMaps`
+  (``attention.record_attention_maps``);
+- :func:`automatic_masks` and :func:`output_masks` here turn the maps into AdaIN's masks for the rest of the
+  generation.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import AttentionMaps
 from .kmeans import KMEANS_CLUSTERS, kmeans
 
 KMEANS_SEED = 1  # the official code seeds numpy with 1 before clustering (results differ anyway: other RNG)
 OBJECT_SCORE_RATIO = 1.4
+
+# the official layers: the last decoder self-attention of the highest-resolution attention level, and the last
+# decoder cross-attention of the next level
+SELF_MAPS_LEVEL = 0
+CROSS_MAPS_LEVEL = 1
 
 _SPECIAL_TOKEN = re.compile(r"^<\|.*\|>$|^<pad>$|^<s>$|^</s>$")
 _END_TOKENS = frozenset({"<|endoftext|>", "</s>"})  # what follows the first of these is padding
@@ -29,6 +46,24 @@ _WORD_END = "</w>"
 
 class ObjectWordError(ValueError):
     """An object word that the prompt does not contain, so its attention map cannot be read."""
+
+
+@dataclass
+class AttentionMaps:
+    """Head-averaged attention maps recorded for the automatic object masks, keyed by image.
+
+    Only the two recording layers write here, for the cond branch of the rows a model call names in its
+    ``attention.Recording``; every other layer and row stays on fused attention.
+    """
+
+    self_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, tokens]
+    cross_maps: dict[Hashable, Tensor] = field(default_factory=dict)  # image -> [tokens, context tokens]
+
+
+def uses_automatic_masks(object_tokens: object, appearance_mask: object, structure_mask: object) -> bool:
+    """Whether the automatic masks are on: the object word's token positions are known (not None) and no mask is
+    given, since a given mask (either one) replaces them."""
+    return object_tokens is not None and appearance_mask is None and structure_mask is None
 
 
 def _normalise(word_maps: Tensor) -> Tensor:

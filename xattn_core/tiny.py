@@ -35,17 +35,18 @@ def tiny_unet_config(levels: int = 2, plain_levels: int = 0) -> dict:
 
 
 def reinitialise(module: torch.nn.Module, seed: int) -> None:
-    """Random weights everywhere (fan-in scaled), unit-ish norms."""
-    generator = torch.Generator().manual_seed(seed)
+    """Random weights everywhere (fan-in scaled), unit-ish norms, drawn on the module's device."""
+    device = next(module.parameters()).device  # a full-size model on a GPU is drawn there, not copied over
+    generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, parameter in module.named_parameters():
+            draw = torch.randn(parameter.shape, generator=generator, device=device)
             if parameter.dim() > 1:
-                fan_in = parameter[0].numel()
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in**0.5)
+                parameter.copy_(draw / parameter[0].numel() ** 0.5)
             elif "norm" in name and name.endswith("weight"):
-                parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+                parameter.copy_(1 + 0.1 * draw)
             else:
-                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+                parameter.copy_(0.05 * draw)
 
 
 def tiny_unet(seed: int = 0, levels: int = 2, plain_levels: int = 0):

@@ -1,20 +1,9 @@
 """The joint three-path sampler (the official ``models/stable_diffusion.py`` loop), written against a small
 backend interface.
 
-Per generation step the backend is asked for noise predictions in these calls:
-
-1. the appearance rows (capturing their keys/values when the output will attend to them);
-2. the output rows together with the structure rows, the output rows swapping attention;
-3. with output-only hints (ControlNet, ...), the output rows again, with the hints, attending to the
-   structure keys/values call 2 captured (call 2 then runs as it would without hints);
-4. when swap guidance is active, the output rows alone without swapping (the "plain" pass).
-
-In fast mode (inversions made with an attention cache) calls 1 and the structure half of 2 are
-replaced by what the inversion computed at the same latents, so only output rows are evaluated; with
-automatic masks, each replayed path gets one extra call, at the one step that records their attention
-maps.
-
-Every path then takes a DDPM step with its own stored noise map, and AdaIN pulls the output's
+Per generation step the sampler runs the model calls calls.py lists for it (appearance rows, output and
+structure rows, the output's hint and plain passes; fewer in fast mode, where a path replays its inversion's
+cache). Every path then takes a DDPM step with its own stored noise map, and AdaIN pulls the output's
 latent statistics towards the appearance path.
 """
 
@@ -22,19 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .adain import adain, resize_mask
-from .attention import DEFAULT_MEMORY_BUDGET, AttentionMaps, AttentionSwap, KeyValueStore
+from .adain import adain
+from .attention import DEFAULT_MEMORY_BUDGET, CallAttention, Capture, KeyValueStore, Recording, Swap
+from .calls import CallLayout, ModelCall, Rows, recording_step, step_calls, step_roles
 from .inversion import Inversion
+from .masks import resize_mask
 from .pairing import check_compatible, pair_rows
-from .plan import KeyValueSource, PlanSettings, StepPlan, build_plan
-from .segmentation import automatic_masks, output_masks
+from .plan import PlanSettings, StepPlan, build_plan
+from .segmentation import AttentionMaps, automatic_masks, output_masks, uses_automatic_masks
 from .settings import bounded, check_ranges
 
 
@@ -47,7 +38,7 @@ class Backend(Protocol):
     """
 
     def predict_noise(
-        self, latents: Tensor, sigma: float, swap: AttentionSwap | None, paths: bool = False
+        self, latents: Tensor, sigma: float, attention: CallAttention | None, paths: bool = False
     ) -> Tensor: ...
 
 
@@ -61,6 +52,9 @@ class TransferSettings:
     start_step: int | None = None  # None: the later of the two inversions' start steps
     adain_strength: float = bounded(1.0, 0.0, 1.0)
     memory_budget: int = bounded(DEFAULT_MEMORY_BUDGET, 2**20, 2**36)  # bytes of explicit attention weights
+    # run the structure path to the end for its reconstruction (TransferResult.structure); without it the path
+    # stops after the last step that reads it, which saves one evaluation per structure image and later step
+    structure_reconstruction: bool = True
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -70,7 +64,7 @@ class TransferSettings:
 class TransferResult:
     output: Tensor  # [outputs, C, H, W]
     appearance: Tensor  # the appearance path's own final latents (a reconstruction)
-    structure: Tensor  # the structure path's own final latents
+    structure: Tensor | None  # the structure path's own final latents; None without structure_reconstruction
     pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
     # [appearances, 1, H, W]: the masks given or found; an output whose automatic mask came out empty used
     # unmasked AdaIN (segmentation.output_masks) though its empty mask is returned here
@@ -79,39 +73,40 @@ class TransferResult:
 
 
 GenerationCallback = Callable[[int, int, Tensor, Tensor], None]
-"""``(step index, generation steps, output latents after the step, the step's denoised output estimate)``."""
+"""``(steps done, generation steps, output latents after the step, the step's denoised output estimate)``; steps
+are counted from 1, as the inversion's ``StepCallback`` counts them."""
 
 
-def _swap_for(
-    step: StepPlan,
-    pairs: list[tuple[int, int]],
-    settings: TransferSettings,
-    appearance_keys_values: KeyValueStore | None,
-    structure_keys_values: KeyValueStore | None,
-    structure_offset: int,
-) -> AttentionSwap | None:
-    """The swap directive for the output rows' call of ``step``.
+@dataclass(frozen=True)
+class TransferOutline:
+    """What a transfer of two inversions does, known before any model call; :func:`outline_transfer` makes it once,
+    for a caller that must set the model up first (ComfyUI's sampler node) and then for the sampler."""
 
-    Appearance keys/values always come from a store (captured this step, or cached by the inversion).
-    Structure keys/values come from ``structure_keys_values`` (the inversion's cache in fast mode, or what
-    the joint call captured) or, when None, from the structure rows of the same call; either way the
-    structure images' rows start at ``structure_offset``.
-    """
-    if not step.swaps:
-        return None
-    if step.kv_source is KeyValueSource.APPEARANCE:
-        source_store, source_rows = appearance_keys_values, tuple(appearance for appearance, _ in pairs)
-    else:
-        source_store = structure_keys_values
-        source_rows = tuple(structure_offset + structure for _, structure in pairs)
-    return AttentionSwap(
-        levels=step.swap_levels,
-        contrast=settings.contrast,
-        output_rows=tuple(range(len(pairs))),
-        source_rows=source_rows,
-        source_store=source_store,
-        memory_budget=settings.memory_budget,
-    )
+    start: int  # the first generation step, of the schedule both inversions share
+    pairs: list[tuple[int, int]]  # (appearance index, structure index) of each output
+    plan: list[StepPlan]
+    mask_step: int | None  # the step (index in ``plan``) whose model calls record the automatic masks' maps
+
+    @property
+    def records_maps(self) -> bool:
+        """Whether the automatic masks are on, so the model's recording layers must be marked."""
+        return self.mask_step is not None
+
+
+def outline_transfer(
+    appearance: Inversion,
+    structure: Inversion,
+    settings: TransferSettings = TransferSettings(),
+    appearance_mask: Tensor | None = None,
+    structure_mask: Tensor | None = None,
+    object_tokens: Sequence[Sequence[int]] | None = None,
+) -> TransferOutline:
+    """The start step, pairs, plan and mask step of :func:`transfer` with the same arguments."""
+    start = check_compatible(appearance, structure, settings.start_step)
+    plan = build_plan(appearance.steps, start, settings.plan)
+    pairs = pair_rows(appearance.batch_size, structure.batch_size)
+    automatic = uses_automatic_masks(object_tokens, appearance_mask, structure_mask)
+    return TransferOutline(start, pairs, plan, recording_step(plan, automatic))
 
 
 @dataclass
@@ -129,7 +124,7 @@ class StepNoise:
 
     output: Tensor
     appearance: Tensor
-    structure: Tensor
+    structure: Tensor | None  # None once the structure path has stopped (no reconstruction asked for)
 
 
 class JointSampler:
@@ -149,15 +144,18 @@ class JointSampler:
         appearance_mask: Tensor | None = None,
         structure_mask: Tensor | None = None,
         object_tokens: Sequence[Sequence[int]] | None = None,
+        outline: TransferOutline | None = None,
     ) -> None:
         """``object_tokens`` (the object word's token positions in the positive prompt, one list per word)
-        turns on the official automatic masks for AdaIN when no mask is given."""
+        turns on the official automatic masks for AdaIN when no mask is given. ``outline``: what
+        :func:`outline_transfer` gave for the same arguments, if the caller has it already."""
         self.backend, self.appearance, self.structure, self.settings = backend, appearance, structure, settings
-        self.start = check_compatible(appearance, structure, settings.start_step)
-        self.pairs = pair_rows(appearance.batch_size, structure.batch_size)
+        if outline is None:
+            outline = outline_transfer(appearance, structure, settings, appearance_mask, structure_mask, object_tokens)
+        self.start, self.pairs, self.plan = outline.start, outline.pairs, outline.plan
+        self.mask_step = outline.mask_step  # the step whose calls record the automatic masks' maps
         self.appearance_rows = [a for a, _ in self.pairs]
         self.structure_rows = [s for _, s in self.pairs]
-        self.plan = build_plan(appearance.steps, self.start, settings.plan)
         self.sigmas = appearance.sigmas.tolist()
         self.appearance_masks = self.structure_masks = None  # per image, [B, 1, H, W]
         if structure_mask is not None:
@@ -177,10 +175,22 @@ class JointSampler:
                 "from: it is ignored (a noise mask on the structure makes the transfer local)",
                 stacklevel=2,
             )
-        # the official code segments during the model calls of the first AdaIN step and masks AdaIN from then on
-        automatic = object_tokens is not None and appearance_mask is None and structure_mask is None
-        first_adain = next((step.index for step in self.plan if step.adain), None)
-        self.mask_step = first_adain if automatic else None
+        cached = frozenset(
+            path
+            for path, inversion in ((Rows.APPEARANCE, appearance), (Rows.STRUCTURE, structure))
+            if inversion.attention is not None
+        )
+        output_hints = bool(getattr(backend, "output_hints", False))
+        self.layout = CallLayout(
+            tuple(self.pairs),
+            appearance.batch_size,
+            structure.batch_size,
+            cached,
+            output_hints,
+            noise_mask=self.noise_mask is not None,
+            structure_reconstruction=settings.structure_reconstruction,
+        )
+        self.roles = step_roles(self.plan, self.layout, self.mask_step is not None)
         self.object_tokens = [list(positions) for positions in object_tokens or []]
 
     def initial_latents(self) -> PathLatents:
@@ -190,84 +200,76 @@ class JointSampler:
             structure=self.structure.latent_at(self.start).clone(),
         )
 
+    def calls(self, step: StepPlan, latents: PathLatents | None = None) -> list[ModelCall]:
+        """The model calls :meth:`predict` runs for ``step`` (calls.py).
+
+        The output rows share the structure rows' evaluation only while they are equal, as they are on the
+        sampler's own trajectory; latents handed in from elsewhere (a test comparing one step from given
+        latents) may differ, and then the output rows are evaluated in a call of their own.
+        """
+        role = self.roles[step.index]
+        if role.output_is_structure and latents is not None:
+            if not torch.equal(latents.output, latents.structure[self.structure_rows]):
+                role = dataclasses.replace(role, output_is_structure=False)
+        return step_calls(step, self.layout, role)
+
     def predict(self, step: StepPlan, latents: PathLatents) -> StepNoise:
-        """The model calls of ``step``: appearance rows, output + structure rows, the plain output pass."""
-        appearance, structure, backend = self.appearance, self.structure, self.backend
-        i, outputs = step.global_step, len(self.pairs)
-        sigma = self.sigmas[i]
-        wants_appearance = step.swaps and step.kv_source is KeyValueSource.APPEARANCE
-        wants_structure = step.swaps and step.kv_source is KeyValueSource.STRUCTURE
+        """Run the step's model calls in order; a replayed path's prediction and keys/values come from its cache."""
+        i = step.global_step
+        sigma, calls = self.sigmas[i], self.calls(step, latents)
+        shared = not any(Rows.OUTPUT in call.rows for call in calls)  # the output rows are the structure rows
         device, dtype = latents.output.device, latents.output.dtype
-        maps = AttentionMaps() if step.index == self.mask_step else None
-        appearance_images = tuple((a, ("appearance", a)) for a in range(appearance.batch_size))
-        structure_images = tuple((s, ("structure", s)) for s in range(structure.batch_size))
-
-        appearance_keys_values: KeyValueStore | None = None
-        if appearance.attention is not None:
-            appearance_noise = appearance.prediction_at(i).to(device, dtype)
-            if wants_appearance:
-                appearance_keys_values = appearance.keys_values_at(i).to(device)
-            if maps is not None:  # a replayed path ran no model call to record its maps in: one extra call
-                backend.predict_noise(latents.appearance, sigma, self._recording(maps, appearance_images), paths=True)
-        else:
-            appearance_keys_values = KeyValueStore() if wants_appearance else None
-            capture = None
-            if wants_appearance:
-                capture = AttentionSwap(
-                    step.swap_levels,
-                    self.settings.contrast,
-                    capture_store=appearance_keys_values,
-                    memory_budget=self.settings.memory_budget,
-                )
-            capture = self._with_maps(capture, maps, appearance_images)
-            appearance_noise = backend.predict_noise(latents.appearance, sigma, capture, paths=True)
-
-        if structure.attention is not None:
-            structure_noise = structure.prediction_at(i).to(device, dtype)
-            structure_keys_values = structure.keys_values_at(i).to(device) if wants_structure else None
-            if maps is not None:
-                backend.predict_noise(latents.structure, sigma, self._recording(maps, structure_images), paths=True)
-            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, structure_keys_values, 0)
-            output_noise = backend.predict_noise(latents.output, sigma, swap, paths=False)
-        else:
-            hints = getattr(backend, "output_hints", False)
-            structure_keys_values = KeyValueStore() if hints and wants_structure else None
-            swap = _swap_for(step, self.pairs, self.settings, appearance_keys_values, None, outputs)
-            joint_rows = tuple((outputs + s, image) for s, image in structure_images)
-            swap = self._with_maps(swap, maps, joint_rows)
-            if swap is not None and structure_keys_values is not None:
-                swap = dataclasses.replace(swap, capture_store=structure_keys_values)
-            # with hints (ControlNet, ...) for the output only, the joint call runs as it would without them
-            # (so the structure path is exactly the same) and the output rows run again with the hints
-            joint = torch.cat([latents.output, latents.structure])
-            joint_noise = backend.predict_noise(joint, sigma, swap, paths=hints)
-            output_noise, structure_noise = joint_noise[:outputs], joint_noise[outputs:]
-            if hints:
-                swap = _swap_for(
-                    step, self.pairs, self.settings, appearance_keys_values, structure_keys_values, outputs
-                )
-                output_noise = backend.predict_noise(latents.output, sigma, swap, paths=False)
-        if step.swap_weight is not None:
-            plain_noise = backend.predict_noise(latents.output, sigma, None, paths=False)
-            output_noise = plain_noise + step.swap_weight * (output_noise - plain_noise)
+        inversions = {Rows.APPEARANCE: self.appearance, Rows.STRUCTURE: self.structure}
+        rows = {Rows.OUTPUT: latents.output, Rows.APPEARANCE: latents.appearance, Rows.STRUCTURE: latents.structure}
+        noise = {path: inversions[path].prediction_at(i).to(device, dtype) for path in self.layout.cached}
+        read = {call.swap.source for call in calls if call.swap is not None and not call.swap.in_this_call}
+        keys_values = {path: inversions[path].keys_values_at(i).to(device) for path in self.layout.cached & read}
+        maps = AttentionMaps() if any(call.records for call in calls) else None
+        for call in calls:
+            if call.capture is not None:
+                keys_values[call.capture.path] = KeyValueStore()
+            batch = rows[call.rows[0]] if len(call.rows) == 1 else torch.cat([rows[path] for path in call.rows])
+            prediction = self.backend.predict_noise(
+                batch, sigma, self._attention(call, keys_values, maps), paths=call.paths
+            )
+            blocks = prediction.split([self.layout.count(path) for path in call.rows])
+            for path, block in zip(call.rows, blocks, strict=True):
+                if path not in call.gives:
+                    continue
+                if call.swap_guidance is None:
+                    noise[path] = block
+                else:  # the plain pass: push the swapped prediction away from it
+                    noise[path] = block + call.swap_guidance * (noise[path] - block)
+        if shared:
+            noise[Rows.OUTPUT] = noise[Rows.STRUCTURE][self.structure_rows]
         if maps is not None:
             self._set_automatic_masks(maps)
-        return StepNoise(output=output_noise, appearance=appearance_noise, structure=structure_noise)
+        structure = noise.get(Rows.STRUCTURE)
+        return StepNoise(output=noise[Rows.OUTPUT], appearance=noise[Rows.APPEARANCE], structure=structure)
 
-    def _recording(self, maps: AttentionMaps, rows: tuple[tuple[int, Hashable], ...]) -> AttentionSwap:
-        """A directive that swaps nothing and only records the maps of ``rows``."""
-        return AttentionSwap(
-            frozenset(), self.settings.contrast, memory_budget=self.settings.memory_budget, maps=maps, map_rows=rows
-        )
-
-    def _with_maps(
-        self, swap: AttentionSwap | None, maps: AttentionMaps | None, rows: tuple[tuple[int, Hashable], ...]
-    ) -> AttentionSwap | None:
-        if maps is None:
-            return swap
-        if swap is None:
-            return self._recording(maps, rows)
-        return dataclasses.replace(swap, maps=maps, map_rows=rows)
+    def _attention(
+        self, call: ModelCall, keys_values: dict[Rows, KeyValueStore], maps: AttentionMaps | None
+    ) -> CallAttention | None:
+        """What ``call``'s attention layers do, with this step's stores and maps; None for plain attention."""
+        capture = swap = record = None
+        if call.capture is not None:
+            capture = Capture(call.capture.levels, keys_values[call.capture.path])
+        if call.swap is not None:
+            planned = call.swap
+            source = None if planned.in_this_call else keys_values[planned.source]
+            swap = Swap(
+                planned.levels,
+                planned.output_rows,
+                planned.source_rows,
+                source,
+                self.settings.contrast,
+                self.settings.memory_budget,
+            )
+        if call.records and maps is not None:
+            record = Recording(maps, call.records, self.settings.memory_budget)
+        if capture is None and swap is None and record is None:
+            return None
+        return CallAttention(capture, swap, record)
 
     def _set_automatic_masks(self, maps: AttentionMaps) -> None:
         """Segment both images from the recorded maps; masked AdaIN from this step on (official default)."""
@@ -291,7 +293,9 @@ class JointSampler:
         appearance_path = step_path(
             latents.appearance, noise.appearance, sigma, sigma_next, self.appearance.noise_at(i)
         )
-        structure_path = step_path(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
+        structure_path = latents.structure  # the path stopped: nothing reads it any more
+        if noise.structure is not None:
+            structure_path = step_path(latents.structure, noise.structure, sigma, sigma_next, structure_maps)
         if step.adain:
             style = appearance_path[self.appearance_rows]
             output = adain(output, style, self.content_mask, self.style_mask, self.settings.adain_strength)
@@ -308,11 +312,11 @@ class JointSampler:
             denoised = latents.output - self.sigmas[step.global_step] * noise.output  # for previews
             latents = self.advance(step, latents, noise)
             if callback is not None:
-                callback(step.index, len(self.plan), latents.output, denoised)
+                callback(step.index + 1, len(self.plan), latents.output, denoised)
         return TransferResult(
             output=latents.output,
             appearance=latents.appearance,
-            structure=latents.structure,
+            structure=latents.structure if self.settings.structure_reconstruction else None,
             pairs=self.pairs,
             appearance_masks=self.appearance_masks,
             structure_masks=self.structure_masks,
@@ -328,6 +332,7 @@ def transfer(
     structure_mask: Tensor | None = None,
     callback: GenerationCallback | None = None,
     object_tokens: Sequence[Sequence[int]] | None = None,
+    outline: TransferOutline | None = None,
 ) -> TransferResult:
     """Generate images with the structure's layout and the appearance's look.
 
@@ -335,5 +340,7 @@ def transfer(
     cached noise predictions and keys/values, so only the output rows (and the other path, if it
     has no cache) go through the model.
     """
-    sampler = JointSampler(backend, appearance, structure, settings, appearance_mask, structure_mask, object_tokens)
+    sampler = JointSampler(
+        backend, appearance, structure, settings, appearance_mask, structure_mask, object_tokens, outline
+    )
     return sampler.run(callback)

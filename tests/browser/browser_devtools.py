@@ -123,11 +123,13 @@ INSPECT = """
                        .map(n => n.type);
   const errors = nodes.filter(n => n.has_errors).map(n => n.type);
   const prompt = await app.graphToPrompt();
-  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output};
+  // where the front end draws each node (its own sizes, after it has laid out the widgets)
+  const boxes = nodes.map(n => ({id: n.id, type: n.type, title: n.title, pos: [...n.pos], size: [...n.size]}));
+  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output, boxes};
 })()
 """
 
-DIALOGS = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText.slice(0, 300))"
+DIALOGS = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText.slice(0, 2000))"
 CLOSE_DIALOGS = """
 (async () => {
   for (const button of document.querySelectorAll('.p-dialog .p-dialog-close-button')) button.click();
@@ -140,27 +142,34 @@ CLOSE_DIALOGS = """
 COMMAND = "app.extensionManager.command.execute({command!r}).then(() => true)"
 PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
 
-# the template browser: open it, pick this pack's category, wait until every thumbnail has loaded or failed
+# the template browser: open it, pick this pack's category, wait until every card's thumbnail has loaded or failed;
+# the cards in the order shown, with their title, description and thumbnail size
 TEMPLATES = """
 (async () => {
   const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
   await app.extensionManager.command.execute('Comfy.BrowseTemplates');
   await sleep(2000);
   const dialog = document.querySelector('.p-dialog');
-  const category = Array.from(dialog.querySelectorAll('li')).find(li => li.innerText.trim() === '%s');
-  if (!category) return {category: null};
+  const category = Array.from(dialog.querySelectorAll('li')).find(li => li.innerText.trim() === %s);
+  if (!category) return {category: null, categories: Array.from(dialog.querySelectorAll('li')).map(li => li.innerText)};
   category.click();
-  const names = %s;
-  const thumbnails = () => Array.from(document.querySelectorAll('.p-dialog img[alt]'))
-    .filter(img => names.includes(img.alt));
+  const count = %d;
+  const cards = () => Array.from(document.querySelectorAll('.p-dialog [data-testid^="template-workflow-"]'));
   for (let i = 0; i < 60; i++) {
-    for (const img of thumbnails()) img.scrollIntoView();
-    if (thumbnails().length === names.length && thumbnails().every(img => img.complete)) break;
+    const images = cards().map(card => card.querySelector('img')).filter(Boolean);
+    if (cards().length === count && images.length === count && images.every(img => img.complete)) break;
     await sleep(500);
   }
-  // the front end fetches each thumbnail (workflow_templates/<pack>/<name>.jpg) and shows it as a blob
-  return {category: category.innerText.trim(), images: thumbnails().map(img => ({
-    name: img.alt, loaded: img.complete && img.naturalWidth > 0}))};
+  await sleep(500);
+  return {category: category.innerText.trim(), cards: cards().map(card => {
+    const img = card.querySelector('img');
+    return {
+      name: card.dataset.testid.replace('template-workflow-', ''),
+      title: card.querySelector('h3')?.innerText, description: card.querySelector('p')?.innerText,
+      loaded: !!img && img.complete && img.naturalWidth > 0,
+      natural: img ? [img.naturalWidth, img.naturalHeight] : null,
+      shown: img ? [img.clientWidth, img.clientHeight] : null};
+  })};
 })()
 """
 

@@ -1,8 +1,11 @@
 """Browser tier: every shipped UI workflow opens in ComfyUI's real front end (headless Chromium over the
-Chrome DevTools protocol) with no missing node types and no console errors, and the front end's own
-UI-to-API conversion (app.graphToPrompt) gives exactly the shipped API twin. A screenshot of each loaded
-workflow is written to workflows/<name>.jpg, the thumbnail the template browser requests (checked too), and
-a node help page opens in the node library.
+Chrome DevTools protocol) with no missing node types and no console errors, the front end's own UI-to-API
+conversion (app.graphToPrompt) gives exactly the shipped API twin, and no node covers another as the front end
+draws them. The server has none of the model files, so each workflow must open the Missing Models dialog with
+its own files. The template browser shows the pack's cards with their titles and thumbnails, and a node help
+page opens in the node library. A screenshot of each loaded graph is written to docs/graphs/<number>.jpg (the
+docs show them); with XATTN_SCREENSHOTS=<folder> the template browser and a Missing Models dialog are saved
+there too, to look at.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -33,6 +37,9 @@ from browser_devtools import (
 from comfyui_support import COMFYUI_PATH, load_snapshot_module
 from PIL import Image
 
+from scripts.workflow_files import SAVED_INVERSIONS
+from tests.workflow_checks import overlapping_nodes
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
@@ -44,12 +51,13 @@ SAMPLES = {
     "giraffe.jpg": "giraffe.jpg",
     "zebra.jpg": "zebra.jpg",
 }
-PLACEHOLDERS = [
-    "checkpoints/v1-5-pruned-emaonly.safetensors",
-    "checkpoints/sd_xl_base_1.0.safetensors",
-    "controlnet/control_v11p_sd15_canny.pth",
-]
-INVERSIONS = ["xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors"]
+GRAPHS = REPO / "docs" / "graphs"
+SCREENSHOTS = os.environ.get("XATTN_SCREENSHOTS")
+CATEGORY = "Cross-Image Attention"  # locales/en/main.json names the pack's template category
+OFFLINE = re.compile(
+    r"huggingface\.co|ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED|Failed to fetch"
+)  # no network here
+INVERSIONS = list(SAVED_INVERSIONS)
 
 
 async def open_workflows(base: str, port: int) -> dict:
@@ -97,16 +105,23 @@ async def open_workflows(base: str, port: int) -> dict:
             await asyncio.sleep(1.5)  # image previews of Load Image, first draw
             info = await tools.evaluate(INSPECT)
             info["dialogs"] = await tools.evaluate(DIALOGS)
+            if name.startswith("07") and SCREENSHOTS:
+                shot = await tools.send("Page.captureScreenshot", format="png")
+                results["_missing_models_png"] = base64.b64decode(shot["data"])
             await tools.evaluate(CLOSE_DIALOGS)
             await tools.evaluate(FIT_VIEW)
             await asyncio.sleep(0.5)
             shot = await tools.send("Page.captureScreenshot", format="png")
             info["png"] = base64.b64decode(shot["data"])
+            info["drawn"] = (await tools.evaluate(INSPECT))["boxes"]  # sizes after the front end has drawn it
             info["console_errors"] = tools.take_errors()
             results[name] = info
         await tools.evaluate(COMMAND.format(command="Workspace.ToggleFocusMode"))
-        pack = load_snapshot_module().PACK_LINK_NAME
-        results["_templates"] = await tools.evaluate(TEMPLATES % (pack, json.dumps(NAMES)), timeout=120)
+        results["_templates"] = await tools.evaluate(TEMPLATES % (json.dumps(CATEGORY), len(NAMES)), timeout=120)
+        shot = await tools.send("Page.captureScreenshot", format="png")
+        results["_templates_png"] = base64.b64decode(shot["data"])
+        with urllib.request.urlopen(base + "/api/workflow_templates", timeout=30) as response:
+            results["_listed"] = json.loads(response.read())
         await tools.evaluate(CLOSE_DIALOGS)
         results["_help"] = await tools.evaluate(HELP_PAGE, timeout=60)
         shot = await tools.send("Page.captureScreenshot", format="png")
@@ -121,10 +136,9 @@ def browser_results(tmp_path_factory):
     (workdir / "input").mkdir()
     for name, sample in SAMPLES.items():
         shutil.copy(REPO / "xattn_core" / "samples" / sample, workdir / "input" / name)
-    models = workdir / "models"
-    for placeholder in PLACEHOLDERS:  # the combos list them; nothing is loaded in this tier
-        (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
-        (models / placeholder).write_bytes(b"")
+    models = workdir / "models"  # none of the workflows' model files: each must open the Missing Models dialog
+    for folder in ("checkpoints", "controlnet"):
+        (models / folder).mkdir(parents=True)
     settings = workdir / "user" / "default" / "comfy.settings.json"  # no first-run template dialog
     settings.parent.mkdir(parents=True)
     settings.write_text(
@@ -150,7 +164,24 @@ def browser_results(tmp_path_factory):
             results = asyncio.run(open_workflows(server.base, port))
         finally:
             snapshot.stop_process(process, grace=20)
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        for key in ("_templates_png", "_missing_models_png"):
+            if key in results:
+                (Path(SCREENSHOTS) / f"{key.strip('_')[:-4]}.png").write_bytes(results[key])
+        (Path(SCREENSHOTS) / "help_page.png").write_bytes(results["_help"]["png"])
     return results
+
+
+def model_files(workflow: dict) -> list[str]:
+    """'folder / file' of every model the workflow's nodes declare, as the Missing Models dialog labels them."""
+    return sorted(
+        {
+            f"{model['directory']} / {model['name']}"
+            for node in workflow["nodes"]
+            for model in node.get("properties", {}).get("models", [])
+        }
+    )
 
 
 def test_front_end_starts_without_errors_from_the_pack(browser_results):
@@ -173,8 +204,11 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
     assert sorted(info["types"]) == sorted(node["type"] for node in workflow["nodes"])
     assert info["missing"] == []
     assert info["errors"] == []
-    assert info["console_errors"] == []
-    assert info["dialogs"] == []
+    assert [error for error in info["console_errors"] if not OFFLINE.search(error)] == []
+    (dialog,) = info["dialogs"]  # the Missing Models dialog, with each file the workflow declares and lacks here
+    assert "missing models" in dialog.lower(), dialog
+    expected = model_files(workflow)
+    assert expected and all(label in dialog for label in expected), (expected, dialog)
     twin = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in info["output"].items()} == {
         k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()
@@ -182,21 +216,38 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_screenshot_is_the_templates_thumbnail(browser_results, name):
-    """The front end's template browser shows workflows/<name>.jpg; docs/workflows.md shows it too."""
+def test_no_node_covers_another_as_the_front_end_draws_it(browser_results, name):
+    assert overlapping_nodes(browser_results[name]["drawn"]) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_screenshot_of_the_graph_for_the_docs(browser_results, name):
+    """docs/workflows.md shows each graph as the front end draws it (the template cards show what it does)."""
     screenshot = Image.open(io.BytesIO(browser_results[name]["png"])).convert("RGB")
     colours = screenshot.getcolors(maxcolors=1 << 16)  # None: more colours than that
     assert colours is None or len(colours) > 200, f"{name}: the screenshot is nearly blank ({len(colours)} colours)"
     jpeg = to_jpeg(browser_results[name]["png"], MAX_BYTES)
     assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) < MAX_BYTES
-    (WORKFLOWS / f"{name}.jpg").write_bytes(jpeg)
+    GRAPHS.mkdir(exist_ok=True)
+    (GRAPHS / f"{name[:2]}.jpg").write_bytes(jpeg)
 
 
-def test_the_template_browser_shows_every_thumbnail(browser_results):
+def test_the_template_browser_shows_the_cards_titled_with_their_thumbnails(browser_results):
+    """This front end reads nothing but the file names of a pack's templates: the name is the card's title and,
+    with - and _ as spaces, its description; the thumbnail is <name>.jpg, shown in a square. The cards come in
+    the order the server lists the files: ComfyUI 0.3.64 lists a folder unsorted (directory order), later versions
+    sort the names, and the number each name starts with gives the order the docs use."""
     templates = browser_results["_templates"]
-    assert templates["category"] == load_snapshot_module().PACK_LINK_NAME
-    assert sorted(image["name"] for image in templates["images"]) == NAMES, templates
-    assert all(image["loaded"] for image in templates["images"]), templates  # no broken image
+    assert templates["category"] == CATEGORY, templates
+    cards = templates["cards"]
+    listed = next(names for module, names in browser_results["_listed"].items() if "xattn" in module)
+    assert [card["name"] for card in cards] == listed  # the front end keeps the server's order
+    assert sorted(card["name"] for card in cards) == NAMES
+    for card in cards:
+        assert card["title"] == card["description"] == card["name"], card  # e.g. "07 Transfer with a ControlNet"
+        assert re.fullmatch(r"\d\d [A-Z][\w ,.]+", card["name"]), card  # readable, no _ turned into spaces
+        assert card["loaded"] and card["natural"] == [512, 512], card  # the card image, not a graph screenshot
+        assert card["shown"][0] == card["shown"][1] >= 200, card  # shown square, whole
 
 
 def test_a_node_help_page_opens_in_the_node_library(browser_results):

@@ -185,7 +185,13 @@ def make_controlnet(path: str) -> None:
             use_linear_in_transformer=False,
             dtype=torch.float16,
         )
-    torch.save({"control_model." + key: value for key, value in _random_state(control, "", 5).items()}, path)
+    state = {"control_model." + key: value for key, value in _random_state(control, "", 5).items()}
+    if path.endswith(".safetensors"):  # ComfyUI reads a file by its extension
+        import safetensors.torch
+
+        safetensors.torch.save_file({key: value.contiguous() for key, value in state.items()}, path)
+    else:
+        torch.save(state, path)
 
 
 if __name__ == "__main__":

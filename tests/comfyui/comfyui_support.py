@@ -78,6 +78,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
                 name: _importlib.import_module(f"{PACK_NAME}.xattn_core.{name}")
                 for name in (
                     "attention",
+                    "calls",
                     "diffusers_backend",
                     "flow",
                     "freeu",

@@ -7,6 +7,8 @@ import pytest
 from comfy_tasks import run_task
 from comfyui_support import COMFYUI_PATH, REPO, load_snapshot_module
 
+from scripts.workflow_files import SD15_CHECKPOINT  # the name the shipped workflows use
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -33,7 +35,6 @@ def comfy():
     return setup(COMFYUI_PATH)
 
 
-SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the names the shipped workflows use
 SAMPLE_INPUTS = {
     "xattn_structure.png": "structure.png",
     "xattn_appearance.png": "appearance.png",

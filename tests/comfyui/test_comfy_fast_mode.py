@@ -103,8 +103,10 @@ def test_fast_mode_equals_normal_mode_step_by_step_with_matched_guidance(comfy, 
     with caplog.at_level(logging.INFO):
         fast, _, _, *_ = transfer(comfy, counted, fast_inversion, 1.0)
     plan = comfy.core.plan.build_plan(STEPS, START)
-    assert normal_rows == comfy.core.plan.model_evaluations(plan)
-    assert counter["rows"] == comfy.core.plan.model_evaluations(plan, appearances=0, structures=0)
+    calls = comfy.core.calls
+    assert normal_rows == calls.model_evaluations(plan, calls.CallLayout.of(1, 1))
+    cached = frozenset({calls.Rows.APPEARANCE, calls.Rows.STRUCTURE})
+    assert counter["rows"] == calls.model_evaluations(plan, calls.CallLayout.of(1, 1, cached))
     assert "appearance path is replayed from its inversion (exact: same prompts and cfg)" in caplog.text
     # loose on purpose: whole trajectories drift apart by amplified rounding; equality is the per-step check
     assert (fast["samples"] - normal["samples"]).abs().max() <= 1e-2

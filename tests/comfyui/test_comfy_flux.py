@@ -196,9 +196,9 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux):
     try:
         store, contrast = attention.KeyValueStore(), 1.67
         _, appearance_key, appearance_value = call(
-            flux_latents(5), attention.AttentionSwap(frozenset({0}), contrast, capture_store=store)
+            flux_latents(5), attention.CallAttention(capture=attention.Capture(frozenset({0}), store))
         )
-        swap = attention.AttentionSwap(frozenset({0}), contrast, output_rows=(0,), source_rows=(0,), source_store=store)
+        swap = attention.CallAttention(swap=attention.Swap(frozenset({0}), (0,), (0,), store, contrast))
         query, key, value = call(flux_latents(6), swap)
     finally:
         handle.remove()

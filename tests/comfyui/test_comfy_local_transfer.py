@@ -167,14 +167,26 @@ def test_cond_and_uncond_in_separate_model_calls_match_batched_step_by_step(comf
     assert max(worst) <= 1e-4
 
 
-def test_a_schedule_with_no_swapping_step_warns(comfy, sd15):
+def logged_warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+
+
+def test_a_schedule_with_no_swapping_step_warns_in_the_log_on_every_run(comfy, sd15, caplog):
+    """Not through Python's warnings filter, which would show the text once per process."""
     inversion = invert_node(comfy, sd15, latents(7), steps=5, start_step=4)
-    with pytest.warns(UserWarning, match="no generation step swaps attention"):
-        sample_node(comfy, sd15, inversion.select([0]), inversion.select([1]))
+    for attempt in range(2):
+        caplog.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the node lets no warning escape to the filter
+            sample_node(comfy, sd15, inversion.select([0]), inversion.select([1]))
+        swaps = [text for text in logged_warnings(caplog) if "no generation step swaps attention" in text]
+        assert len(swaps) == 1, (attempt, logged_warnings(caplog))
+        assert swaps[0].startswith("Cross-Image Attention: ")
 
 
-def test_warnings_stay_silent_without_a_reason(comfy, sd15):
+def test_warnings_stay_silent_without_a_reason(comfy, sd15, caplog):
     inversion = invert_node(comfy, sd15, latents(9), steps=STEPS, start_step=START)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sample_node(comfy, sd15, inversion.select([0]), inversion.select([1]))
+    assert logged_warnings(caplog) == []

@@ -90,7 +90,7 @@ def test_incompatible_batches_are_refused(comfy, sd15):
         transfer(comfy, sd15, three, two)
 
 
-def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair, plain_transfer):
+def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair, plain_transfer, caplog):
     appearance, structure = pair
     mask = torch.zeros(1, 100, 60)
     mask[:, 20:80, 10:50] = 1.0
@@ -100,8 +100,10 @@ def test_masks_of_any_size_drive_masked_adain(comfy, sd15, pair, plain_transfer)
     plain, *_ = plain_transfer
     assert torch.isfinite(masked["samples"]).all()
     assert (masked["samples"] - plain["samples"]).abs().mean() > 1e-3
-    with pytest.warns(UserWarning, match="empty"):
-        empty, _, _, *_ = transfer(comfy, sd15, appearance, structure, structure_mask=torch.zeros(1, 32, 32))
+    caplog.clear()
+    empty, _, _, *_ = transfer(comfy, sd15, appearance, structure, structure_mask=torch.zeros(1, 32, 32))
+    logged = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("AdaIN: a mask is empty" in text for text in logged), logged
     assert torch.equal(empty["samples"], plain["samples"])
 
 
@@ -216,12 +218,13 @@ def test_inversions_of_different_schedules_are_refused(comfy, sd15, pair):
 
 
 def test_start_step_rules(comfy, sd15, pair):
-    validate = comfy.nodes.XAttnInvertImage.validate_inputs
-    with pytest.raises(ValueError, match=r"^start_step \(10\) must be below steps \(10\)$"):
-        validate(steps=10, start_step=10)
-    assert validate(steps=10, start_step=9) is True
-    assert validate(steps=10, start_step=50, sigmas=None) is True  # SIGMAS connected: its length decides
-    assert validate(steps=None, start_step=50) is True  # steps linked from another node: checked when it runs
+    # ComfyUI range-checks steps and start_step itself: Invert Image names neither in a validate_inputs
+    assert "validate_inputs" not in vars(comfy.nodes.XAttnInvertImage)
+    with pytest.raises(ValueError, match=r"^start_step \(10\) must be below the number of steps \(10\)$"):
+        invert(comfy, sd15, latents(1), steps=10, start=10)
+    sigmas = torch.tensor([10.0, 5.0, 1.0, 0.1])
+    with pytest.raises(ValueError, match=r"^start_step \(3\) must be below the SIGMAS input's number of steps \(3\)$"):
+        invert_node(comfy, sd15, latents(1), steps=10, start_step=3, sigmas=sigmas)
     appearance, structure = pair
     with pytest.raises(ValueError, match="start step 1 is not available"):
         transfer(comfy, sd15, appearance, structure, start_step=1)

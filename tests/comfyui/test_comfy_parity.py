@@ -36,9 +36,9 @@ class DualBackend:
         self.map_pairs = {}  # id of the ComfyUI side's AttentionMaps -> (it, the diffusers side's twin)
         self.differences = []
 
-    def _twin(self, swap):
+    def _twin(self, call):
         """The same directive with the stores (and attention maps) replaced by the diffusers side's own."""
-        if swap is None:
+        if call is None:
             return None
 
         def twin(store):
@@ -46,18 +46,22 @@ class DualBackend:
                 None if store is None else self.twin_stores.setdefault(id(store), self.core.attention.KeyValueStore())
             )
 
-        maps = None
-        if swap.maps is not None:
-            maps = self.map_pairs.setdefault(id(swap.maps), (swap.maps, self.core.attention.AttentionMaps()))[1]
-        return dataclasses.replace(
-            swap, capture_store=twin(swap.capture_store), source_store=twin(swap.source_store), maps=maps
-        )
+        capture, swap, record = call.capture, call.swap, call.record
+        if capture is not None:
+            capture = dataclasses.replace(capture, store=twin(capture.store))
+        if swap is not None:
+            swap = dataclasses.replace(swap, source=twin(swap.source))
+        if record is not None:
+            maps = self.map_pairs.setdefault(id(record.maps), (record.maps, self.core.segmentation.AttentionMaps()))
+            record = dataclasses.replace(record, maps=maps[1])
+        return self.core.attention.CallAttention(capture, swap, record)
 
-    def predict_noise(self, latents, sigma, swap=None, paths=False):
-        twin = self._twin(swap)
-        ours = self.comfy_backend.predict_noise(latents, sigma, swap, paths)
+    def predict_noise(self, latents, sigma, attention=None, paths=False):
+        twin = self._twin(attention)
+        ours = self.comfy_backend.predict_noise(latents, sigma, attention, paths)
         reference = self.diffusers_backend.predict_noise(latents, sigma, twin)
-        self.differences.append(((ours - reference).abs().max().item(), swap is not None and bool(swap.output_rows)))
+        swaps = attention is not None and attention.swap is not None
+        self.differences.append(((ours - reference).abs().max().item(), swaps))
         return ours
 
 

@@ -16,6 +16,7 @@ import copy
 import json
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -23,25 +24,25 @@ from comfy_tasks import run_task
 from comfyui_support import load_snapshot_module
 from conftest import SAMPLE_INPUTS, SD15_CHECKPOINT
 
-CONTROLNET = "control_v11p_sd15_canny.pth"
+from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SDXL_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 SIZE = 64  # pixels; the latent is 8 x 8
 EXPECTED_IMAGES = {  # SaveImage output: (number of images, width) per workflow after shrink()
-    "01_basic_sd15_transfer": (1, SIZE),
-    "02_masked_transfer": (1, SIZE),
-    "03_sdxl_transfer": (1, SIZE),
-    "04_colour_variants": (2, SIZE),
-    "05_transfer_then_upscale": (1, SIZE * 3 // 2),
-    "06_from_saved_inversions": (2, SIZE),  # the saved structure x the two saved appearances of 04
-    "07_transfer_with_controlnet": (1, SIZE),
-    "08_local_transfer": (1, SIZE),
+    "01 Basic transfer, SD 1.5": (1, SIZE),
+    "02 Masks, automatic then edited": (1, SIZE),
+    "03 SDXL transfer at 1024 px": (1, SIZE),
+    "04 Colour variants": (2, SIZE),
+    "05 Transfer, then upscale": (1, SIZE * 3 // 2),
+    "06 Transfer from saved inversions": (2, SIZE),  # the saved structure x the two saved appearances of 04
+    "07 Transfer with a ControlNet": (1, SIZE),
+    "08 Local transfer inside a mask": (1, SIZE),
 }
-PREVIEWS = {"01_basic_sd15_transfer": 4, "02_masked_transfer": 2}  # reconstructions and masks shown in the UI
-SLOW = {"03_sdxl_transfer", "07_transfer_with_controlnet"}  # full-size random SDXL / ControlNet files
+# reconstructions and masks shown in the UI
+PREVIEWS = {"01 Basic transfer, SD 1.5": 4, "02 Masks, automatic then edited": 2}
+SLOW = {"03 SDXL transfer at 1024 px", "07 Transfer with a ControlNet"}  # full-size random SDXL / ControlNet files
 
 
 def api_twin(name: str) -> dict:
@@ -109,7 +110,7 @@ def test_templates_are_listed_and_the_snapshot_is_current(server):
 def test_thumbnails_and_help_pages_are_served_where_the_front_end_asks(server):
     pack = load_snapshot_module().PACK_LINK_NAME
     for name in NAMES:  # the template browser asks /api/workflow_templates/<pack>/<workflow>.jpg
-        status, kind, body = server.fetch(f"/api/workflow_templates/{pack}/{name}.jpg")
+        status, kind, body = server.fetch(f"/api/workflow_templates/{pack}/{urllib.parse.quote(name)}.jpg")
         assert (status, kind) == (200, "image/jpeg") and body == (WORKFLOWS / f"{name}.jpg").read_bytes(), name
     help_pages = sorted((REPO / "web" / "docs").glob("*.md"))
     assert len(help_pages) == 8
@@ -129,11 +130,11 @@ def test_shipped_api_twins_pass_validate_prompt(models, tmp_path):
     (listed / "controlnet").mkdir()
     (listed / "checkpoints" / SD15_CHECKPOINT).symlink_to(models / "checkpoints" / SD15_CHECKPOINT)
     (listed / "checkpoints" / SDXL_CHECKPOINT).write_bytes(b"")
-    (listed / "controlnet" / CONTROLNET).write_bytes(b"")
+    (listed / "controlnet" / CONTROLNET_MODEL).write_bytes(b"")
     output_dir = tmp_path / "output"  # Load Inversion only checks that the named files exist
     (output_dir / "xattn").mkdir(parents=True)
-    for file in ("structure_00001_.safetensors", "appearances_00001_.safetensors"):
-        (output_dir / "xattn" / file).write_bytes(b"")
+    for name in SAVED_INVERSIONS:
+        (output_dir / name).write_bytes(b"")
     files = [str(WORKFLOWS / "api" / f"{name}.json") for name in NAMES]
     out = run_task("validate", str(input_dir), str(output_dir), str(listed), *files, timeout=300)
     results = json.loads(out.strip().splitlines()[-1])
@@ -144,7 +145,7 @@ def test_shipped_api_twins_pass_validate_prompt(models, tmp_path):
 
 
 def test_validation_refuses_a_latent_for_an_inversion(server):
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
     sampler = next(k for k, v in prompt.items() if v["class_type"] == "XAttnCrossImageSampler")
     encode = next(k for k, v in prompt.items() if v["class_type"] == "VAEEncode")
     prompt[sampler]["inputs"]["appearance"] = [encode, 0]
@@ -158,10 +159,10 @@ def test_validation_refuses_a_latent_for_an_inversion(server):
 def test_workflow_runs(server, name):
     import numpy as np
 
-    if name == "06_from_saved_inversions":
-        run_workflow(server, "04_colour_variants")  # writes the inversions workflow 6 loads
-        for file in ("structure_00001_.safetensors", "appearances_00001_.safetensors"):
-            assert (server.output_dir / "xattn" / file).is_file()
+    if name == "06 Transfer from saved inversions":
+        run_workflow(server, "04 Colour variants")  # writes the inversions workflow 6 loads
+        for saved in SAVED_INVERSIONS:
+            assert (server.output_dir / saved).is_file()
     started = time.monotonic()
     history = run_workflow(server, name)
     count, width = EXPECTED_IMAGES[name]
@@ -181,10 +182,10 @@ def test_workflow_runs(server, name):
 @pytest.mark.slow
 def test_controlnet_workflow_runs(server, models):
     """Workflow 7 with a random full-size SD 1.5 ControlNet (~700 MB file): slow tier only."""
-    target = models / "controlnet" / CONTROLNET
+    target = models / "controlnet" / CONTROLNET_MODEL
     if not target.exists():
         run_task("controlnet", str(target), timeout=1800)
-    history = queue(server, shrink(api_twin("07_transfer_with_controlnet")), timeout=1800)
+    history = queue(server, shrink(api_twin("07 Transfer with a ControlNet")), timeout=1800)
     images = saved_images(server, history)
     assert len(images) == 1 and images[0].size == (SIZE, SIZE)
 
@@ -195,37 +196,141 @@ def test_sdxl_workflow_runs(server, models):
     target = models / "checkpoints" / SDXL_CHECKPOINT
     if not target.exists() or target.stat().st_size == 0:
         run_task("checkpoint", "sdxl", str(target), timeout=1800)
-    history = queue(server, shrink(api_twin("03_sdxl_transfer")), timeout=1800)
+    history = queue(server, shrink(api_twin("03 SDXL transfer at 1024 px")), timeout=1800)
     images = saved_images(server, history)
     assert len(images) == 1 and images[0].size == (SIZE, SIZE)
 
 
-BAD_VALUES = [  # (node, {input: value}, the text of the one error ComfyUI must report)
-    ("XAttnInvertImage", {"cfg": -1.0}, "Value -1.0 smaller than min of 0.0"),
-    ("XAttnInvertImage", {"start_step": -1}, "start_step must be in 0..999, got -1"),
-    ("XAttnInvertImage", {"seed": -5}, "Value -5 smaller than min of 0"),
-    ("XAttnInvertImage", {"steps": 1}, "steps must be in 2..1000, got 1"),
-    ("XAttnInvertImage", {"steps": 3, "start_step": 3}, "start_step (3) must be below steps (3)"),
-    ("XAttnInvertImage", {"freeu": "bogus"}, "freeu: 'bogus' not in"),
-    ("XAttnInvertImage", {"fast_mode": "bogus"}, "fast_mode: 'bogus' not in"),
-    ("XAttnCrossImageSampler", {"freeu": "bogus"}, "freeu: 'bogus' not in"),
-    ("XAttnCrossImageSampler", {"adain_masks": "bogus"}, "adain_masks: 'bogus' not in"),
+BAD_VALUES = [  # (node, {input: value}, the input ComfyUI must name, the text of the one error it reports)
+    ("XAttnInvertImage", {"cfg": -1.0}, "cfg", "Value -1.0 smaller than min of 0.0"),
+    ("XAttnInvertImage", {"start_step": -1}, "start_step", "Value -1 smaller than min of 0"),
+    ("XAttnInvertImage", {"seed": -5}, "seed", "Value -5 smaller than min of 0"),
+    ("XAttnInvertImage", {"steps": 0}, "steps", "Value 0 smaller than min of 2"),
+    ("XAttnInvertImage", {"steps": 1}, "steps", "Value 1 smaller than min of 2"),
+    ("XAttnInvertImage", {"steps": 1001}, "steps", "Value 1001 bigger than max of 1000"),
+    ("XAttnInvertImage", {"freeu": "bogus"}, "freeu", "freeu: 'bogus' not in"),
+    ("XAttnInvertImage", {"fast_mode": "bogus"}, "fast_mode", "fast_mode: 'bogus' not in"),
+    ("XAttnCrossImageSampler", {"contrast": -5.0}, "contrast", "Value -5.0 smaller than min of 1.0"),
+    ("XAttnCrossImageSampler", {"start_step": -2}, "start_step", "Value -2 smaller than min of -1"),
+    ("XAttnCrossImageSampler", {"freeu": "bogus"}, "freeu", "freeu: 'bogus' not in"),
+    ("XAttnCrossImageSampler", {"adain_masks": "bogus"}, "adain_masks", "adain_masks: 'bogus' not in"),
 ]
 
 
-@pytest.mark.parametrize("node_type, values, expected", BAD_VALUES, ids=lambda value: str(value)[:30])
-def test_validation_reports_each_bad_value_once_and_runs_nothing(server, node_type, values, expected):
-    prompt = shrink(api_twin("01_basic_sd15_transfer"))
-    node_id = next(key for key, node in prompt.items() if node["class_type"] == node_type)
-    prompt[node_id]["inputs"].update(values)
+def post_refused(server, prompt: dict) -> list[dict]:
+    """The node errors of a prompt /prompt refuses (400), checking that nothing was queued."""
     before = server.get("/history")
     code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-tests"})
     assert code == 400, response
-    reported = [
-        f"{error['message']}: {error['details']}"
-        for entry in response["node_errors"].values()
-        for error in entry["errors"]
-    ]
-    assert sum(expected in text for text in reported) == 1, reported
-    assert list(response["node_errors"]) == [node_id], reported  # pinned to the node that has the bad value
     assert server.get("/history") == before  # nothing was queued
+    return response["node_errors"]
+
+
+@pytest.mark.parametrize("node_type, values, name, expected", BAD_VALUES, ids=lambda value: str(value)[:30])
+def test_validation_reports_each_bad_value_once_on_its_input(server, node_type, values, name, expected):
+    """An ordinary validation error on the input that has the bad value, never an exception filed elsewhere."""
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
+    node_id = next(key for key, node in prompt.items() if node["class_type"] == node_type)
+    prompt[node_id]["inputs"].update(values)
+    node_errors = post_refused(server, prompt)
+    assert list(node_errors) == [node_id], node_errors  # pinned to the node that has the bad value
+    errors = node_errors[node_id]["errors"]
+    reported = [f"{error['message']}: {error['details']}" for error in errors]
+    assert len(errors) == 1 and expected in reported[0], reported
+    assert errors[0]["extra_info"]["input_name"] == name, errors
+    assert not errors[0]["type"].startswith("exception"), errors
+
+
+def test_start_step_at_the_end_of_the_schedule_fails_when_invert_image_runs(server):
+    """start_step < steps is the one rule between two inputs. ComfyUI files a validate_inputs message under every
+    input it names and an exception under the linking node's input, and skips its own range checks for named
+    inputs, so the rule is checked when the node runs, first thing: one error naming both values."""
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
+    invert = next(key for key, node in prompt.items() if node["class_type"] == "XAttnInvertImage")
+    prompt[invert]["inputs"].update(steps=3, start_step=3)
+    code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-tests"})
+    assert code == 200 and response["node_errors"] == {}, response
+    history = server.wait_for(response["prompt_id"], 300)
+    assert history["status"]["status_str"] == "error"
+    failure = next(message[1] for message in history["status"]["messages"] if message[0] == "execution_error")
+    assert failure["node_type"] == "XAttnInvertImage"
+    assert failure["exception_message"].strip() == "start_step (3) must be below the number of steps (3)"
+
+
+def progress_texts(server, prompt: dict, timeout: float = 300) -> tuple[dict, list[tuple[str, str]]]:
+    """Queue ``prompt`` while listening on the websocket as the front end does; the history entry and the
+    progress texts (node id, text) the server sent meanwhile."""
+    import asyncio
+    import struct
+
+    import aiohttp
+
+    async def listen():
+        texts = []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.base.replace("http", "ws") + "/ws?clientId=xattn-progress") as socket,
+        ):
+            code, response = server.post("/prompt", {"prompt": prompt, "client_id": "xattn-progress"})
+            assert code == 200, response
+            prompt_id = response["prompt_id"]
+            while True:
+                message = await socket.receive(timeout=timeout)
+                if message.type == aiohttp.WSMsgType.BINARY and struct.unpack(">I", message.data[:4])[0] == 3:
+                    (length,) = struct.unpack(">I", message.data[4:8])
+                    texts.append((message.data[8 : 8 + length].decode(), message.data[8 + length :].decode()))
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    event = json.loads(message.data)
+                    data = event.get("data", {})
+                    if event["type"] in ("execution_success", "execution_error") and data["prompt_id"] == prompt_id:
+                        break
+        return server.wait_for(prompt_id, timeout), texts
+
+    return asyncio.run(listen())
+
+
+def test_a_transfer_that_swaps_nothing_warns_on_every_run(server):
+    """5 steps from start step 4 swap no attention: the output is the structure's reconstruction. Each run says
+    so in ComfyUI's log and under the sampler node (Python's warnings filter would have shown it once)."""
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
+    sampler = next(key for key, node in prompt.items() if node["class_type"] == "XAttnCrossImageSampler")
+    for node in by_class(prompt, "XAttnInvertImage"):
+        node["inputs"].update(steps=5, start_step=4)
+    warning = "Cross-Image Attention: no generation step swaps attention (5 steps from start step 4)"
+    for run, contrast in enumerate((1.67, 1.7)):  # a second run of the sampler in the same process
+        prompt[sampler]["inputs"]["contrast"] = contrast
+        logged_before = server.log_text().count(warning)
+        history, texts = progress_texts(server, prompt)
+        assert history["status"]["status_str"] == "success"
+        assert server.log_text().count(warning) == logged_before + 1, (run, server.log_text()[-3000:])
+        shown = [text for node, text in texts if node == sampler]
+        assert len(shown) == 1 and shown[0].startswith("Warning: no generation step swaps attention"), texts
+    # a clean run replaces the text the front end still shows under the node
+    for node in by_class(prompt, "XAttnInvertImage"):
+        node["inputs"].update(steps=5, start_step=1)
+    prompt[sampler]["inputs"]["adain_masks"] = "none"  # random weights find no object: that would warn
+    _, texts = progress_texts(server, prompt)
+    assert [text for node, text in texts if node == sampler] == ["No warnings in the last run."], texts
+
+
+def test_the_sampler_states_the_choices_it_made(server):
+    """Appearance inverted from step 2, structure from step 1, sampler start_step -1: it uses 2, and says so,
+    with the masks, FreeU and pairing it chose, once per run."""
+    prompt = shrink(api_twin("01 Basic transfer, SD 1.5"))
+    inverts = {node["_meta"]["title"]: node for node in by_class(prompt, "XAttnInvertImage")}
+    inverts["Invert appearance"]["inputs"].update(steps=4, start_step=2)
+    inverts["Invert structure"]["inputs"].update(steps=4, start_step=1)
+    before = len(server.log_text())
+    queue(server, prompt)
+    lines = [line for line in server.log_text()[before:].splitlines() if "Cross-Image Attention Sampler:" in line]
+    assert len(lines) == 1, lines
+    assert (
+        "start step 2 (start_step -1: the later of the inversions' start steps, appearance 2 and structure 1)"
+        in (lines[0])
+    )
+    assert "adain_masks auto: automatic object masks" in lines[0]
+    assert "freeu auto: on (an SD 1.x model)" in lines[0]
+
+
+def by_class(prompt: dict, class_type: str) -> list[dict]:
+    return [node for node in prompt.values() if node["class_type"] == class_type]
