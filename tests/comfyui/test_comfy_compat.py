@@ -55,7 +55,7 @@ def test_attention_replace_patches_receive_plain_tensors(comfy):
         )
 
     patched = model.clone()
-    levels, _ = comfy.backend.decoder_levels(model.get_model_object("diffusion_model"))
+    levels, _ = comfy.unet.decoder_levels(model.get_model_object("diffusion_model"))
     for block_id in levels:
         patched.set_model_attn1_replace(replace, "output", block_id)
         patched.set_model_attn2_replace(replace, "output", block_id)
