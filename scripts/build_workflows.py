@@ -18,8 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_chain import Transfer  # noqa: E402
-from workflow_files import CONTROLNET_MODEL, SD15_CHECKPOINT, SDXL_CHECKPOINT, WORKFLOW_NAMES  # noqa: E402
+from workflow_chain import Transfer, checkpoint_loader, flux_loaders  # noqa: E402
+from workflow_files import (  # noqa: E402
+    CONTROLNET_MODEL,
+    FLUX_MODEL,
+    FLUX_TEXT_ENCODERS,
+    FLUX_VAE,
+    SD15_CHECKPOINT,
+    SDXL_CHECKPOINT,
+    WORKFLOW_NAMES,
+)
 from workflow_graph import Graph  # noqa: E402
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
@@ -41,7 +49,26 @@ MODEL_SOURCES = {
         "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
         "control_v11p_sd15_canny_fp16.safetensors",
     ),
+    FLUX_MODEL: (  # gated: accept the licence on the model page first, as for every Flux.1-dev download
+        "diffusion_models",
+        "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+    ),
+    FLUX_TEXT_ENCODERS[0]: (
+        "text_encoders",
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+    ),
+    FLUX_TEXT_ENCODERS[1]: (
+        "text_encoders",
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+    ),
+    FLUX_VAE: (  # the same autoencoder as Flux.1-dev's, from the ungated schnell repository
+        "vae",
+        "https://huggingface.co/black-forest-labs/FLUX.1-schnell/resolve/main/ae.safetensors",
+    ),
 }
+# Flux workflow: 28 steps (Flux.1-dev's usual length) from step 9, the paper's 32 % start (32 of 100)
+FLUX_SCHEDULE = (28, 9)
+FLUX_EVALUATIONS = 106  # at cfg 1: 38 inverting both images + 68 generating (README "Flux"; a test recounts it)
 GIRAFFE, ZEBRA = "giraffe.jpg", "zebra.jpg"  # the paper's pair, shipped in xattn_core/samples/ (MIT licence)
 DRAWN = "xattn_structure.png", "xattn_appearance.png"  # the pack's drawn samples, copied as these names
 PACK_FOLDER = "custom_nodes/comfyui-xattn"  # where the README's clone command puts the pack
@@ -69,7 +96,9 @@ def basic(g: Graph) -> None:
         "The previews show the reconstructions of the inputs (if they do not resemble the inputs, the inversion "
         "settings or the checkpoint are off) and the masks AdaIN used."
     )
-    t = Transfer(g, SD15, (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/transfer")
+    t = Transfer(
+        g, checkpoint_loader(g, SD15), (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/transfer"
+    )
     t.sample()
     t.invert_both()
     t.save()
@@ -88,7 +117,9 @@ def masked(g: Graph) -> None:
         "MaskEditor*) or build it with mask nodes; any size, soft edges allowed. Connected masks always win over "
         "the object word."
     )
-    t = Transfer(g, SD15, (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/masked_transfer")
+    t = Transfer(
+        g, checkpoint_loader(g, SD15), (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/masked_transfer"
+    )
     first = t.sample(title="Sampler (automatic masks)")
     t.invert_both()
     t.preview_masks(first, 1880, 0)
@@ -114,7 +145,7 @@ def sdxl(g: Graph) -> None:
         "Resize nodes. `freeu` is `auto`, which turns the paper's SD 1.5 FreeU variant off for SDXL. The "
         "automatic masks read SDXL's first two decoder attention levels (x2 and x4)."
     )
-    t = Transfer(g, SDXL, DRAWN, 1024, "vase", "A photo of a vase", "xattn/sdxl_transfer")
+    t = Transfer(g, checkpoint_loader(g, SDXL), DRAWN, 1024, "vase", "A photo of a vase", "xattn/sdxl_transfer")
     t.sample()
     t.invert_both()
     t.save()
@@ -130,7 +161,7 @@ def colour_variants(g: Graph) -> None:
         "(`output/xattn/structure_00001_.safetensors`, `output/xattn/appearances_00001_.safetensors`), so "
         "*06 Transfer from saved inversions* can reuse them without inverting again."
     )
-    t = Transfer(g, SD15, DRAWN, 512, None, "A photo of a vase", "xattn/colour_variants")
+    t = Transfer(g, checkpoint_loader(g, SD15), DRAWN, 512, None, "A photo of a vase", "xattn/colour_variants")
     t.sample()
     inverted = g.add("ImageInvert", (360, 1140), "Second appearance (inverted colours)")
     g.link(t.pixels["appearance"], 0, inverted, "image")
@@ -158,7 +189,7 @@ def upscale(g: Graph) -> None:
         "KSampler's `denoise` (lower keeps more of the transfer) and its steps/cfg; a more descriptive positive "
         "prompt helps the second pass."
     )
-    t = Transfer(g, SD15, DRAWN, 512, None, "A photo of a vase", "xattn/transfer_upscaled")
+    t = Transfer(g, checkpoint_loader(g, SD15), DRAWN, 512, None, "A photo of a vase", "xattn/transfer_upscaled")
     t.sample()
     t.invert_both()
     t.decode((t.sampler, "output"), "PreviewImage", (1880, 440), "Transfer (512)")
@@ -176,7 +207,7 @@ def upscale(g: Graph) -> None:
         denoise=0.35,
     )
     for name, source in (
-        ("model", (t.checkpoint, "MODEL")),
+        ("model", t.loaders.model),
         ("positive", (t.positive, 0)),
         ("negative", (t.negative, 0)),
         ("latent_image", (upscaled, 0)),
@@ -226,7 +257,15 @@ def controlnet(g: Graph) -> None:
         "when the edges fight the appearance) and the Canny thresholds. With a ControlNet the output rows "
         "run once more per step (533 to 601 image-evaluations at the paper's settings)."
     )
-    t = Transfer(g, SD15, (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/controlnet_transfer")
+    t = Transfer(
+        g,
+        checkpoint_loader(g, SD15),
+        (GIRAFFE, ZEBRA),
+        512,
+        "animal",
+        "A photo of an animal",
+        "xattn/controlnet_transfer",
+    )
     edges = g.add("Canny", (720, 1200), "Structure edges", low_threshold=0.4, high_threshold=0.8)
     g.link(t.pixels["structure"], 0, edges, "image")
     loader = g.add("ControlNetLoader", (1080, 1200), control_net_name=CONTROLNET)
@@ -236,7 +275,7 @@ def controlnet(g: Graph) -> None:
         ("negative", (t.negative, 0)),
         ("control_net", (loader, 0)),
         ("image", (edges, 0)),
-        ("vae", (t.checkpoint, "VAE")),
+        ("vae", t.loaders.vae),
     ):
         g.link(*source, apply, name)
     t.sample(x=1880, conditioning=((apply, "positive"), (apply, "negative")))
@@ -256,7 +295,9 @@ def local(g: Graph) -> None:
         "MaskEditor*) and connect its MASK output instead. A noise mask on the appearance image means nothing "
         "(it is ignored, with a warning)."
     )
-    t = Transfer(g, SD15, (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/local_transfer")
+    t = Transfer(
+        g, checkpoint_loader(g, SD15), (GIRAFFE, ZEBRA), 512, "animal", "A photo of an animal", "xattn/local_transfer"
+    )
     background = g.add("SolidMask", (0, 1320), "Keep everything", value=0.0, width=512, height=512)
     region = g.add("SolidMask", (0, 1500), "Region to recolour", value=1.0, width=320, height=400)
     mask = g.add("MaskComposite", (360, 1320), "Mask", x=96, y=64, operation="add")
@@ -278,9 +319,46 @@ def local(g: Graph) -> None:
     g.link(mask, 0, preview, "mask")
 
 
+def flux(g: Graph) -> None:
+    steps, start_step = FLUX_SCHEDULE
+    g.note(
+        "# Flux transfer\n\nThe same nodes on **Flux.1** (dev or a fine-tune of it). Flux has no decoder: the "
+        "output's image tokens attend to the appearance's image tokens in the second half of the single blocks "
+        "(the Options node changes which blocks, and how the keys' positions are treated).\n\n"
+        + OFFICIAL_INPUTS
+        + "\n\n**Files** (the Missing Models dialog links them): the model in `models/diffusion_models/`, CLIP-L "
+        "and T5-XXL in `models/text_encoders/` (`t5xxl_fp8_e4m3fn.safetensors` needs less memory), the VAE "
+        "`ae.safetensors` in `models/vae/`. Flux.1-dev's licence is non-commercial.\n\n**Settings:** `cfg` 1 in "
+        "both inversions and the sampler (Flux.1-dev is guidance-distilled: one evaluation per row, the negative "
+        "prompt unused); the guidance is **FluxGuidance**'s 3.5. "
+        f"{steps} steps from step {start_step} (the paper's 32 % start, {FLUX_EVALUATIONS} model evaluations "
+        "per transfer) on Flux's own shifted schedule. Automatic object masks are not available on Flux yet: "
+        "AdaIN matches the whole images unless masks are connected."
+    )
+    loaders = flux_loaders(g, FLUX_MODEL, FLUX_TEXT_ENCODERS, FLUX_VAE)
+    t = Transfer(
+        g,
+        loaders,
+        (GIRAFFE, ZEBRA),
+        1024,
+        None,
+        "A photo of an animal",
+        "xattn/flux_transfer",
+        guidance=3.5,
+        image_row=520,
+    )
+    t.sample(cfg=1.0)
+    t.invert_both(steps=steps, start_step=start_step, cfg=1.0)
+    t.save()
+
+
 # one writer per shipped workflow, in WORKFLOW_NAMES's order
 WORKFLOWS_BUILT = dict(
-    zip(WORKFLOW_NAMES, (basic, masked, sdxl, colour_variants, upscale, from_saved, controlnet, local), strict=True)
+    zip(
+        WORKFLOW_NAMES,
+        (basic, masked, sdxl, colour_variants, upscale, from_saved, controlnet, local, flux),
+        strict=True,
+    )
 )
 
 

@@ -76,6 +76,7 @@ CARDS = {
         "With a ControlNet", "canny edges guide the output", GIRAFFE, ZEBRA, ("edges", "edges")
     ),
     "08 Local transfer inside a mask": Card("Local transfer", "only inside the mask", GIRAFFE, ZEBRA, ("mask", "mask")),
+    "09 Flux transfer": Card("Flux transfer", "Flux.1-dev · 28 steps · 1024 px", GIRAFFE, ZEBRA),
 }
 
 

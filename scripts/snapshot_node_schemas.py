@@ -45,6 +45,10 @@ DYNAMIC_COMBOS = {
     ("LoadImageMask", "image"),
     ("XAttnLoadInversion", "inversion_file"),
     ("ControlNetLoader", "control_net_name"),
+    ("UNETLoader", "unet_name"),
+    ("DualCLIPLoader", "clip_name1"),
+    ("DualCLIPLoader", "clip_name2"),
+    ("VAELoader", "vae_name"),  # the files in models/vae plus the approximate decoders found
 }
 KEPT_OPTIONS = ("default", "min", "max", "step", "control_after_generate", "image_upload", "forceInput")
 

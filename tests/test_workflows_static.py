@@ -244,6 +244,31 @@ def test_saved_inversions_workflow_needs_no_images():
     assert saved == SHIPPED_FILES["inversion_file"]  # workflow 4 writes what workflow 6 reads
 
 
+def test_flux_workflow_loads_flux_files_and_runs_guidance_distilled():
+    """UNET + two text encoders + VAE, FluxGuidance on the positive prompt only, cfg 1 everywhere, the shared
+    28-step schedule; the evaluation count its note states is the engine's count for that schedule."""
+    from scripts.build_workflows import FLUX_EVALUATIONS, FLUX_SCHEDULE
+    from xattn_core.calls import CallLayout, model_evaluations
+    from xattn_core.plan import build_plan
+
+    _, prompt = load("09 Flux transfer")
+    assert not by_type(prompt, "CheckpointLoaderSimple")
+    (clip,) = by_type(prompt, "DualCLIPLoader")
+    assert clip["inputs"]["type"] == "flux"
+    (guidance,) = by_type(prompt, "FluxGuidance")
+    (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
+    inverts = by_type(prompt, "XAttnInvertImage")
+    for node in (sampler, *inverts):
+        assert prompt[node["inputs"]["positive"][0]] is guidance and node["inputs"]["cfg"] == 1.0
+    steps, start_step = FLUX_SCHEDULE
+    assert [(n["inputs"]["steps"], n["inputs"]["start_step"]) for n in inverts] == [FLUX_SCHEDULE] * 2
+    generation = model_evaluations(build_plan(steps, start_step), CallLayout.of(1, 1))
+    assert FLUX_EVALUATIONS == 2 * (steps - start_step) + generation == 106  # cfg 1: one evaluation a row
+    workflow, _ = load("09 Flux transfer")
+    note = next(node for node in workflow["nodes"] if node["type"] == "MarkdownNote")
+    assert f"{FLUX_EVALUATIONS} model evaluations" in note["widgets_values"][0]
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_no_two_nodes_overlap(name):
     """With the sizes written in the file (the browser tier checks the sizes the front end draws)."""
@@ -259,9 +284,12 @@ def test_the_overlap_check_sees_a_title_bar_under_a_node():
     assert overlapping_nodes([above, below]) == []
 
 
-MODEL_WIDGETS = {
-    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
-    "ControlNetLoader": ("control_net_name", "controlnet"),
+MODEL_WIDGETS = {  # loader -> its file widgets (in widget order) and their models/ folder
+    "CheckpointLoaderSimple": (("ckpt_name",), "checkpoints"),
+    "ControlNetLoader": (("control_net_name",), "controlnet"),
+    "UNETLoader": (("unet_name",), "diffusion_models"),
+    "DualCLIPLoader": (("clip_name1", "clip_name2"), "text_encoders"),
+    "VAELoader": (("vae_name",), "vae"),
 }
 
 
@@ -273,9 +301,11 @@ def test_every_model_file_says_where_to_download_it(name):
     loaders = [node for node in workflow["nodes"] if node["type"] in MODEL_WIDGETS]
     assert loaders
     for node in loaders:
-        widget, folder = MODEL_WIDGETS[node["type"]]
-        (model,) = node["properties"]["models"]
-        assert model["name"] == node["widgets_values"][0] and model["name"] in SHIPPED_FILES[widget]
-        assert model["directory"] == folder
-        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
-        assert model["name"].endswith(".safetensors")
+        widgets, folder = MODEL_WIDGETS[node["type"]]
+        models = node["properties"]["models"]
+        assert len(models) == len(widgets)
+        for index, (widget, model) in enumerate(zip(widgets, models, strict=True)):
+            assert model["name"] == node["widgets_values"][index] and model["name"] in SHIPPED_FILES[widget]
+            assert model["directory"] == folder
+            assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
+            assert model["name"].endswith(".safetensors")

@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SD15_CHECKPOINT, SDXL_CHECKPOINT
+from scripts.workflow_files import (
+    CONTROLNET_MODEL,
+    FLUX_MODEL,
+    FLUX_TEXT_ENCODERS,
+    FLUX_VAE,
+    SAVED_INVERSIONS,
+    SD15_CHECKPOINT,
+    SDXL_CHECKPOINT,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -23,6 +31,10 @@ SHIPPED_FILES = {
     "ckpt_name": {SD15_CHECKPOINT, SDXL_CHECKPOINT},
     "image": {"xattn_structure.png", "xattn_appearance.png", "giraffe.jpg", "zebra.jpg"},
     "control_net_name": {CONTROLNET_MODEL},
+    "unet_name": {FLUX_MODEL},
+    "clip_name1": {FLUX_TEXT_ENCODERS[0]},
+    "clip_name2": {FLUX_TEXT_ENCODERS[1]},
+    "vae_name": {FLUX_VAE},
     "inversion_file": {f"{name} [output]" for name in SAVED_INVERSIONS},
 }
 SCHEMAS = json.loads(SNAPSHOT.read_text())

@@ -204,9 +204,15 @@ class JointSwapSettings:
     single_blocks: tuple[float, float] = (0.5, 1.0)
     rope: RopeMode = DEFAULT_ROPE
 
+    def __post_init__(self) -> None:
+        for kind, (low, high) in (("double", self.double_blocks), ("single", self.single_blocks)):
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(
+                    f"{kind} block range: fractions 0 <= start <= end <= 1, got start {low:g} and end {high:g}"
+                )
+        object.__setattr__(self, "rope", RopeMode(self.rope))  # accept the plain string, as the Options node has
+
     def chosen(self, count: int, double: bool) -> list[int]:
         """The indices, among ``count`` blocks of one kind, that swap."""
         low, high = self.double_blocks if double else self.single_blocks
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"block ranges are fractions 0 <= start <= end <= 1, got ({low:g}, {high:g})")
         return [i for i in range(count) if low * count <= i < high * count]

@@ -3,6 +3,7 @@
 python comfy_tasks.py checkpoint sd15|sdxl FILE   # write a random-weight checkpoint
 python comfy_tasks.py controlnet FILE              # write a random-weight SD 1.5 ControlNet
 python comfy_tasks.py validate INPUT_DIR OUTPUT_DIR CKPT_DIR API_FILE...  # execution.validate_prompt
+python comfy_tasks.py flux-workflow INPUT_DIR OUTPUT_DIR MODELS_DIR API_FILE  # run it on a tiny random Flux
 """
 
 from __future__ import annotations
@@ -136,16 +137,22 @@ def make_checkpoint(family: str, path: str) -> None:
     safetensors.torch.save_file(state, path)
 
 
-async def _validate(input_dir: str, output_dir: str, models: str, files: list[str]) -> dict:
+MODEL_FOLDERS = ("checkpoints", "controlnet", "diffusion_models", "text_encoders", "vae")
+
+
+async def _load_nodes(input_dir: str, output_dir: str, models: str) -> None:
+    """ComfyUI's nodes and this pack, with these input, output and model folders."""
     _import_comfy()
-    import execution
+    # ComfyUI's utils package first, as main.py does: nodes.py puts comfy/ first on sys.path, and comfy/utils.py
+    # would then shadow the package that the server module (which the pack's nodes reach) imports
     import folder_paths
+    import utils.install_util  # noqa: F401
 
     import nodes
 
     folder_paths.set_input_directory(input_dir)
     folder_paths.set_output_directory(output_dir)
-    for kind in ("checkpoints", "controlnet"):
+    for kind in MODEL_FOLDERS:
         folder_paths.add_model_folder_path(kind, str(Path(models) / kind))
     await nodes.init_extra_nodes(init_custom_nodes=False)
     link = Path(input_dir).parent / "validate_nodes" / "comfyui-xattn"
@@ -153,6 +160,12 @@ async def _validate(input_dir: str, output_dir: str, models: str, files: list[st
     if not link.exists():
         link.symlink_to(REPO, target_is_directory=True)
     assert await nodes.load_custom_node(str(link), ignore=set(), module_parent="custom_nodes")
+
+
+async def _validate(input_dir: str, output_dir: str, models: str, files: list[str]) -> dict:
+    await _load_nodes(input_dir, output_dir, models)
+    import execution
+
     results = {}
     for file in files:
         ok, error, outputs, node_errors = await execution.validate_prompt(
@@ -194,6 +207,99 @@ def make_controlnet(path: str) -> None:
         torch.save(state, path)
 
 
+class _TinyFluxText:
+    """Stands in for Flux's CLIP-L + T5-XXL (a 9 GB file): each text's CONDITIONING, as the encoders shape it
+    (context and pooled output), with values drawn from the text."""
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def encode_from_tokens_scheduled(self, text: str) -> list:
+        import zlib
+
+        from comfyui_support import flux_conditioning
+
+        return flux_conditioning(zlib.crc32(text.encode()), guidance=None)
+
+
+def _flux_ae_state() -> dict:
+    """Random weights of Flux's autoencoder (ae.safetensors: 16 latent channels, no quant convs)."""
+    import torch
+    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+    config = dict(
+        double_z=True,
+        z_channels=16,
+        resolution=256,
+        in_channels=3,
+        out_ch=3,
+        ch=128,
+        ch_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_resolutions=[],
+        dropout=0.0,
+    )
+    with torch.device("meta"):
+        encoder, decoder = Encoder(**config), Decoder(**config)
+    return {**_random_state(encoder, "encoder.", 11), **_random_state(decoder, "decoder.", 12)}
+
+
+def _stand_in_flux_loaders() -> None:
+    """Replace ComfyUI's UNETLoader, DualCLIPLoader and VAELoader, in this process only, by subclasses with the
+    same inputs that return a tiny random Flux MODEL, the text stand-in and a random Flux autoencoder (a real
+    comfy.sd.VAE). The files Flux.1 ships (12-24 GB each) cannot be made here; every other node runs as shipped."""
+    from types import SimpleNamespace
+
+    import comfy.sd
+    from comfyui_support import tiny_flux
+
+    import nodes
+    import xattn_core.tiny
+
+    class FluxModel(nodes.UNETLoader):
+        def load_unet(self, unet_name, weight_dtype):
+            return (tiny_flux(SimpleNamespace(core=SimpleNamespace(tiny=xattn_core.tiny)), seed=0),)
+
+    class FluxText(nodes.DualCLIPLoader):
+        def load_clip(self, clip_name1, clip_name2, type, device="default"):
+            assert type == "flux", type
+            return (_TinyFluxText(),)
+
+    class FluxAutoencoder(nodes.VAELoader):
+        def load_vae(self, vae_name):
+            return (comfy.sd.VAE(sd=_flux_ae_state()),)
+
+    for name, stand_in in (("UNETLoader", FluxModel), ("DualCLIPLoader", FluxText), ("VAELoader", FluxAutoencoder)):
+        nodes.NODE_CLASS_MAPPINGS[name] = stand_in
+
+
+async def _run_flux_workflow(input_dir: str, output_dir: str, models: str, file: str) -> dict:
+    """Validate and execute one API prompt with ComfyUI's own PromptExecutor, the Flux loaders stood in."""
+    await _load_nodes(input_dir, output_dir, models)
+    sys.path.insert(0, str(REPO))
+    _stand_in_flux_loaders()
+    import execution
+
+    prompt = json.loads(Path(file).read_text())
+    ok, error, outputs, node_errors = await execution.validate_prompt("flux", prompt, None)
+    if not ok:
+        return {"ok": False, "error": error, "node_errors": node_errors}
+
+    class Server:  # what PromptExecutor asks of ComfyUI's PromptServer when no client listens
+        client_id = None
+        last_node_id = None
+        last_prompt_id = None
+
+        def send_sync(self, event, data, sid=None):
+            pass
+
+    executor = execution.PromptExecutor(Server())
+    await executor.execute_async(prompt, "flux", {}, outputs)
+    failures = [data for event, data in executor.status_messages if event == "execution_error"]
+    outputs = executor.history_result["outputs"]
+    return {"ok": executor.success and not failures, "failures": failures, "outputs": outputs}
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "checkpoint":
@@ -202,5 +308,7 @@ if __name__ == "__main__":
         make_controlnet(sys.argv[2])
     elif command == "validate":
         print(json.dumps(asyncio.run(_validate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])), default=str))
+    elif command == "flux-workflow":
+        print(json.dumps(asyncio.run(_run_flux_workflow(*sys.argv[2:6])), default=str))
     else:
         raise SystemExit(f"unknown command {command}")

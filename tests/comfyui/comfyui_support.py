@@ -83,6 +83,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
                     "flow",
                     "freeu",
                     "inversion",
+                    "joint_attention",
                     "plan",
                     "schedule",
                     "segmentation",

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import flux_conditioning, invert_node, sample_node, tiny_flux, tiny_sd15
+from comfyui_support import flux_conditioning, invert_node, run, sample_node, tiny_flux, tiny_sd15
 
 from tests.stepwise import teacher_forced
 
@@ -324,3 +324,38 @@ def test_fast_mode_on_flux_equals_normal_mode_step_by_step(comfy, flux):
         patched, POSITIVE, NEGATIVE, 1.0, torch.zeros(1, 16, 8, 8), normal.sigmas[START:], loop
     )
     assert len(differences) == STEPS - START and max(differences) <= 1e-4, differences
+
+
+def flux_options(comfy, **flux_inputs):
+    """The Options node at its step defaults, with Flux block ranges / RoPE as given."""
+    plan = (0.1, 0.9, 0.1, 0.7, 5, 0.4, 0.2, 1.0, 64)
+    return run(comfy.nodes.XAttnOptions, *plan, **flux_inputs)[0]
+
+
+def test_the_options_node_chooses_the_flux_blocks_and_rope(comfy, flux, flux_pair, flux_transfer):
+    """Its defaults are the engine's (the output equals a run without options, bit for bit); no blocks at all is
+    the no-swap run's output; other blocks or another RoPE mode change the output only."""
+    appearance, structure = flux_pair
+    (output, _, structure_out, *_), (plain_output, *_) = flux_transfer
+    defaults = flux_options(comfy)
+    assert defaults["flux"] == comfy.core.joint_attention.JointSwapSettings()
+    same, _, _, *_ = sample_flux(comfy, flux, appearance, structure, options=defaults)
+    assert torch.equal(same["samples"], output["samples"])
+    nowhere = flux_options(comfy, flux_single_blocks_start=0.0, flux_single_blocks_end=0.0)
+    unswapped, _, _, *_ = sample_flux(comfy, flux, appearance, structure, options=nowhere)
+    # no block swaps: the same output as a plan with no swapping steps (AdaIN runs in both)
+    difference = ((unswapped["samples"] - plain_output["samples"]).norm() / plain_output["samples"].norm()).item()
+    assert difference <= 1e-6, difference
+    for changed in (
+        flux_options(comfy, flux_double_blocks_start=0.0, flux_double_blocks_end=1.0),
+        flux_options(comfy, flux_rope="none"),
+    ):
+        other, _, other_structure, *_ = sample_flux(comfy, flux, appearance, structure, options=changed)
+        assert torch.equal(other_structure["samples"], structure_out["samples"])
+        difference = ((other["samples"] - output["samples"]).norm() / output["samples"].norm()).item()
+        assert difference > 1e-4, difference
+
+
+def test_the_options_node_refuses_a_flux_block_range_that_ends_before_it_starts(comfy):
+    with pytest.raises(ValueError, match="single block range: .* got start 0.8 and end 0.2"):
+        flux_options(comfy, flux_single_blocks_start=0.8, flux_single_blocks_end=0.2)

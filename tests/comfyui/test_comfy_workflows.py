@@ -5,6 +5,9 @@
 - every API twin, shrunk (64 px, 3 schedule steps, start step 1), is POSTed to a real ComfyUI server on
   loopback and produces images, on an SD-1.5-architecture checkpoint with random weights made here.
   The SDXL workflow runs the same way behind @pytest.mark.slow (its random checkpoint is ~7 GB).
+- the Flux twin, shrunk, runs through ComfyUI's own validation and PromptExecutor in a subprocess, its three
+  loaders stood in by subclasses that return a tiny random Flux, a text stand-in and a random Flux autoencoder
+  (Flux.1's files, 12-24 GB each, cannot be made here; comfy_tasks.py).
 
 The server and the SD 1.5 checkpoint are the session's (conftest.py); ComfyUI work that needs a fresh import
 of ComfyUI runs in a subprocess (comfy_tasks.py).
@@ -24,7 +27,14 @@ from comfy_tasks import run_task
 from comfyui_support import load_snapshot_module
 from conftest import SAMPLE_INPUTS, SD15_CHECKPOINT
 
-from scripts.workflow_files import CONTROLNET_MODEL, SAVED_INVERSIONS, SDXL_CHECKPOINT
+from scripts.workflow_files import (
+    CONTROLNET_MODEL,
+    FLUX_MODEL,
+    FLUX_TEXT_ENCODERS,
+    FLUX_VAE,
+    SAVED_INVERSIONS,
+    SDXL_CHECKPOINT,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -39,10 +49,12 @@ EXPECTED_IMAGES = {  # SaveImage output: (number of images, width) per workflow 
     "06 Transfer from saved inversions": (2, SIZE),  # the saved structure x the two saved appearances of 04
     "07 Transfer with a ControlNet": (1, SIZE),
     "08 Local transfer inside a mask": (1, SIZE),
+    "09 Flux transfer": (1, SIZE),
 }
 # reconstructions and masks shown in the UI
 PREVIEWS = {"01 Basic transfer, SD 1.5": 4, "02 Masks, automatic then edited": 2}
 SLOW = {"03 SDXL transfer at 1024 px", "07 Transfer with a ControlNet"}  # full-size random SDXL / ControlNet files
+FLUX = "09 Flux transfer"  # runs in a subprocess with its loaders stood in (test_flux_workflow_runs...)
 
 
 def api_twin(name: str) -> dict:
@@ -119,15 +131,28 @@ def test_thumbnails_and_help_pages_are_served_where_the_front_end_asks(server):
         assert status == 200 and body == page.read_bytes(), page.name
 
 
+def listed_models(folder: Path) -> Path:
+    """A models/ folder with the Flux workflow's file names, empty (the loaders list names; nothing reads them)."""
+    for kind, name in (
+        ("diffusion_models", FLUX_MODEL),
+        ("text_encoders", FLUX_TEXT_ENCODERS[0]),
+        ("text_encoders", FLUX_TEXT_ENCODERS[1]),
+        ("vae", FLUX_VAE),
+    ):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        (folder / kind / name).write_bytes(b"")
+    for kind in ("checkpoints", "controlnet"):
+        (folder / kind).mkdir(exist_ok=True)
+    return folder
+
+
 def test_shipped_api_twins_pass_validate_prompt(models, tmp_path):
     """Each twin exactly as shipped (512 px, 100 steps) through ComfyUI's own execution.validate_prompt."""
     input_dir = tmp_path / "input"
     input_dir.mkdir()
     for name, sample in SAMPLE_INPUTS.items():
         shutil.copy(REPO / "xattn_core" / "samples" / sample, input_dir / name)
-    listed = tmp_path / "models"  # validation only needs the model names to exist
-    (listed / "checkpoints").mkdir(parents=True)
-    (listed / "controlnet").mkdir()
+    listed = listed_models(tmp_path / "models")  # validation only needs the model names to exist
     (listed / "checkpoints" / SD15_CHECKPOINT).symlink_to(models / "checkpoints" / SD15_CHECKPOINT)
     (listed / "checkpoints" / SDXL_CHECKPOINT).write_bytes(b"")
     (listed / "controlnet" / CONTROLNET_MODEL).write_bytes(b"")
@@ -155,7 +180,7 @@ def test_validation_refuses_a_latent_for_an_inversion(server):
     assert any(error["type"] == "return_type_mismatch" for error in errors), errors
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in SLOW])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in SLOW and n != FLUX])
 def test_workflow_runs(server, name):
     import numpy as np
 
@@ -177,6 +202,32 @@ def test_workflow_runs(server, name):
     ]
     assert len(previews) == PREVIEWS.get(name, len(previews))
     print(f"{name}: {time.monotonic() - started:.1f} s")
+
+
+def test_flux_workflow_runs_on_a_tiny_random_flux(tmp_path):
+    """The shipped Flux twin, shrunk, executed by ComfyUI: every node as shipped but the three loaders."""
+    import numpy as np
+    from PIL import Image
+
+    input_dir, output_dir = tmp_path / "input", tmp_path / "output"
+    input_dir.mkdir()
+    output_dir.mkdir()
+    for name, sample in SAMPLE_INPUTS.items():
+        shutil.copy(REPO / "xattn_core" / "samples" / sample, input_dir / name)
+    prompt = tmp_path / "flux.json"
+    prompt.write_text(json.dumps(shrink(api_twin(FLUX))))
+    models = listed_models(tmp_path / "models")
+    out = run_task("flux-workflow", str(input_dir), str(output_dir), str(models), str(prompt), timeout=600)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"], json.dumps(result, indent=1)[:3000]
+    saved = [item for output in result["outputs"].values() for item in output.get("images", [])]
+    saved = [item for item in saved if item["type"] == "output"]
+    count, width = EXPECTED_IMAGES[FLUX]
+    assert len(saved) == count, result["outputs"]
+    for item in saved:
+        image = Image.open(output_dir / item["subfolder"] / item["filename"])
+        assert image.size == (width, width)
+        assert np.asarray(image.convert("RGB"), dtype=np.float32).std() > 0.5
 
 
 @pytest.mark.slow
