@@ -5,7 +5,8 @@ in ``transformer_options``, so the patch says which block runs). When the call's
 level, the patch runs the block with ``transformer_options["optimized_attention_override"]`` set, so the block's
 own ``optimized_attention`` call (queries, keys and values with RoPE applied) comes to
 :func:`~xattn_core.joint_attention.route_joint_attention`. Nothing is monkeypatched; another pack's block patch
-or attention override keeps running around ours.
+or attention override keeps running around ours. For the automatic masks the maps block
+(:data:`~xattn_core.joint_attention.MAPS_DOUBLE_BLOCK`) gets the override during the calls that record.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from ..xattn_core.flow import FLOW
 from ..xattn_core.freeu import FreeUSettings
 from ..xattn_core.joint_attention import (
     DOUBLE_BLOCK_LEVEL,
+    MAPS_DOUBLE_BLOCK,
     SINGLE_BLOCK_LEVEL,
     JointSwapSettings,
     RopeMode,
     index_rotation,
+    records,
     route_joint_attention,
     touches,
 )
@@ -33,7 +36,9 @@ OVERRIDE_KEY = "optimized_attention_override"
 FLUX_OPTIONS_KEY = "flux"  # XATTN_OPTIONS entry: a JointSwapSettings
 
 
-def _attention_override(layer, level, swap, options: dict, text_tokens: int, pe, settings, offset, previous):
+def _attention_override(
+    layer, level, swap, options: dict, text_tokens: int, pe, settings, offset, previous, records_maps: bool
+):
     """An ``optimized_attention_override`` for one block call: ComfyUI calls it with the raw attention function."""
 
     def override(func, q: Tensor, k: Tensor, v: Tensor, heads: int, *args, **kwargs):
@@ -46,14 +51,17 @@ def _attention_override(layer, level, swap, options: dict, text_tokens: int, pe,
             return plain(q, k, v)
         cond_or_uncond = list(options.get("cond_or_uncond") or [0])
         return route_joint_attention(
-            q, k, v, layer, level, cond_or_uncond, swap, plain, text_tokens, pe, settings.rope, offset
+            q, k, v, layer, level, cond_or_uncond, swap, plain, text_tokens, pe, settings.rope, offset, records_maps
         )
 
     return override
 
 
-def _block_patch(kind: str, index: int, level: int | None, previous, settings: JointSwapSettings, offset):
-    """``patches_replace["dit"][(kind, index)]``; ``level`` None: the block only records the text length."""
+def _block_patch(
+    kind: str, index: int, level: int | None, previous, settings: JointSwapSettings, offset, maps_block: bool = False
+):
+    """``patches_replace["dit"][(kind, index)]``; ``level`` None: the block swaps nowhere (it records the text
+    length, or, as the maps block, the automatic masks' maps)."""
     layer = (kind, index)
 
     def block(args: dict, extras: dict) -> dict:
@@ -61,7 +69,8 @@ def _block_patch(kind: str, index: int, level: int | None, previous, settings: J
         if kind == "double_block":  # one dict per forward, shared by all its blocks
             options[TEXT_TOKENS_KEY] = args["txt"].shape[1]
         swap = options.get(SWAP_KEY)
-        if touches(swap, level):
+        records_maps = maps_block and records(swap)
+        if touches(swap, level) or records_maps:
             if TEXT_TOKENS_KEY not in options:
                 raise RuntimeError("a Flux single block ran before any double block; cannot find the text tokens")
             block_options = dict(options)
@@ -75,6 +84,7 @@ def _block_patch(kind: str, index: int, level: int | None, previous, settings: J
                 settings,
                 offset,
                 options.get(OVERRIDE_KEY),
+                records_maps,
             )
             args = {**args, "transformer_options": block_options}
         if previous is not None:
@@ -84,8 +94,9 @@ def _block_patch(kind: str, index: int, level: int | None, previous, settings: J
     return block
 
 
-def patch_model(model, settings: JointSwapSettings | None = None):
-    """A clone of ``model`` whose chosen blocks swap under a directive (see the module docstring)."""
+def patch_model(model, settings: JointSwapSettings | None = None, records_maps: bool = False):
+    """A clone of ``model`` whose chosen blocks swap under a directive (see the module docstring);
+    ``records_maps`` also patches the maps block of the automatic masks."""
     if not ATTENTION_TAKES_OPTIONS:
         raise UnsupportedModelError(
             "this ComfyUI has no optimized_attention_override (0.3.64 has it); Flux transfer needs a newer ComfyUI"
@@ -98,16 +109,24 @@ def patch_model(model, settings: JointSwapSettings | None = None):
     offset = index_rotation(list(params.axes_dim), params.theta) if settings.rope is RopeMode.OFFSET else None
     patched = model.clone()
     replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    doubles = settings.chosen(len(diffusion_model.double_blocks), double=True)
+    double_count = len(diffusion_model.double_blocks)
+    doubles = settings.chosen(double_count, double=True)
     singles = settings.chosen(len(diffusion_model.single_blocks), double=False)
+    maps_block = MAPS_DOUBLE_BLOCK % double_count if records_maps else None
     for kind, indices, level in (
-        ("double_block", sorted({0, *doubles}), DOUBLE_BLOCK_LEVEL),
+        ("double_block", sorted({0, *doubles, *([] if maps_block is None else [maps_block])}), DOUBLE_BLOCK_LEVEL),
         ("single_block", singles, SINGLE_BLOCK_LEVEL),
     ):
         chosen = doubles if kind == "double_block" else singles
         for index in indices:
             patch = _block_patch(
-                kind, index, level if index in chosen else None, replaced.get((kind, index)), settings, offset
+                kind,
+                index,
+                level if index in chosen else None,
+                replaced.get((kind, index)),
+                settings,
+                offset,
+                maps_block=kind == "double_block" and index == maps_block,
             )
             patched.set_model_patch_replace(patch, "dit", kind, index)
     logging.debug("xattn: Flux swaps in double blocks %s and single blocks %s", doubles, singles)
@@ -124,7 +143,7 @@ class FluxFamily:
 
     name = "flux"
     step_kind = FLOW
-    automatic_masks = False  # the object masks from T5 image-to-text attention are not built yet
+    automatic_masks = True  # from the maps block's attention, the object word's T5 columns labelling the clusters
     freeu = False
 
     def detect(self, model) -> bool:
@@ -134,7 +153,7 @@ class FluxFamily:
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         if freeu is not None:
             logging.warning("Cross-Image Attention: FreeU applies to UNet decoders only; ignored for this Flux model")
-        return patch_model(model, (options or {}).get(FLUX_OPTIONS_KEY))
+        return patch_model(model, (options or {}).get(FLUX_OPTIONS_KEY), records_maps)
 
     def default_sigmas(self, model, steps: int) -> Tensor:
         """Flux's own shifted schedule, as KSampler's "simple" scheduler makes it (1 to 0)."""

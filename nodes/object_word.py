@@ -2,13 +2,14 @@
 
 The automatic masks (the official default) label attention clusters with the object word's cross-attention,
 so the sampler needs the word's token positions in the positive prompt. They are found with the model's own
-CLIP tokenizer (multi-token words and SDXL's two encoders included) and travel inside the conditioning, so
-one node replaces the positive CLIP Text Encode and nothing else in a graph changes.
+tokenizer (multi-token words and SDXL's two encoders included; on Flux, T5's, whose tokens are the context) and
+travel inside the conditioning, so one node replaces the positive CLIP Text Encode and nothing else in a graph
+changes.
 """
 
 from __future__ import annotations
 
-from ..xattn_core.segmentation import ObjectWordError, split_words, word_positions
+from ..xattn_core.segmentation import ObjectWordError, split_words, word_pieces, word_positions
 from .common import CATEGORY
 from .compat import io
 
@@ -20,17 +21,26 @@ def _token_strings(tokenizer, token_ids: list) -> list[str]:
     return [tokenizer.inv_vocab.get(token, "?") if isinstance(token, int) else "<embedding>" for token in token_ids]
 
 
+def context_tokenizer(clip, tokens: dict):
+    """The entry of ``tokens`` that the context is made of, and its tokenizer: T5's on Flux (CLIP-L gives only
+    the pooled vector there), else CLIP-L's (SDXL's "l" and "g" share one tokenisation)."""
+    if "t5xxl" in tokens:
+        return "t5xxl", clip.tokenizer.t5xxl
+    name = "l" if "l" in tokens else next(iter(tokens))
+    return name, getattr(clip.tokenizer, f"clip_{name}")
+
+
 def object_token_positions(clip, tokens: dict, words: list[str]) -> tuple[tuple[int, ...], ...]:
     """Token positions of each of ``words`` in the context ``tokens`` (``clip.tokenize``) encodes to: chunks of
-    77 tokens one after another. ObjectWordError names a word the prompt lacks and shows the prompt's tokens."""
-    name = "l" if "l" in tokens else next(iter(tokens))  # SDXL's "l" and "g" share one tokenisation
-    tokenizer = getattr(clip.tokenizer, f"clip_{name}")
+    77 tokens one after another (T5: one run). ObjectWordError names a word the prompt lacks and shows the
+    prompt's tokens."""
+    name, tokenizer = context_tokenizer(clip, tokens)
     chunks = [[entry[0] for entry in chunk] for chunk in tokens[name]]
     specials = {tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token}
     found = []
     for word in words:
         word_ids = [entry[0] for entry in tokenizer.tokenize_with_weights(word)[0]]
-        word_tokens = _token_strings(tokenizer, [token for token in word_ids if token not in specials])
+        word_tokens = word_pieces(_token_strings(tokenizer, [token for token in word_ids if token not in specials]))
         positions: list[int] = []
         errors: list[ObjectWordError] = []
         for index, chunk in enumerate(chunks):
@@ -65,7 +75,7 @@ class XAttnObjectPrompt(io.ComfyNode):
             "Cross-Image Attention Sampler can find the object in both images (automatic masks for AdaIN, the "
             "official default). Use it for the positive prompt of the inversions and the sampler.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of the checkpoint the transfer uses."),
+                io.Clip.Input("clip", tooltip="The CLIP of the model the transfer uses (Flux: DualCLIPLoader's)."),
                 io.String.Input(
                     "text",
                     multiline=True,

@@ -332,8 +332,9 @@ def flux(g: Graph) -> None:
         "both inversions and the sampler (Flux.1-dev is guidance-distilled: one evaluation per row, the negative "
         "prompt unused); the guidance is **FluxGuidance**'s 3.5. "
         f"{steps} steps from step {start_step} (the paper's 32 % start, {FLUX_EVALUATIONS} model evaluations "
-        "per transfer) on Flux's own shifted schedule. Automatic object masks are not available on Flux yet: "
-        "AdaIN matches the whole images unless masks are connected."
+        "per transfer) on Flux's own shifted schedule. AdaIN matches the whole images here; for automatic "
+        "object masks use **CLIP Text Encode (Object Word)** as the positive prompt, as in *01* (on Flux they "
+        "are read from the last double block, not yet checked on real weights: preview the sampler's masks)."
     )
     loaders = flux_loaders(g, FLUX_MODEL, FLUX_TEXT_ENCODERS, FLUX_VAE)
     t = Transfer(

@@ -6,6 +6,7 @@ from xattn_core.segmentation import (
     ObjectWordError,
     label_clusters,
     object_mask,
+    word_pieces,
     word_positions,
 )
 
@@ -169,6 +170,23 @@ def test_word_positions_repeated_word():
     assert word_positions(CLIP_PROMPT, ["a</w>"], "a") == [1, 4]
     prompt = CLIP_PROMPT[:-1] + ["and</w>", "a</w>", "gir", "affe</w>", "<|endoftext|>", "<|endoftext|>"]
     assert word_positions(prompt, ["gir", "affe</w>"], "giraffe") == [5, 6, 9, 10]
+
+
+T5_PROMPT = ["\u2581A", "\u2581photo", "\u2581of", "\u2581a", "\u2581gir", "affe", "</s>", "<pad>", "<pad>"]
+
+
+def test_word_positions_in_a_t5_prompt():
+    """Flux's context is T5's: SentencePiece pieces, no start token, '</s>' then padding."""
+    assert word_positions(T5_PROMPT, ["\u2581gir", "affe"], "giraffe") == [4, 5]
+    with pytest.raises(ObjectWordError) as error:
+        word_positions(T5_PROMPT + ["\u2581zebra"], ["\u2581zebra"], "zebra")  # after the end: padding
+    assert "'A photo of a giraffe'" in str(error.value) and "A, photo, of, a, gir, affe" in str(error.value)
+
+
+def test_a_word_s_leading_space_piece_is_not_part_of_it():
+    assert word_pieces(["\u2581", "gi", "r", "affe"]) == ["gi", "r", "affe"]
+    assert word_pieces(["\u2581zebra"]) == ["\u2581zebra"] and word_pieces(["\u2581"]) == ["\u2581"]
+    assert word_pieces(["gir", "affe</w>"]) == ["gir", "affe</w>"]  # CLIP's pieces are left alone
 
 
 def test_padding_after_the_end_token_is_not_searched():

@@ -16,6 +16,10 @@ queries and the source's image keys, so the swap matches by content alone, as th
 self-attention does; ``offset`` gives the source Flux Kontext's reference index (1 on the first RoPE axis).
 ``bench/flux_rope.py`` measures which one hands the structure its own features back from a shifted copy of
 itself; on the tiny random Flux ``keep`` did at every shift (README "Flux"), so it is the default.
+
+Automatic object masks (:func:`record_joint_maps`): one block, :data:`MAPS_DOUBLE_BLOCK`, records both maps the
+segmentation reads, from the model's own queries and keys: the image tokens' attention over the image tokens
+(the self map, clustered) and over the text tokens (the cross map, whose object-word columns label the clusters).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from .attention import CallAttention
+from .attention import CallAttention, mean_attention_weights
 
 JointAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``: q, k, v ``[rows, heads, tokens, dim_head]``, out ``[rows, tokens, heads * dim_head]``."""
@@ -116,6 +120,33 @@ def touches(call: CallAttention | None, level: int | None) -> bool:
     return any(part is not None and level in part.levels for part in (call.capture, call.swap))
 
 
+def records(call: CallAttention | None) -> bool:
+    """Whether the call ``call`` directs records attention maps (at the maps block)."""
+    return call is not None and call.record is not None and bool(call.record.rows)
+
+
+def record_joint_maps(query: Tensor, key: Tensor, text_tokens: int, cond_or_uncond: list[int], call) -> None:
+    """At the maps block: the head-averaged maps of the cond-branch rows ``call.record`` names, each softmax over
+    one kind of key as a UNet's separate self- and cross-attention computes it: image queries over the image keys
+    (``self_maps``, ``[image tokens, image tokens]``) and over the text keys (``cross_maps``, ``[image tokens, text
+    tokens]``, the text's token order, so the object word's positions index its columns). The cond branch carries
+    the positive prompt, which holds the object word."""
+    if not records(call) or 0 not in cond_or_uncond:
+        return
+    rows = query.shape[0] // len(cond_or_uncond)
+    first = cond_or_uncond.index(0) * rows
+    heads = query.shape[1]
+    budget = call.record.memory_budget
+    for row, image in call.record.rows:
+        index = first + row
+        queries = _flat(query[index : index + 1, :, text_tokens:])[0]
+        image_keys = _flat(key[index : index + 1, :, text_tokens:])[0]
+        text_keys = _flat(key[index : index + 1, :, :text_tokens])[0]
+        with torch.no_grad():  # the maps only feed k-means
+            call.record.maps.self_maps[image] = mean_attention_weights(queries, image_keys, heads, budget)
+            call.record.maps.cross_maps[image] = mean_attention_weights(queries, text_keys, heads, budget)
+
+
 def route_joint_attention(
     query: Tensor,
     key: Tensor,
@@ -129,13 +160,16 @@ def route_joint_attention(
     pe: Tensor | None,
     rope: RopeMode = DEFAULT_ROPE,
     offset: Tensor | None = None,
+    records_maps: bool = False,
 ) -> Tensor:
     """Joint attention for one block over a batch of one block of rows per ``cond_or_uncond`` entry.
 
     ``pe`` is the block's RoPE (``[1 or rows, 1, tokens, dim/2, 2, 2]``); ``offset`` the extra rotation of
     :func:`index_rotation` for ``RopeMode.OFFSET``. Stores hold the image keys/values ``[rows, image tokens,
-    heads * dim]``, the keys already in the RoPE form ``rope`` asks for.
+    heads * dim]``, the keys already in the RoPE form ``rope`` asks for. ``records_maps`` marks the maps block.
     """
+    if records_maps:
+        record_joint_maps(query, key, text_tokens, cond_or_uncond, call)
     if not touches(call, level):
         return plain(query, key, value)
     capture, swap = call.capture, call.swap
@@ -189,6 +223,10 @@ def route_joint_attention(
 
 SINGLE_BLOCK_LEVEL = 0  # single blocks follow the plan's level-0 step range (the UNet's highest-resolution level)
 DOUBLE_BLOCK_LEVEL = 1  # double blocks follow level 1's
+# The automatic masks' maps come from the last double block: the deepest point where text and image tokens are
+# still separate streams, as the UNet's maps come from its last decoder layers. A choice, not tuned on real
+# Flux weights (README "Flux").
+MAPS_DOUBLE_BLOCK = -1
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ CROSS_MAPS_LEVEL = 1
 
 _SPECIAL_TOKEN = re.compile(r"^<\|.*\|>$|^<pad>$|^<s>$|^</s>$")
 _END_TOKENS = frozenset({"<|endoftext|>", "</s>"})  # what follows the first of these is padding
-_WORD_END = "</w>"
+_WORD_END = "</w>"  # CLIP's BPE marks a word's last piece
+_WORD_START = "\u2581"  # T5's SentencePiece marks a word's first piece ("▁")
 
 
 class ObjectWordError(ValueError):
@@ -226,12 +227,21 @@ def _before_end(tokens: Sequence[str]) -> list[str]:
 def _readable(tokens: Sequence[str]) -> tuple[list[str], str]:
     """The prompt's tokens without special markers and '</w>', and the text they spell (CLIP-style joins)."""
     pieces = [token for token in _before_end(tokens) if not _SPECIAL_TOKEN.match(token)]
-    shown = [token.removesuffix(_WORD_END) for token in pieces]
-    if any(token.endswith(_WORD_END) for token in pieces):
+    shown = [token.removesuffix(_WORD_END).removeprefix(_WORD_START) for token in pieces]
+    if any(token.startswith(_WORD_START) for token in pieces):
+        text = "".join(pieces).replace(_WORD_START, " ")
+    elif any(token.endswith(_WORD_END) for token in pieces):
         text = "".join(token.removesuffix(_WORD_END) + (" " if token.endswith(_WORD_END) else "") for token in pieces)
     else:
         text = " ".join(shown)
     return shown, text.strip()
+
+
+def word_pieces(tokens: Sequence[str]) -> list[str]:
+    """The tokens of a word alone that name it: T5 spells a word that has no piece of its own with a leading
+    space piece ("▁", then the pieces); that space is not the word, and its attention would dilute the word's."""
+    tokens = list(tokens)
+    return tokens[1:] if len(tokens) > 1 and tokens[0] == _WORD_START else tokens
 
 
 def split_words(text: str | None) -> tuple[str, ...]:

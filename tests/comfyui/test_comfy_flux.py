@@ -359,3 +359,98 @@ def test_the_options_node_chooses_the_flux_blocks_and_rope(comfy, flux, flux_pai
 def test_the_options_node_refuses_a_flux_block_range_that_ends_before_it_starts(comfy):
     with pytest.raises(ValueError, match="single block range: .* got start 0.8 and end 0.2"):
         flux_options(comfy, flux_single_blocks_start=0.8, flux_single_blocks_end=0.2)
+
+
+# --- automatic object masks ---------------------------------------------------------------------------------
+
+
+def test_the_object_word_is_found_among_flux_t5_tokens(comfy):
+    """On Flux the context is T5's: the positions index T5's tokens (no start token), from ComfyUI's own Flux
+    tokenizer files."""
+    from types import SimpleNamespace
+
+    from comfy.text_encoders.flux import FluxTokenizer
+
+    object_word = comfy.nodes.object_word
+    tokenizer = FluxTokenizer()
+    clip = SimpleNamespace(tokenizer=tokenizer)
+    text = "A photo of a giraffe by the lake"
+    tokens = tokenizer.tokenize_with_weights(text)
+    assert len(tokens["t5xxl"][0]) == 256 and len(tokens["l"][0]) == 77  # T5 padded to Flux's 256
+    (positions,) = object_word.object_token_positions(clip, tokens, ["giraffe"])
+    prompt_ids = tokenizer.t5xxl.tokenizer(text)["input_ids"]
+    # "giraffe" alone is a space piece, then gi, r, affe, then the end token: the word is the three pieces
+    space, *word_ids, end = tokenizer.t5xxl.tokenizer("giraffe")["input_ids"]
+    assert tokenizer.t5xxl.inv_vocab[space] == "\u2581" and end == tokenizer.t5xxl.end_token
+    assert [prompt_ids[position] for position in positions] == word_ids and positions == (6, 7, 8)
+    with pytest.raises(ValueError, match="'zebra' is not in the prompt; the prompt reads 'A photo of a giraffe by"):
+        object_word.object_token_positions(clip, tokens, ["zebra"])
+
+
+def test_the_maps_block_records_the_model_s_own_attention(comfy, flux):
+    """The recorded maps equal plain-torch softmaxes of the last double block's queries and keys (read by another
+    pack's recording override), image over image and image over text, averaged over the heads."""
+    import comfy.model_management as model_management
+
+    attention, segmentation = comfy.core.attention, comfy.core.segmentation
+    recorder = Recorder()
+    patched = comfy.families.patch_model(flux, None, records_maps=True)
+    patched.model_options["transformer_options"]["optimized_attention_override"] = recorder
+    model_management.load_models_gpu([patched])
+    context, extras = POSITIVE[0]
+    maps = segmentation.AttentionMaps()
+    image = ("structure", 0)
+    record = attention.CallAttention(record=attention.Recording(maps, ((0, image),)))
+    options = dict(patched.model_options["transformer_options"])
+    options.update({comfy.backend.SWAP_KEY: record, "cond_or_uncond": [0]})
+    with torch.no_grad():
+        patched.model.apply_model(
+            flux_latents(5),
+            torch.tensor([0.6]),
+            c_crossattn=context,
+            y=extras["pooled_output"],
+            guidance=torch.tensor([3.5]),
+            transformer_options=options,
+        )
+    assert len(recorder.calls) == 4  # 2 double blocks, then 2 single blocks
+    query, key, _ = recorder.calls[1]  # the last double block's
+    text = context.shape[1]
+
+    def reference(keys):
+        scores = query[0, :, text:].double() @ keys.double().transpose(-1, -2) / query.shape[-1] ** 0.5
+        return torch.softmax(scores, -1).mean(0)
+
+    expected_self, expected_cross = reference(key[0, :, text:]), reference(key[0, :, :text])
+    assert maps.self_maps[image].shape == (16, 16) and maps.cross_maps[image].shape == (16, text)
+    assert (maps.self_maps[image] - expected_self).abs().max().item() <= 1e-6
+    assert (maps.cross_maps[image] - expected_cross).abs().max().item() <= 1e-6
+    # without a recording directive the block only computes attention
+    assert not comfy.core.joint_attention.records(attention.CallAttention())
+
+
+def test_the_flux_sampler_finds_automatic_masks_at_no_extra_cost(comfy, flux, flux_pair, caplog):
+    """The object word's tokens in the positive prompt turn the automatic masks on, as on SD: masks come out at
+    pixel size, the count of model calls is unchanged, and nothing says they are unavailable."""
+    appearance, structure = flux_pair
+    key = comfy.nodes.object_word.OBJECT_TOKENS_KEY
+    context, extras = POSITIVE[0]
+    marked = [[context, {**extras, key: ((2,),)}]]
+    counted, calls = counting(flux)
+    plain_output, _, _, plain_appearance_mask, _ = sample_flux(comfy, counted, appearance, structure)
+    plain_calls = calls["n"]
+    calls["n"] = 0
+    with caplog.at_level(logging.INFO):
+        output, _, _, appearance_mask, structure_mask = sample_node(
+            comfy, counted, appearance, structure, positive=marked, negative=NEGATIVE
+        )
+    assert calls["n"] == plain_calls > 0
+    assert "not available" not in caplog.text
+    assert "adain_masks auto: automatic object masks" in caplog.text
+    assert torch.equal(plain_appearance_mask, torch.ones(1, 64, 64))  # unmasked: all ones
+    for mask in (appearance_mask, structure_mask):
+        assert mask.shape == (1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    # on this tiny Flux the word's column stands out in some clusters of both images (7 and 4 of 16 tokens), so
+    # AdaIN is masked and the output differs from the whole-image one
+    assert "those outputs use unmasked AdaIN" not in caplog.text
+    assert (appearance_mask.mean().item(), structure_mask.mean().item()) == (0.4375, 0.25)
+    assert not torch.equal(output["samples"], plain_output["samples"])
