@@ -1,9 +1,11 @@
 """The swap in joint text+image attention (xattn_core/joint_attention.py), in plain torch."""
 
+import pytest
 import torch
 
-from xattn_core.attention import CallAttention, Capture, KeyValueStore, Swap
+from xattn_core.attention import CallAttention, Capture, KeyValueStore, Recording, Swap
 from xattn_core.joint_attention import JointSwapSettings, RopeMode, index_rotation, rotate, route_joint_attention
+from xattn_core.segmentation import AttentionMaps
 
 HEADS, DIM, TEXT, IMAGE = 2, 8, 3, 6
 
@@ -80,3 +82,38 @@ def test_default_blocks_are_the_second_half_of_the_single_blocks():
     settings = JointSwapSettings()
     assert settings.chosen(38, double=False) == list(range(19, 38)) and settings.chosen(19, double=True) == []
     assert settings.rope is RopeMode.KEEP
+
+
+def test_block_ranges_are_checked_when_made_and_the_rope_mode_may_be_its_name():
+    assert JointSwapSettings(rope="none").rope is RopeMode.NONE
+    assert JointSwapSettings(double_blocks=(0.0, 0.5)).chosen(19, double=True) == list(range(10))
+    for bad in ((0.6, 0.4), (-0.1, 0.5), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="double block range"):
+            JointSwapSettings(double_blocks=bad)
+    with pytest.raises(ValueError, match="'sideways' is not a valid RopeMode"):
+        JointSwapSettings(rope="sideways")
+
+
+def test_the_maps_are_recorded_from_the_cond_branch_rows_it_names():
+    """Image queries over image keys and over text keys, each its own softmax, averaged over heads; the cond
+    branch is found from cond_or_uncond (here second), and a call that records nothing leaves the maps empty."""
+    q, k, v = rows(7, count=4)  # two branches of two rows: [uncond rows 0-1, cond rows 0-1]
+    maps = AttentionMaps()
+    call = CallAttention(record=Recording(maps, ((1, ("appearance", 0)),)))
+    out = route_joint_attention(q, k, v, "layer", None, [1, 0], call, plain, TEXT, None, records_maps=True)
+    assert torch.equal(out, plain(q, k, v))  # recording changes nothing
+    row = 2 + 1  # the cond branch's second row
+
+    def expected(keys):
+        weights = torch.softmax(q[row, :, TEXT:].double() @ keys.double().transpose(-1, -2) / DIM**0.5, -1)
+        return weights.mean(0).float()
+
+    image = ("appearance", 0)
+    assert torch.allclose(maps.self_maps[image], expected(k[row, :, TEXT:]), atol=1e-6)
+    assert torch.allclose(maps.cross_maps[image], expected(k[row, :, :TEXT]), atol=1e-6)
+    assert maps.self_maps[image].shape == (IMAGE, IMAGE) and maps.cross_maps[image].shape == (IMAGE, TEXT)
+    untouched = AttentionMaps()
+    quiet = CallAttention(record=Recording(untouched, ((1, image),)))
+    route_joint_attention(q, k, v, "layer", None, [1, 0], quiet, plain, TEXT, None)  # not the maps block
+    route_joint_attention(q, k, v, "layer", None, [1], quiet, plain, TEXT, None, records_maps=True)  # no cond rows
+    assert not untouched.self_maps and not untouched.cross_maps
