@@ -52,6 +52,20 @@ def _random_state(module, prefix: str, seed: int) -> dict:
     return state
 
 
+VAE_CONFIG = {  # SD's autoencoder, as ComfyUI's VAE class reads it from a checkpoint (Flux's: 16 channels)
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
+
+
 def make_checkpoint(family: str, path: str) -> None:
     """A random-weight checkpoint that CheckpointLoaderSimple detects as SD 1.5 or SDXL."""
     _import_comfy()
@@ -63,18 +77,6 @@ def make_checkpoint(family: str, path: str) -> None:
     import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    vae_config = {
-        "double_z": True,
-        "z_channels": 4,
-        "resolution": 256,
-        "in_channels": 3,
-        "out_ch": 3,
-        "ch": 128,
-        "ch_mult": [1, 2, 4, 4],
-        "num_res_blocks": 2,
-        "attn_resolutions": [],
-        "dropout": 0.0,
-    }
     common = {
         "use_checkpoint": False,
         "image_size": 32,
@@ -124,7 +126,7 @@ def make_checkpoint(family: str, path: str) -> None:
                 "clip_l.": comfy.sd1_clip.SDClipModel(device="meta", layer="hidden", layer_idx=-2),
                 "clip_g.": comfy.sdxl_clip.SDXLClipG(device="meta"),
             }
-        vae = AutoencoderKL(ddconfig=vae_config, embed_dim=4)
+        vae = AutoencoderKL(ddconfig=VAE_CONFIG, embed_dim=4)
     state = _random_state(unet, "model.diffusion_model.", 0)
     del unet
     state.update(_random_state(vae, "first_stage_model.", 1))
@@ -227,18 +229,7 @@ def _flux_ae_state() -> dict:
     import torch
     from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
 
-    config = dict(
-        double_z=True,
-        z_channels=16,
-        resolution=256,
-        in_channels=3,
-        out_ch=3,
-        ch=128,
-        ch_mult=[1, 2, 4, 4],
-        num_res_blocks=2,
-        attn_resolutions=[],
-        dropout=0.0,
-    )
+    config = {**VAE_CONFIG, "z_channels": 16}
     with torch.device("meta"):
         encoder, decoder = Encoder(**config), Decoder(**config)
     return {**_random_state(encoder, "encoder.", 11), **_random_state(decoder, "decoder.", 12)}
