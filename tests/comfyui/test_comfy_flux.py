@@ -454,3 +454,21 @@ def test_the_flux_sampler_finds_automatic_masks_at_no_extra_cost(comfy, flux, fl
     assert "those outputs use unmasked AdaIN" not in caplog.text
     assert (appearance_mask.mean().item(), structure_mask.mean().item()) == (0.4375, 0.25)
     assert not torch.equal(output["samples"], plain_output["samples"])
+
+
+def test_a_guided_flux_transfer_swaps_in_both_branches_and_reconstructs(comfy, flux):
+    """cfg 2 (a de-distilled or schnell-like Flux used with a negative prompt): every call carries a cond and an
+    uncond branch, found from cond_or_uncond; the paths still reconstruct their images and only the output moves."""
+    samples = torch.cat([flux_latents(3), flux_latents(4)])
+    both = invert_flux(comfy, flux, samples, cfg=2.0)
+    appearance, structure = both.select([0]), both.select([1])
+    output, appearance_out, structure_out, *_ = sample_flux(comfy, flux, appearance, structure, cfg=2.0)
+    plain, _, plain_structure, *_ = sample_flux(
+        comfy, flux, appearance, structure, cfg=2.0, options=no_swap_options(comfy)
+    )
+    assert torch.equal(structure_out["samples"], plain_structure["samples"])
+    for path, inversion in ((appearance_out, appearance), (structure_out, structure)):
+        clean = flux.model.process_latent_out(inversion.clean)
+        assert ((path["samples"] - clean).norm() / clean.norm()).item() <= 1e-4
+    difference = ((output["samples"] - plain["samples"]).norm() / plain["samples"].norm()).item()
+    assert difference > 1e-3, difference
