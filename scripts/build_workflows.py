@@ -328,7 +328,8 @@ def flux(g: Graph) -> None:
         + OFFICIAL_INPUTS
         + "\n\n**Files** (the Missing Models dialog links them): the model in `models/diffusion_models/`, CLIP-L "
         "and T5-XXL in `models/text_encoders/` (`t5xxl_fp8_e4m3fn.safetensors` needs less memory), the VAE "
-        "`ae.safetensors` in `models/vae/`. Flux.1-dev's licence is non-commercial.\n\n**Settings:** `cfg` 1 in "
+        "`ae.safetensors` in `models/vae/`; `weight_dtype` fp8_e4m3fn in the model loader halves its memory. "
+        "Flux.1-dev's licence is non-commercial.\n\n**Settings:** `cfg` 1 in "
         "both inversions and the sampler (Flux.1-dev is guidance-distilled: one evaluation per row, the negative "
         "prompt unused); the guidance is **FluxGuidance**'s 3.5. "
         f"{steps} steps from step {start_step} (the paper's 32 % start, {FLUX_EVALUATIONS} model evaluations "
