@@ -15,6 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# imported before ComfyUI's folder goes first on sys.path (its tests/ package would shadow this repository's)
+from comfyui_support import flux_conditioning, tiny_flux
+
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
@@ -219,8 +222,6 @@ class _TinyFluxText:
     def encode_from_tokens_scheduled(self, text: str) -> list:
         import zlib
 
-        from comfyui_support import flux_conditioning
-
         return flux_conditioning(zlib.crc32(text.encode()), guidance=None)
 
 
@@ -242,7 +243,6 @@ def _stand_in_flux_loaders() -> None:
     from types import SimpleNamespace
 
     import comfy.sd
-    from comfyui_support import tiny_flux
 
     import nodes
     import xattn_core.tiny

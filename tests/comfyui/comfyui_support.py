@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # also imported by scripts run in ComfyUI's folder, outside pytest's pythonpath
     sys.path.insert(0, str(REPO))
 
+from tests.stepwise import teacher_forced  # noqa: E402  (before ComfyUI's folder, whose tests/ would shadow it)
 from xattn_core.tiny import tiny_context  # noqa: E402
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")  # the ComfyUI checkout; unset: these tiers are skipped
@@ -235,6 +236,23 @@ def sample_node(ns, model, appearance, structure, *, positive=None, negative=Non
         structure=structure,
         **widgets,
     )
+
+
+def stepwise_inversion_pair(ns, patched, reference, candidate, positive, negative, cfg: float) -> list[float]:
+    """Transfers from two batched inversions (image 0 the appearance, image 1 the structure) compared one step at
+    a time from identical latents (tests/stepwise.py), on ComfyUI's own model calls through ``patched``."""
+
+    def loop(backend, x, report):
+        samplers = [
+            ns.core.transfer.JointSampler(backend, inversion.select([0]), inversion.select([1]))
+            for inversion in (reference, candidate)
+        ]
+        return x, teacher_forced(*samplers)
+
+    shape = (1, *reference.clean.shape[1:])
+    sigmas = reference.sigmas[reference.start_step :]
+    _, differences = ns.backend.run_in_guider(patched, positive, negative, cfg, torch.zeros(shape), sigmas, loop)
+    return differences
 
 
 def conditioning(seed: int):

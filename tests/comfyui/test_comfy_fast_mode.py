@@ -4,9 +4,15 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import conditioning, invert_node, sample_node, sdxl_conditioning, tiny_sd15, tiny_sdxl
-
-from tests.stepwise import teacher_forced
+from comfyui_support import (
+    conditioning,
+    invert_node,
+    sample_node,
+    sdxl_conditioning,
+    stepwise_inversion_pair,
+    tiny_sd15,
+    tiny_sdxl,
+)
 
 STEPS, START = 10, 2
 
@@ -74,18 +80,7 @@ def transfer(comfy, model, inversion, cfg, positive=1, negative=2, cond=conditio
 def stepwise_fast_vs_normal(comfy, model, normal, fast, cfg, cond=conditioning) -> list[float]:
     """Normal vs fast mode one step at a time from identical latents, on ComfyUI's own model calls."""
     patched = comfy.families.patch_model(model, comfy.common.freeu_settings("auto", model))
-
-    def loop(backend, x, report):
-        samplers = [
-            comfy.core.transfer.JointSampler(backend, inversion.select([0]), inversion.select([1]))
-            for inversion in (normal, fast)
-        ]
-        return x, teacher_forced(*samplers)
-
-    _, differences = comfy.backend.run_in_guider(
-        patched, cond(1), cond(2), cfg, torch.zeros(1, 4, 16, 16), normal.sigmas[START:], loop
-    )
-    return differences
+    return stepwise_inversion_pair(comfy, patched, normal, fast, cond(1), cond(2), cfg)
 
 
 def test_fast_mode_equals_normal_mode_step_by_step_with_matched_guidance(comfy, sd15, inverted, caplog):

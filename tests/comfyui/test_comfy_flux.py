@@ -7,9 +7,15 @@ import logging
 
 import pytest
 import torch
-from comfyui_support import flux_conditioning, invert_node, run, sample_node, tiny_flux, tiny_sd15
-
-from tests.stepwise import teacher_forced
+from comfyui_support import (
+    flux_conditioning,
+    invert_node,
+    run,
+    sample_node,
+    stepwise_inversion_pair,
+    tiny_flux,
+    tiny_sd15,
+)
 
 STEPS, START = 6, 2
 POSITIVE, NEGATIVE = flux_conditioning(1), flux_conditioning(2)
@@ -312,17 +318,7 @@ def test_fast_mode_on_flux_equals_normal_mode_step_by_step(comfy, flux):
     assert fast.attention is not None and len(fast.keys_values_at(START)) == 1  # single block 1 of 2, cond
     assert torch.equal(normal.noise_maps, fast.noise_maps)
     patched = comfy.families.patch_model(flux, None)
-
-    def loop(backend, x, report):
-        samplers = [
-            comfy.core.transfer.JointSampler(backend, inversion.select([0]), inversion.select([1]))
-            for inversion in (normal, fast)
-        ]
-        return x, teacher_forced(*samplers)
-
-    _, differences = comfy.backend.run_in_guider(
-        patched, POSITIVE, NEGATIVE, 1.0, torch.zeros(1, 16, 8, 8), normal.sigmas[START:], loop
-    )
+    differences = stepwise_inversion_pair(comfy, patched, normal, fast, POSITIVE, NEGATIVE, 1.0)
     assert len(differences) == STEPS - START and max(differences) <= 1e-4, differences
 
 
