@@ -31,7 +31,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from .attention import CallAttention, mean_attention_weights
+from .attention import CallAttention, mean_attention_weights, merge_heads, split_heads
 
 JointAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``: q, k, v ``[rows, heads, tokens, dim_head]``, out ``[rows, tokens, heads * dim_head]``."""
@@ -63,16 +63,6 @@ def index_rotation(axes_dim: list[int], theta: float, index: float = 1.0) -> Ten
     angle = torch.cat(angles)
     cos, sin = torch.cos(angle), torch.sin(angle)
     return torch.stack([cos, -sin, sin, cos], dim=-1).reshape(-1, 2, 2).float()
-
-
-def _flat(x: Tensor) -> Tensor:
-    """``[rows, heads, tokens, dim]`` -> ``[rows, tokens, heads * dim]``."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
-
-
-def _heads(x: Tensor, heads: int) -> Tensor:
-    """``[rows, tokens, heads * dim]`` -> ``[rows, heads, tokens, dim]``."""
-    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
 
 
 def contrasted_joint_attention(
@@ -110,7 +100,7 @@ def contrasted_joint_attention(
         weights = torch.softmax(scores * scale, dim=-1).mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
         out[:, :, block] = weights @ v
         del scores, weights
-    return _flat(out).to(values.dtype)
+    return merge_heads(out).to(values.dtype)
 
 
 def touches(call: CallAttention | None, level: int | None) -> bool:
@@ -139,9 +129,9 @@ def record_joint_maps(query: Tensor, key: Tensor, text_tokens: int, cond_or_unco
     budget = call.record.memory_budget
     for row, image in call.record.rows:
         index = first + row
-        queries = _flat(query[index : index + 1, :, text_tokens:])[0]
-        image_keys = _flat(key[index : index + 1, :, text_tokens:])[0]
-        text_keys = _flat(key[index : index + 1, :, :text_tokens])[0]
+        queries = merge_heads(query[index : index + 1, :, text_tokens:])[0]
+        image_keys = merge_heads(key[index : index + 1, :, text_tokens:])[0]
+        text_keys = merge_heads(key[index : index + 1, :, :text_tokens])[0]
         with torch.no_grad():  # the maps only feed k-means
             call.record.maps.self_maps[image] = mean_attention_weights(queries, image_keys, heads, budget)
             call.record.maps.cross_maps[image] = mean_attention_weights(queries, text_keys, heads, budget)
@@ -193,15 +183,15 @@ def route_joint_attention(
     if capture is not None and level in capture.levels:
         for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
             image_keys = source_form(key[block, :, image], block)
-            capture.store.put(layer, branch, _flat(image_keys), _flat(value[block, :, image]))
+            capture.store.put(layer, branch, merge_heads(image_keys), merge_heads(value[block, :, image]))
     out = plain(query, key, value)
     if swap is None or level not in swap.levels or not swap.output_rows:
         return out
     out = out.clone()
     for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
         if swap.source is None:
-            source_keys = _flat(source_form(key[block, :, image], block))
-            source_values = _flat(value[block, :, image])
+            source_keys = merge_heads(source_form(key[block, :, image], block))
+            source_values = merge_heads(value[block, :, image])
         else:
             source_keys, source_values = swap.source.get(layer, branch)
         for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
@@ -211,9 +201,10 @@ def route_joint_attention(
             image_queries = queries
             if image_pe is not None and rope is RopeMode.NONE:
                 image_queries = rotate(queries, row_pe(row), inverse=True)
-            image_keys = _heads(source_keys[source_row : source_row + 1].to(key), heads)
+            image_keys = split_heads(source_keys[source_row : source_row + 1].to(key), heads)
             values = torch.cat(
-                [value[row, :, :text_tokens], _heads(source_values[source_row : source_row + 1].to(value), heads)], 2
+                [value[row, :, :text_tokens], split_heads(source_values[source_row : source_row + 1].to(value), heads)],
+                2,
             )
             out[row, image] = contrasted_joint_attention(
                 queries, key[row, :, :text_tokens], image_queries, image_keys, values, swap.contrast, swap.memory_budget
