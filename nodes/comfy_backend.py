@@ -49,7 +49,6 @@ class ModelFamily(Protocol):
     name: str  # stored in inversion metadata: an inversion only meets a sampler of its own family
     step_kind: str  # the engine's step (xattn_core.inversion.DDPM or FLOW)
     automatic_masks: bool  # whether the attention maps for the automatic object masks are recorded
-    freeu: bool  # whether the official FreeU variant applies
 
     def detect(self, model) -> bool: ...
 
