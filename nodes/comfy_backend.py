@@ -48,12 +48,12 @@ class ModelFamily(Protocol):
 
     name: str  # stored in inversion metadata: an inversion only meets a sampler of its own family
     step_kind: str  # the engine's step (xattn_core.inversion.DDPM or FLOW)
-    automatic_masks: bool  # whether the attention maps for the automatic object masks are recorded
 
     def detect(self, model) -> bool: ...
 
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
-        """A clone of ``model`` whose swapping layers follow the directive in ``transformer_options``."""
+        """A clone of ``model`` whose swapping layers follow the directive in ``transformer_options``;
+        ``records_maps``: also the layers the automatic object masks read (every family has them)."""
         ...
 
     def default_sigmas(self, model, steps: int) -> Tensor: ...

@@ -143,7 +143,6 @@ class FluxFamily:
 
     name = "flux"
     step_kind = FLOW
-    automatic_masks = True  # from the maps block's attention, the object word's T5 columns labelling the clusters
 
     def detect(self, model) -> bool:
         diffusion_model = model.get_model_object("diffusion_model")

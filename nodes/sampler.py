@@ -291,14 +291,6 @@ class XAttnCrossImageSampler(io.ComfyNode):
             appearance_mask = structure_mask = None
         tokens = object_tokens(positive) if adain_masks == "auto" else None  # the object word's, if the prompt has it
         family = family_of(model)
-        if tokens is not None and not family.automatic_masks:
-            if appearance_mask is None and structure_mask is None:
-                logging.warning(
-                    "Cross-Image Attention: automatic object masks are not available for %s models yet; AdaIN runs "
-                    "over the whole images (connect appearance_mask / structure_mask for masked AdaIN)",
-                    family.name,
-                )
-            tokens = None
         outline = outline_transfer(appearance, structure, settings, appearance_mask, structure_mask, tokens)
         freeu_on = freeu_settings(freeu, model)
         log_choices(

@@ -147,7 +147,6 @@ class UNetFamily:
 
     name = "unet"
     step_kind = DDPM
-    automatic_masks = True  # from decoder self- and cross-attention (see patch_model)
 
     def detect(self, model) -> bool:
         diffusion_model = model.get_model_object("diffusion_model")
