@@ -255,6 +255,29 @@ def stepwise_inversion_pair(ns, patched, reference, candidate, positive, negativ
     return differences
 
 
+def flow_regeneration_errors(ns, model, inversion, positive, negative) -> list[float]:
+    """Per stored step of a flow inversion, the relative error of one flow step with its noise map from the stored
+    latent against the next stored latent, on ComfyUI's own model calls (cfg 1)."""
+    flow_step = ns.core.flow.flow_step
+    sigmas = inversion.sigmas
+    patched = ns.families.patch_model(model, None)
+
+    def loop(backend, x, report):
+        errors = []
+        for i in range(inversion.start_step, inversion.steps):
+            latent = inversion.latent_at(i)
+            prediction = backend.predict_noise(latent, sigmas[i].expand(latent.shape[0]), None, paths=True)
+            reached = flow_step(latent, prediction, float(sigmas[i]), float(sigmas[i + 1]), inversion.noise_at(i))
+            target = inversion.latent_at(i + 1)
+            errors.append(((reached - target).norm() / target.norm()).item())
+        return x, errors
+
+    shape = (inversion.batch_size, *inversion.clean.shape[1:])
+    sigmas_run = sigmas[inversion.start_step :]
+    _, errors = ns.backend.run_in_guider(patched, positive, negative, 1.0, torch.zeros(shape), sigmas_run, loop)
+    return errors
+
+
 def conditioning(seed: int):
     """CONDITIONING without a CLIP: one random prompt embedding."""
     return [[tiny_context(seed), {}]]

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 from comfyui_support import (
+    flow_regeneration_errors,
     flux_conditioning,
     invert_node,
     run,
@@ -78,29 +79,6 @@ def test_the_tiny_flux_is_a_real_network(comfy, flux):
     assert far.abs().max().item() > 1e-4
 
 
-def regeneration_errors(comfy, model, inversion) -> list[float]:
-    """Relative error of one flow step with the stored noise map from each stored latent, through ComfyUI."""
-    flow_step = comfy.core.flow.flow_step
-    sigmas = inversion.sigmas
-    patched = comfy.families.patch_model(model, None)
-
-    def loop(backend, x, report):
-        errors = []
-        for i in range(inversion.start_step, inversion.steps):
-            latent = inversion.latent_at(i)
-            prediction = backend.predict_noise(latent, sigmas[i].expand(latent.shape[0]), None, paths=True)
-            reached = flow_step(latent, prediction, float(sigmas[i]), float(sigmas[i + 1]), inversion.noise_at(i))
-            target = inversion.latent_at(i + 1)
-            errors.append(((reached - target).norm() / target.norm()).item())
-        return x, errors
-
-    shape = (inversion.batch_size, *inversion.clean.shape[1:])
-    _, errors = comfy.backend.run_in_guider(
-        patched, POSITIVE, NEGATIVE, 1.0, torch.zeros(shape), sigmas[inversion.start_step :], loop
-    )
-    return errors
-
-
 @pytest.mark.parametrize("schedule", ["flux", "linear"])
 def test_flux_inversion_reconstructs_every_step_exactly(comfy, flux, flux_pair, schedule):
     flow = comfy.core.flow
@@ -114,7 +92,7 @@ def test_flux_inversion_reconstructs_every_step_exactly(comfy, flux, flux_pair, 
     assert inversion.metadata["family"] == "flux" and inversion.step_kind == "flow"
     assert inversion.latents.shape == (STEPS + 1 - START, 1, 16, 8, 8)
     assert torch.equal(inversion.latent_at(STEPS), flux.model.process_latent_in(flux_latents(3)))
-    errors = regeneration_errors(comfy, flux, inversion)
+    errors = flow_regeneration_errors(comfy, flux, inversion, POSITIVE, NEGATIVE)
     assert len(errors) == STEPS - START and max(errors) <= 1e-5, errors
 
 
