@@ -32,10 +32,11 @@ def test_engine_equals_previous_op(rows, tokens, key_tokens, heads, width, budge
     previous = previous_contrasted_attention(query, key, value, heads, 1.67, budget)
     maps = mean_attention_weights(query[0], key[0], heads, budget)
     previous_maps = previous_mean_attention_weights(query[0], key[0], heads, budget)
-    if budget == DEFAULT_MEMORY_BUDGET:  # the engine's: the same bits
-        assert torch.equal(ours, previous) and torch.equal(maps, previous_maps)
-    else:  # other block sizes than before: the matrix products may round their last bits differently
-        assert (ours - previous).abs().max() <= 1e-5 and (maps - previous_maps).abs().max() <= 1e-6
+    # Two implementations (bmm over query blocks of the engine's size vs matmul over the previous op's blocks),
+    # at every budget: float32 reordering moves the last bits (measured <= 4e-7 of max |previous|), so compare
+    # within 1e-5 of the largest value; a wrong contrast (1.6 for 1.67) is off by about 4e-2 of it.
+    assert (ours - previous).abs().max() <= 1e-5 * previous.abs().max()
+    assert (maps - previous_maps).abs().max() <= 1e-5 * previous_maps.abs().max()
     streamed = two_pass_contrasted_attention(query, key, value, heads, 1.67, budget, key_chunk=64)
     assert (streamed - ours).abs().max() <= 1e-5 * ours.abs().max()  # another order of rounding
 
@@ -59,8 +60,10 @@ def test_quick_bench_reports_equal_outputs_and_real_times(capsys):
         Case(1, 256, 40).label,
         Case(2, 96, 80).label,
     ]
+    # "difference" is (max |a - previous|, that / max |previous|) between different implementations: only a
+    # rounding bound holds, not bit equality (a wrong contrast would be off by about 4e-2 relative)
     for case in results["cases"]:
-        assert case["difference"]["engine"] == (0.0, 0.0)
-        assert 0 < case["difference"]["two-pass"][1] <= 1e-6
+        assert case["difference"]["engine"][1] <= 1e-5
+        assert 0 < case["difference"]["two-pass"][1] <= 1e-5
         assert all(seconds > 0 for seconds in case["median"].values())
-    assert results["maps"]["difference"] == (0.0, 0.0)
+    assert results["maps"]["difference"][1] <= 1e-5
