@@ -278,6 +278,43 @@ def flow_regeneration_errors(ns, model, inversion, positive, negative) -> list[f
     return errors
 
 
+def counting_clone(model, interrupt_after: int | None = None):
+    """A clone of ``model`` that counts its model calls and, after call ``interrupt_after``, asks ComfyUI to stop
+    as the Cancel button does (``interrupt_current_processing``); returns (clone, list of calls so far).
+
+    Counted at the model call itself: ComfyUI's progress bar hook is throttled in newer releases (0.9.2 sends an
+    update at most every 100 ms), so a test that counts hook calls cannot name a step."""
+    import comfy.model_management
+
+    calls: list[int] = []
+
+    def wrapper(apply_model, args):
+        calls.append(len(calls))
+        result = apply_model(args["input"], args["timestep"], **args["c"])
+        if len(calls) == interrupt_after:
+            comfy.model_management.interrupt_current_processing(True)
+        return result
+
+    clone = model.clone()
+    clone.set_model_unet_function_wrapper(wrapper)
+    return clone, calls
+
+
+def interrupted_calls(model, interrupt_after: int, chain) -> int:
+    """Run ``chain(clone)`` with an interrupt asked for after model call ``interrupt_after``; the model calls made
+    in all. Fails unless ComfyUI's InterruptProcessingException came out of the chain."""
+    import comfy.model_management
+    import pytest
+
+    clone, calls = counting_clone(model, interrupt_after)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            chain(clone)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    return len(calls)
+
+
 def conditioning(seed: int):
     """CONDITIONING without a CLIP: one random prompt embedding."""
     return [[tiny_context(seed), {}]]
@@ -338,6 +375,17 @@ def tiny_flux_config(guidance_embed: bool = True) -> dict:
     )
 
 
+def version_flux_fields() -> dict:
+    """The Flux.1 values of the fields this ComfyUI's FluxParams requires beyond the 0.3.64 set, as its own
+    model_detection writes them for a Flux.1 checkpoint (0.9.2: ``txt_ids_dims = []``, the text ids' rotary axes)."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+
+    fields = {field.name for field in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    return {"txt_ids_dims": []} if "txt_ids_dims" in fields else {}
+
+
 def tiny_flux(ns, seed: int = 0, guidance_embed: bool = True):
     """A real ComfyUI Flux MODEL (model_base.Flux in a ModelPatcher) with random weights, velocity std ~1.
 
@@ -349,6 +397,7 @@ def tiny_flux(ns, seed: int = 0, guidance_embed: bool = True):
     import comfy.supported_models
 
     config = tiny_flux_config(guidance_embed)
+    config.update(version_flux_fields())
 
     class TinyFlux(comfy.supported_models.Flux):
         unet_config = config

@@ -8,8 +8,10 @@ import logging
 import pytest
 import torch
 from comfyui_support import (
+    counting_clone,
     flow_regeneration_errors,
     flux_conditioning,
+    interrupted_calls,
     invert_node,
     run,
     sample_node,
@@ -219,25 +221,11 @@ def test_the_base_model_is_unchanged_afterwards(comfy, flux, flux_pair):
     assert "patches_replace" not in flux.model_options.get("transformer_options", {})
 
 
-def test_interrupt_stops_a_flux_transfer(comfy, flux, flux_pair):
-    import comfy.model_management as model_management
-    import comfy.utils as comfy_utils
-
-    calls = {"n": 0}
-
-    def hook(value, total, preview, node_id=None):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            model_management.interrupt_current_processing(True)
-
-    comfy_utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(model_management.InterruptProcessingException):
-            sample_flux(comfy, flux, *flux_pair)
-    finally:
-        comfy_utils.set_progress_bar_global_hook(None)
-        model_management.interrupt_current_processing(False)
-    assert calls["n"] < STEPS - START
+def test_interrupt_stops_a_flux_transfer_before_the_next_model_call(comfy, flux, flux_pair):
+    counted, calls = counting_clone(flux)
+    sample_flux(comfy, counted, *flux_pair)
+    for after in (1, len(calls) // 2, len(calls) - 1):
+        assert interrupted_calls(flux, after, lambda clone: sample_flux(comfy, clone, *flux_pair)) == after
     assert "patches_replace" not in flux.model_options.get("transformer_options", {})
 
 

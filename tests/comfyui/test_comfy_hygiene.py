@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from comfyui_support import conditioning, invert_node, sample_node, tiny_sd15
+from comfyui_support import conditioning, counting_clone, interrupted_calls, invert_node, sample_node, tiny_sd15
 
 STEPS, START = 8, 2
 
@@ -44,27 +44,17 @@ def test_plain_ksampler_is_bit_identical_after_a_transfer(comfy, model):
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
 
 
-@pytest.mark.parametrize("phase", ["inversion", "sampling"])
-def test_interrupt_raises_comfy_interrupt_and_the_next_run_is_clean(comfy, model, phase):
-    import comfy.model_management as model_management
-    import comfy.utils as comfy_utils
-
+def test_an_interrupt_after_any_model_call_stops_the_chain_before_the_next_and_the_next_run_is_clean(comfy, model):
+    """Cancel at every point of a transfer: during inversion and sampling, the next model call is never made."""
     clean = transfer_chain(comfy, model)
-    calls = {"n": 0}
-
-    def hook(value, total, preview, node_id=None):
-        calls["n"] += 1
-        # the inversion reports STEPS - START updates first; then the sampler's steps
-        if (phase == "inversion" and calls["n"] == 2) or (phase == "sampling" and calls["n"] == STEPS - START + 2):
-            model_management.interrupt_current_processing(True)
-
-    comfy_utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(model_management.InterruptProcessingException):
-            transfer_chain(comfy, model)
-    finally:
-        comfy_utils.set_progress_bar_global_hook(None)
-        model_management.interrupt_current_processing(False)
-    assert calls["n"] < 2 * (STEPS - START)  # it stopped early
-    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+    counted, calls = counting_clone(model)
+    samples = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    invert_node(comfy, counted, samples, steps=STEPS, start_step=START)
+    inversion_calls = len(calls)
+    transfer_chain(comfy, counted)
+    total = len(calls) - inversion_calls
+    assert inversion_calls == STEPS - START and total > 2 * inversion_calls  # both phases are reached below
+    for after in range(1, total):
+        assert interrupted_calls(model, after, lambda clone: transfer_chain(comfy, clone)) == after, after
+        assert "patches_replace" not in model.model_options.get("transformer_options", {})
     assert torch.equal(transfer_chain(comfy, model), clean)
