@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from ..xattn_core.freeu import FreeUSettings
 from ..xattn_core.settings import value_range
-from .compat import get_executing_context, io, prompt_server
+from .compat import CORE_CHECKS_COMBO_VALUES, get_executing_context, io, prompt_server
 from .unet_family import is_sd1
 
 CATEGORY = "appearance transfer"
@@ -86,14 +86,17 @@ def setting_input(kind: type, settings_type: type, name: str, socket: str | None
 
 
 class CheckedCombo(io.Combo.Input):
-    """A combo reported in ComfyUI's classic form, its option list as its type.
+    """A combo whose value ComfyUI checks against its options when it validates a prompt, on every release.
 
-    ComfyUI (0.3.64) checks a combo value against its options at validation only for that form; a combo typed
-    "COMBO" passes any value, so a misspelt value in a saved API prompt would reach the node unnoticed.
+    Newer ComfyUI checks every V3 combo itself, and this is then core's plain combo. Older releases (0.3.64) check
+    only a combo whose io type is its option list (the V1 form), so there it reports that form; without it a
+    misspelt value in a saved API prompt would reach the node unnoticed. Both file the error under the input.
     """
 
-    def get_io_type(self):
-        return list(self.options)
+    if not CORE_CHECKS_COMBO_VALUES:
+
+        def get_io_type(self):
+            return list(self.options)
 
 
 def freeu_input() -> io.Combo.Input:

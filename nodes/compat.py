@@ -51,6 +51,19 @@ def choose_api_module(available: Iterable[str]) -> str:
     )
 
 
+def text_tokens_of_joint_stream(transformer_options: dict, recorded_key: str) -> int | None:
+    """How many text tokens open the joint ``cat(txt, img)`` stream a Flux single block sees, or None if unknown.
+
+    Newer ComfyUI says where the image tokens lie (``transformer_options["img_slice"] = [start, end]``, set before
+    the single blocks). 0.3.64 and 0.9.2 do not, so there the pack's double blocks record the text length under
+    ``recorded_key`` and the single blocks read it back.
+    """
+    image_slice = transformer_options.get("img_slice")
+    if image_slice is not None:
+        return int(image_slice[0])
+    return transformer_options.get(recorded_key)
+
+
 if importlib.util.find_spec("comfy_api") is not None:
     import comfy.ldm.modules.attention as comfy_attention  # optimized_attention
     import comfy.model_management  # throw_exception_if_processing_interrupted, intermediate_device, get_free_memory
@@ -66,6 +79,12 @@ if importlib.util.find_spec("comfy_api") is not None:
     io = _api.io
     ComfyExtension = _api.ComfyExtension
 
+    # Whether ComfyUI's prompt validation checks a V3 combo's value (type "COMBO", options in its dict) against its
+    # options. It does from the release that made DynamicCombo and Autogrow public V3 types (ComfyUI PR #11345,
+    # 2025-12; 0.9.2 has both), which also moved input parsing to a table keyed by the io type, so that a list as
+    # the io type is unhashable there. Older releases (0.3.64) check only combos whose io type is the option list.
+    CORE_CHECKS_COMBO_VALUES = hasattr(io, "DynamicCombo")
+
     def prompt_server():
         """ComfyUI's running PromptServer, or None. Its module is imported only here, when a node runs under the
         executor (the server is loaded by then), never at import time."""
@@ -75,6 +94,7 @@ if importlib.util.find_spec("comfy_api") is not None:
 
     __all__ = [
         "API_MODULE",
+        "CORE_CHECKS_COMBO_VALUES",
         "ComfyExtension",
         "comfy",
         "comfy_attention",
