@@ -29,7 +29,7 @@ from ..xattn_core.joint_attention import (
     touches,
 )
 from .comfy_backend import ATTENTION_TAKES_OPTIONS, SWAP_KEY, UnsupportedModelError
-from .compat import comfy
+from .compat import comfy, text_tokens_of_joint_stream
 
 TEXT_TOKENS_KEY = "xattn_text_tokens"  # set by the double blocks: single blocks see cat(txt, img) without a split
 OVERRIDE_KEY = "optimized_attention_override"
@@ -71,7 +71,8 @@ def _block_patch(
         swap = options.get(SWAP_KEY)
         records_maps = maps_block and records(swap)
         if touches(swap, level) or records_maps:
-            if TEXT_TOKENS_KEY not in options:
+            text_tokens = text_tokens_of_joint_stream(options, TEXT_TOKENS_KEY)
+            if text_tokens is None:
                 raise RuntimeError("a Flux single block ran before any double block; cannot find the text tokens")
             block_options = dict(options)
             block_options[OVERRIDE_KEY] = _attention_override(
@@ -79,7 +80,7 @@ def _block_patch(
                 level,
                 swap,
                 options,
-                options[TEXT_TOKENS_KEY],
+                text_tokens,
                 args["pe"],
                 settings,
                 offset,

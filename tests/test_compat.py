@@ -83,3 +83,12 @@ def test_a_comfyui_without_the_v3_api_is_refused_with_the_version_needed():
         compat.choose_api_module(COMFYUI_0_3_47)
     with pytest.raises(ImportError, match=r"v0_0_1"):
         compat.choose_api_module(["v0_0_1", "input"])
+
+
+def test_the_joint_stream_text_length_comes_from_img_slice_where_comfyui_sets_it():
+    recorded = "xattn_text_tokens"
+    # newer ComfyUI (after 0.9.2) names the image tokens' slice of cat(txt, img) before the single blocks
+    assert compat.text_tokens_of_joint_stream({"img_slice": [512, 4608], recorded: 7}, recorded) == 512
+    # 0.3.64 and 0.9.2: what the pack's double blocks recorded
+    assert compat.text_tokens_of_joint_stream({recorded: 7}, recorded) == 7
+    assert compat.text_tokens_of_joint_stream({}, recorded) is None
