@@ -264,6 +264,18 @@ def _stand_in_flux_loaders() -> None:
         nodes.NODE_CLASS_MAPPINGS[name] = stand_in
 
 
+def _executor_cache_arguments(executor_class) -> dict:
+    """The cache arguments main.py gives this release's PromptExecutor: 0.9.2 reads ``cache_args["ram"]`` when it
+    runs (``{"lru", "ram"}`` from the command line); 0.3.64 takes none of them."""
+    import inspect
+
+    from comfy.cli_args import args
+
+    if "cache_args" not in inspect.signature(executor_class).parameters:
+        return {}
+    return {"cache_args": {"lru": args.cache_lru, "ram": args.cache_ram}}
+
+
 async def _run_flux_workflow(input_dir: str, output_dir: str, models: str, file: str) -> dict:
     """Validate and execute one API prompt with ComfyUI's own PromptExecutor, the Flux loaders stood in."""
     await _load_nodes(input_dir, output_dir, models)
@@ -284,7 +296,7 @@ async def _run_flux_workflow(input_dir: str, output_dir: str, models: str, file:
         def send_sync(self, event, data, sid=None):
             pass
 
-    executor = execution.PromptExecutor(Server())
+    executor = execution.PromptExecutor(Server(), **_executor_cache_arguments(execution.PromptExecutor))
     await executor.execute_async(prompt, "flux", {}, outputs)
     failures = [data for event, data in executor.status_messages if event == "execution_error"]
     outputs = executor.history_result["outputs"]
