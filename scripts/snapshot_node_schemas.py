@@ -1,4 +1,5 @@
-"""Write workflows/schemas/node_schemas.json: the node schemas the shipped workflows are checked against.
+"""Write workflows/schemas/node_schemas-VERSION.json: the node schemas the shipped workflows are checked against,
+one file per ComfyUI release (VERSION from the checkout's comfyui_version.py; core nodes differ between releases).
 
 The snapshot lists, for this pack's nodes and for every core node a shipped workflow uses, the inputs in
 widget order (name, type, widget or socket, combo options, defaults and ranges) and the outputs, as a real
@@ -32,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
-SNAPSHOT = WORKFLOWS / "schemas" / "node_schemas.json"  # not top level: ComfyUI lists those as templates
+SCHEMAS_FOLDER = WORKFLOWS / "schemas"  # not top level: ComfyUI lists those as templates
 PACK_LINK_NAME = "comfyui-xattn"
 PACK_PREFIX = "XAttn"
 # Front-end-only nodes: they never reach the server (no schema, dropped from API prompts).
@@ -51,6 +52,17 @@ DYNAMIC_COMBOS = {
     ("VAELoader", "vae_name"),  # the files in models/vae plus the approximate decoders found
 }
 KEPT_OPTIONS = ("default", "min", "max", "step", "control_after_generate", "image_upload", "forceInput")
+
+
+def comfyui_version(comfyui: str | Path) -> str:
+    """The release of a ComfyUI checkout, as its comfyui_version.py states it."""
+    text = (Path(comfyui) / "comfyui_version.py").read_text()
+    return text.split("__version__", 1)[1].split('"')[1]
+
+
+def snapshot_file(comfyui: str | Path) -> Path:
+    """Where the snapshot of that checkout's release lives."""
+    return SCHEMAS_FOLDER / f"node_schemas-{comfyui_version(comfyui)}.json"
 
 
 def input_schema(node_type: str, name: str, spec: list, required: bool) -> dict:
@@ -262,12 +274,13 @@ def main() -> int:
         comfy_server(args.comfyui, Path(workdir)) as server,
     ):
         text = dump(snapshot(server.get("/object_info")))
+    target = snapshot_file(args.comfyui)
     if args.check:
-        stale = not SNAPSHOT.exists() or SNAPSHOT.read_text() != text
-        print(f"{SNAPSHOT.relative_to(REPO)} is {'STALE' if stale else 'up to date'}")
+        stale = not target.exists() or target.read_text() != text
+        print(f"{target.relative_to(REPO)} is {'STALE' if stale else 'up to date'}")
         return 1 if stale else 0
-    SNAPSHOT.write_text(text)
-    print(f"wrote {SNAPSHOT.relative_to(REPO)} ({text.count(chr(10))} lines)")
+    target.write_text(text)
+    print(f"wrote {target.relative_to(REPO)} ({text.count(chr(10))} lines)")
     return 0
 
 

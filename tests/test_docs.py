@@ -1,10 +1,10 @@
 """The node help pages (web/docs) agree with the nodes, and README.md carries them unchanged.
 
-The pages are checked against the node schema snapshot (workflows/schemas/node_schemas.json), which the
-ComfyUI tier proves current: every input is documented, in order, with the default the node really has.
+The pages are checked against the node schema snapshot of the oldest ComfyUI release run
+(workflows/schemas/node_schemas-*.json), which the ComfyUI tier proves current: every input is documented, in
+order, with the default the node really has.
 """
 
-import json
 import re
 import subprocess
 import sys
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.workflow_checks import SCHEMAS
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = json.loads((REPO / "workflows" / "schemas" / "node_schemas.json").read_text())
 PACK_NODES = sorted(name for name in SCHEMAS if name.startswith("XAttn"))
 
 

@@ -1,7 +1,7 @@
 """CI tier: the shipped workflows, checked statically (no ComfyUI import).
 
 Every UI workflow in workflows/ and its API twin in workflows/api/ is checked against
-workflows/schemas/node_schemas.json, a snapshot of the node schemas that a real ComfyUI with this pack
+workflows/schemas/node_schemas-*.json, snapshots of the node schemas that a real ComfyUI with this pack
 reports (scripts/snapshot_node_schemas.py writes it; tests/comfyui/test_comfy_workflows.py asserts it is
 current): node types exist, links type-check, widget values match the widgets in number, order, type and
 range, and the API twin is exactly what the UI graph converts to.
@@ -20,6 +20,7 @@ from tests.workflow_checks import (
     REPO,
     SCHEMAS,
     SHIPPED_FILES,
+    SNAPSHOTS,
     VIRTUAL_NODES,
     WORKFLOWS,
     api_problems,
@@ -50,19 +51,25 @@ def test_snapshot_covers_every_node_of_the_pack():
     assert SCHEMAS["XAttnInvertImage"]["outputs"] == [{"name": "inversion", "type": "XATTN_INVERSION"}]
 
 
+def test_there_is_a_snapshot_for_each_comfyui_release_the_tier_runs():
+    assert list(SNAPSHOTS) == ["0.3.64", "0.9.2"]
+
+
+@pytest.mark.parametrize("version", SNAPSHOTS)
 @pytest.mark.parametrize("name", EXPECTED)
-def test_ui_workflow_checks_against_the_schemas(name):
+def test_ui_workflow_checks_against_the_schemas(name, version):
     workflow, _ = load(name)
-    assert ui_problems(workflow) == []
+    assert ui_problems(workflow, SNAPSHOTS[version]) == []
     used = {node["type"] for node in workflow["nodes"]} - VIRTUAL_NODES
-    assert used <= set(SCHEMAS)
+    assert used <= set(SNAPSHOTS[version])
     assert any(kind.startswith("XAttn") for kind in used)
 
 
+@pytest.mark.parametrize("version", SNAPSHOTS)
 @pytest.mark.parametrize("name", EXPECTED)
-def test_api_twin_is_the_ui_graph(name):
+def test_api_twin_is_the_ui_graph(name, version):
     workflow, prompt = load(name)
-    assert api_problems(prompt) == []
+    assert api_problems(prompt, SNAPSHOTS[version]) == []
     assert strip_meta(prompt) == to_api(workflow)
 
 

@@ -1,4 +1,5 @@
-"""Static checks of workflow files against the node-schema snapshot (workflows/schemas/node_schemas.json).
+"""Static checks of workflow files against the node-schema snapshots (workflows/schemas/node_schemas-*.json,
+one per ComfyUI release the tier runs; core nodes gained inputs and options between them).
 
 ``ui_problems`` checks a UI workflow the way the front end loads it (node types, links, widget values in number,
 order, type and range); ``to_api`` converts it as the front end's "Export (API)" does; ``api_problems`` checks
@@ -22,7 +23,6 @@ from scripts.workflow_files import (
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
-SNAPSHOT = WORKFLOWS / "schemas" / "node_schemas.json"
 VIRTUAL_NODES = {"Note", "MarkdownNote"}  # front-end only, never sent to the server
 SEED_NAMES = {"seed", "noise_seed"}  # the front end adds "control after generate" to these INTs as well
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -37,7 +37,15 @@ SHIPPED_FILES = {
     "vae_name": {FLUX_VAE},
     "inversion_file": {f"{name} [output]" for name in SAVED_INVERSIONS},
 }
-SCHEMAS = json.loads(SNAPSHOT.read_text())
+# ComfyUI version -> that release's snapshot, oldest first (written by scripts/snapshot_node_schemas.py)
+SNAPSHOTS = {
+    path.stem.removeprefix("node_schemas-"): json.loads(path.read_text())
+    for path in sorted(
+        (WORKFLOWS / "schemas").glob("node_schemas-*.json"),
+        key=lambda path: tuple(int(part) for part in path.stem.removeprefix("node_schemas-").split(".")),
+    )
+}
+SCHEMAS = next(iter(SNAPSHOTS.values()))  # the oldest release's, where one snapshot is enough
 
 
 def load(name: str) -> tuple[dict, dict]:
@@ -83,7 +91,7 @@ def value_problem(spec: dict, value) -> str | None:
     return None
 
 
-def ui_problems(workflow: dict) -> list[str]:
+def ui_problems(workflow: dict, schemas: dict = SCHEMAS) -> list[str]:
     """Everything wrong with a UI-format workflow, as the front end and the server would see it."""
     problems = []
     nodes = {node["id"]: node for node in workflow["nodes"]}
@@ -102,7 +110,7 @@ def ui_problems(workflow: dict) -> list[str]:
             if node.get("inputs") or node.get("outputs"):
                 problems.append(f"{where}: a note has sockets")
             continue
-        schema = SCHEMAS.get(kind)
+        schema = schemas.get(kind)
         if schema is None:
             problems.append(f"{where}: unknown node type")
             continue
@@ -165,7 +173,7 @@ def ui_problems(workflow: dict) -> list[str]:
             for link_id in slot.get("links") or []:
                 if link_id not in links:
                     problems.append(f"node {node['id']}: output {slot['name']} names missing link {link_id}")
-    if not any(SCHEMAS.get(node["type"], {}).get("output_node") for node in workflow["nodes"]):
+    if not any(schemas.get(node["type"], {}).get("output_node") for node in workflow["nodes"]):
         problems.append("no output node: the server would refuse the prompt")
     return problems
 
@@ -193,12 +201,12 @@ def to_api(workflow: dict) -> dict:
     return prompt
 
 
-def api_problems(prompt: dict) -> list[str]:
+def api_problems(prompt: dict, schemas: dict = SCHEMAS) -> list[str]:
     """What ComfyUI's validate_prompt would refuse in an API prompt, as far as it is known without files."""
     problems = []
     for node_id, node in prompt.items():
         where = f"api node {node_id} ({node['class_type']})"
-        schema = SCHEMAS.get(node["class_type"])
+        schema = schemas.get(node["class_type"])
         if schema is None:
             problems.append(f"{where}: unknown class_type")
             continue
@@ -214,10 +222,10 @@ def api_problems(prompt: dict) -> list[str]:
                 continue
             if isinstance(value, list):
                 source = prompt.get(value[0])
-                if source is None or source["class_type"] not in SCHEMAS:
+                if source is None or source["class_type"] not in schemas:
                     problems.append(f"{where}: {name} links to missing node {value[0]}")
                     continue
-                outputs = SCHEMAS[source["class_type"]]["outputs"]
+                outputs = schemas[source["class_type"]]["outputs"]
                 if value[1] >= len(outputs) or outputs[value[1]]["type"] != spec["type"]:
                     got = outputs[value[1]]["type"] if value[1] < len(outputs) else "no such output"
                     problems.append(f"{where}: {name} wants {spec['type']} but gets {got}")
@@ -227,7 +235,7 @@ def api_problems(prompt: dict) -> list[str]:
                 problem = value_problem(spec, value)
                 if problem:
                     problems.append(f"{where}: {problem}")
-    if not any(SCHEMAS.get(node["class_type"], {}).get("output_node") for node in prompt.values()):
+    if not any(schemas.get(node["class_type"], {}).get("output_node") for node in prompt.values()):
         problems.append("no output node")
     return problems
 

@@ -1,6 +1,7 @@
 """Integration tier: the shipped workflows in a real ComfyUI (COMFYUI_PATH), on random-weight checkpoints.
 
-- the node schema snapshot (workflows/schemas/node_schemas.json) equals what ComfyUI + this pack report;
+- the node schema snapshot of this ComfyUI release (workflows/schemas/node_schemas-VERSION.json) equals what
+  ComfyUI + this pack report;
 - every API twin, exactly as shipped, passes ComfyUI's own execution.validate_prompt;
 - every API twin, shrunk (64 px, 3 schedule steps, start step 1), is POSTed to a real ComfyUI server on
   loopback and produces images, on an SD-1.5-architecture checkpoint with random weights made here.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from comfy_tasks import run_task
-from comfyui_support import load_snapshot_module
+from comfyui_support import COMFYUI_PATH, load_snapshot_module
 from conftest import SAMPLE_INPUTS, SD15_CHECKPOINT
 
 from scripts.workflow_files import (
@@ -115,7 +116,7 @@ def test_templates_are_listed_and_the_snapshot_is_current(server):
     templates = server.get("/workflow_templates")
     assert sorted(templates.get(snapshot_module.PACK_LINK_NAME, [])) == NAMES  # the template browser's list
     reported = snapshot_module.snapshot(server.get("/object_info"))
-    committed = json.loads(snapshot_module.SNAPSHOT.read_text())
+    committed = json.loads(snapshot_module.snapshot_file(COMFYUI_PATH).read_text())
     assert reported == committed, "stale snapshot: run scripts/snapshot_node_schemas.py"
 
 
