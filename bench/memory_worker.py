@@ -7,7 +7,7 @@ prints one JSON line: ``peak_bytes``, whether the measurement is ``conclusive``,
 ``checksum`` and, for rusage, the op's ``seconds``. ``ours`` is ``xattn_core.attention.contrasted_attention``
 with the engine's default contrast and memory budget (``TransferSettings``), ``naive`` the full-matrix op
 of ``naive_port`` with the same contrast, ``previous`` the engine's op before its rewrite
-(``bench_attention.previous_contrasted_attention``). The benches call
+(``attention_ops.previous_contrasted_attention``). The benches call
 :func:`measure_memory`, which runs this file in a fresh subprocess, so that nothing the bench itself
 allocated shows in the peak.
 """
@@ -116,7 +116,7 @@ def memory_worker(implementation: str, method: str, threads: int) -> None:
     if implementation == "ours":
         op = lambda: contrasted_attention(query, key, value, MEMORY_HEADS, contrast, budget)  # noqa: E731
     elif implementation == "previous":
-        from bench.bench_attention import previous_contrasted_attention
+        from bench.attention_ops import previous_contrasted_attention
 
         op = lambda: previous_contrasted_attention(query, key, value, MEMORY_HEADS, contrast, budget)  # noqa: E731
     else:

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
-from bench.bench_attention import (
-    Case,
+from bench.attention_ops import (
     previous_contrasted_attention,
     previous_mean_attention_weights,
-    run,
     two_pass_contrasted_attention,
 )
+from bench.bench_attention import Case, run
 from xattn_core.attention import (
     CPU_QUERY_BLOCK,
     DEFAULT_MEMORY_BUDGET,
