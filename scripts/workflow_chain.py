@@ -1,4 +1,5 @@
-"""The node chain every shipped workflow shares (model files, prompts, images, inversions, sampler, outputs)."""
+"""The node chain the shipped workflows share (model files, prompts, images, inversions, sampler, outputs) and the
+loaders of each model family. The workflow descriptions (scripts/workflow_specs/) are built from these."""
 
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ class Loaders:
     model: Source
     clip: Source
     vae: Source
+
+
+@dataclass(frozen=True)
+class InputPair:
+    """The two images a workflow loads (file names in ComfyUI's input/), the prompt that describes them, the object
+    word the automatic masks look for, and the note paragraph that says how to put the images in input/."""
+
+    structure: str
+    appearance: str
+    prompt: str
+    object_word: str
+    note: str
 
 
 def checkpoint_loader(g: Graph, name: str) -> Loaders:
@@ -39,42 +52,62 @@ def flux_loaders(g: Graph, unet: str, text_encoders: tuple[str, str], vae: str) 
     return Loaders((model, 0), (clip, 0), (autoencoder, 0))
 
 
-class Transfer:
-    """The chain every workflow shares: model files, prompts, two images encoded and inverted, the sampler.
+def prompt_nodes(g: Graph, clip: Source, text: str, object_word: str | None = None) -> tuple[Node, Node]:
+    """The positive prompt (with the object word of the automatic masks, if any) and an empty negative one."""
+    if object_word:
+        positive = g.add(
+            "XAttnObjectPrompt", (360, 0), "Prompt (positive) and object word", text=text, object_word=object_word
+        )
+    else:
+        positive = g.add("CLIPTextEncode", (360, 0), "Prompt (positive)", text=text)
+    negative = g.add("CLIPTextEncode", (360, 220), "Prompt (negative)", text="")
+    for prompt in (positive, negative):
+        g.link(*clip, prompt, "clip")
+    return positive, negative
 
+
+def decode(
+    g: Graph, vae: Source, latent: Source, target: str, pos: tuple[int, int], title: str | None = None, **values
+) -> tuple[Node, Node]:
+    """VAE Decode of ``latent`` into a ``target`` node (Save Image, Preview Image) to its right; returns both."""
+    decoder = g.add("VAEDecode", pos)
+    g.link_inputs(decoder, samples=latent, vae=vae)
+    shown = g.add(target, (pos[0] + 360, pos[1]), title, **values)
+    g.link(decoder, 0, shown, "images")
+    return decoder, shown
+
+
+class Transfer:
+    """The chain most workflows share: model files, prompts, two images encoded and inverted, the sampler.
+
+    ``object_masks``: the positive prompt carries the pair's object word, for the automatic object masks.
     ``guidance``: a FluxGuidance node on the positive prompt (a guidance-distilled model's guidance value).
+    ``image_row``: the y of the structure image's row (the appearance's is 440 below).
     """
 
     def __init__(
         self,
         g: Graph,
         loaders: Loaders,
-        images: tuple[str, str],
+        inputs: InputPair,
         size: int,
-        object_word: str | None,
-        prompt: str,
         save_as: str,
+        *,
+        object_masks: bool,
         guidance: float | None = None,
         image_row: int = 440,
     ) -> None:
         self.g, self.save_as, self.loaders = g, save_as, loaders
         self.rows = {"structure": image_row, "appearance": image_row + 440}
-        if object_word:
-            self.positive = g.add(
-                "XAttnObjectPrompt", (360, 0), "Prompt (positive) and object word", text=prompt, object_word=object_word
-            )
-        else:
-            self.positive = g.add("CLIPTextEncode", (360, 0), "Prompt (positive)", text=prompt)
-        self.negative = g.add("CLIPTextEncode", (360, 220), "Prompt (negative)", text="")
-        for prompt_node in (self.positive, self.negative):
-            g.link(*loaders.clip, prompt_node, "clip")
+        object_word = inputs.object_word if object_masks else None
+        self.positive, self.negative = prompt_nodes(g, loaders.clip, inputs.prompt, object_word)
         if guidance is not None:
             self.prompt = self.positive
             self.positive = g.add("FluxGuidance", (720, 0), "Guidance (Flux)", guidance=guidance)
             g.link(self.prompt, 0, self.positive, "conditioning")
         self.pixels: dict[str, Node] = {}
         self.inversions: dict[str, Node] = {}
-        for role, image in zip(("structure", "appearance"), images, strict=True):
+        for role, image in (("structure", inputs.structure), ("appearance", inputs.appearance)):
             y = self.rows[role]
             load = g.add("LoadImage", (0, y), f"{role.capitalize()} image", image=image)
             self.pixels[role] = g.add(
@@ -93,26 +126,24 @@ class Transfer:
         for negative) replaces them."""
         sampler = self.g.add("XAttnCrossImageSampler", (x, 0), title, **values)
         positive, negative = conditioning or ((self.positive, 0), (self.negative, 0))
-        for name, source in (("model", self.loaders.model), ("positive", positive), ("negative", negative)):
-            self.g.link(*source, sampler, name)
+        self.g.link_inputs(sampler, model=self.loaders.model, positive=positive, negative=negative)
         self.sampler = sampler
         return sampler
 
     def encode(self, role: str, pixels: Node | None = None) -> Node:
         encode = self.g.add("VAEEncode", (720, self.rows[role]))
-        self.g.link(pixels or self.pixels[role], "IMAGE", encode, "pixels")
-        self.g.link(*self.loaders.vae, encode, "vae")
+        self.g.link_inputs(encode, pixels=(pixels or self.pixels[role], "IMAGE"), vae=self.loaders.vae)
         return encode
 
     def invert(self, role: str, latent: Node, **values) -> Node:
         invert = self.g.add("XAttnInvertImage", (1080, self.rows[role]), f"Invert {role}", **values)
-        for name, source in (
-            ("model", self.loaders.model),
-            ("latent", (latent, 0)),
-            ("positive", (self.positive, 0)),
-            ("negative", (self.negative, 0)),
-        ):
-            self.g.link(*source, invert, name)
+        self.g.link_inputs(
+            invert,
+            model=self.loaders.model,
+            latent=(latent, 0),
+            positive=(self.positive, 0),
+            negative=(self.negative, 0),
+        )
         self.g.link(invert, 0, self.sampler, role)
         self.inversions[role] = invert
         return invert
@@ -122,18 +153,20 @@ class Transfer:
             self.invert(role, self.encode(role), **values)
 
     def decode(
-        self, latent: tuple[Node, int | str], target: str, pos: tuple[int, int], title: str | None = None, **values
+        self, latent: Source, target: str, pos: tuple[int, int], title: str | None = None, **values
     ) -> tuple[Node, Node]:
         """VAE Decode of ``latent`` into a ``target`` node (Save Image, Preview Image); returns both."""
-        decode = self.g.add("VAEDecode", pos)
-        self.g.link(*latent, decode, "samples")
-        self.g.link(*self.loaders.vae, decode, "vae")
-        shown = self.g.add(target, (pos[0] + 360, pos[1]), title, **values)
-        self.g.link(decode, 0, shown, "images")
-        return decode, shown
+        return decode(self.g, self.loaders.vae, latent, target, pos, title, **values)
 
     def save(self, x: int = 1880) -> None:
         self.decode((self.sampler, "output"), "SaveImage", (x, 0), "Transfer result", filename_prefix=self.save_as)
+
+    def sample_invert_save(self, sampler_values: dict | None = None, inversion_values: dict | None = None) -> Node:
+        """The plain transfer: the sampler, both images inverted into it, the result saved; returns the sampler."""
+        sampler = self.sample(**(sampler_values or {}))
+        self.invert_both(**(inversion_values or {}))
+        self.save()
+        return sampler
 
     def preview_masks(self, sampler: Node, x: int, y: int) -> None:
         for slot, role in ((3, "appearance"), (4, "structure")):

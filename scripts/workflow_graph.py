@@ -84,6 +84,11 @@ class Graph:
         source.outputs.setdefault(slot, []).append(link_id)
         target.inputs[name] = link_id
 
+    def link_inputs(self, target: Node, **sources: tuple[Node, int | str]) -> None:
+        """``link`` each (node, output) in ``sources`` to ``target``'s input of that name, in the order given."""
+        for name, (source, output) in sources.items():
+            self.link(source, output, target, name)
+
     # -- schema helpers ----------------------------------------------------------------------------------------
 
     def _specs(self, node_type: str) -> dict[str, list]:
