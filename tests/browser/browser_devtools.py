@@ -149,9 +149,12 @@ TEMPLATES = """
   const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
   await app.extensionManager.command.execute('Comfy.BrowseTemplates');
   await sleep(2000);
-  const dialog = document.querySelector('.p-dialog');
-  const category = Array.from(dialog.querySelectorAll('li')).find(li => li.innerText.trim() === %s);
-  if (!category) return {category: null, categories: Array.from(dialog.querySelectorAll('li')).map(li => li.innerText)};
+  const dialog = document.querySelector('.p-dialog') || document.querySelector('[role="dialog"]');
+  // the category: an <li> up to 1.27; newer front ends (1.36: "Extensions" in the side navigation) draw it with
+  // other elements, so take the innermost element that reads the name (a click there reaches its handler)
+  const named = Array.from(dialog.querySelectorAll('*')).filter(element => element.innerText?.trim() === %s);
+  const category = named.find(element => !named.some(other => other !== element && element.contains(other)));
+  if (!category) return {category: null, dialog: dialog.innerText.slice(0, 2000)};
   category.click();
   const count = %d;
   const cards = () => Array.from(document.querySelectorAll('.p-dialog [data-testid^="template-workflow-"]'));
