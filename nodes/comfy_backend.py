@@ -56,7 +56,9 @@ class ModelFamily(Protocol):
         ``records_maps``: also the layers the automatic object masks read (every family has them)."""
         ...
 
-    def default_sigmas(self, model, steps: int) -> Tensor: ...
+    def default_sigmas(self, model, steps: int, latent_shape: tuple[int, ...]) -> Tensor:
+        """The schedule Invert Image uses when no SIGMAS is connected, for latents of ``latent_shape``."""
+        ...
 
     def check_sigmas(self, sigmas: Tensor) -> None:
         """Refuse a SIGMAS input this family's inversion cannot use, saying what to connect."""

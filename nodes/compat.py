@@ -85,6 +85,12 @@ if importlib.util.find_spec("comfy_api") is not None:
     # the io type is unhashable there. Older releases (0.3.64) check only combos whose io type is the option list.
     CORE_CHECKS_COMBO_VALUES = hasattr(io, "DynamicCombo")
 
+    def flux2_schedule(steps: int, image_tokens: int):
+        """Flux2Scheduler's sigmas (ComfyUI 0.9.2 on) for ``steps`` steps over ``image_tokens`` image tokens."""
+        from comfy_extras.nodes_flux import get_schedule  # core's; imported when a Flux.2 model is inverted
+
+        return get_schedule(steps, image_tokens)
+
     def prompt_server():
         """ComfyUI's running PromptServer, or None. Its module is imported only here, when a node runs under the
         executor (the server is loaded by then), never at import time."""
@@ -98,6 +104,7 @@ if importlib.util.find_spec("comfy_api") is not None:
         "ComfyExtension",
         "comfy",
         "comfy_attention",
+        "flux2_schedule",
         "folder_paths",
         "get_executing_context",
         "io",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .comfy_backend import ModelFamily, UnsupportedModelError
+from .flux2_family import FLUX2
 from .flux_family import FLUX
 from .unet_family import UNET
 
-FAMILIES: tuple[ModelFamily, ...] = (UNET, FLUX)
+FAMILIES: tuple[ModelFamily, ...] = (UNET, FLUX, FLUX2)
 
 
 def family_of(model) -> ModelFamily:
@@ -16,7 +17,7 @@ def family_of(model) -> ModelFamily:
             return family
     name = type(model.get_model_object("diffusion_model")).__name__
     raise UnsupportedModelError(
-        f"{name} is not a model family Cross-Image Attention supports: SD 1.x, SD 2.x, SDXL (UNet) and Flux"
+        f"{name} is not a model family Cross-Image Attention supports: SD 1.x, SD 2.x, SDXL (UNet), Flux.1 and Flux.2"
     )
 
 

@@ -95,6 +95,25 @@ def _block_patch(
     return block
 
 
+def reference_index(params) -> float:
+    """The first RoPE axis index ComfyUI gives a model's first reference image: Flux Kontext's offset method 1,
+    Flux.2's index method its ``ref_index_scale`` (10). 0.3.64's FluxParams has neither field (Kontext: 1)."""
+    if getattr(params, "default_ref_method", "offset") == "index":
+        return float(params.ref_index_scale)
+    return 1.0
+
+
+def is_flux_transformer(model) -> bool:
+    """ComfyUI's Flux transformer (comfy.ldm.flux.model.Flux), which Flux.1 and Flux.2 both run."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    return type(diffusion_model).__name__ == "Flux" and hasattr(diffusion_model, "single_blocks")
+
+
+def is_flux2(model) -> bool:
+    """Flux.2 (dev, klein): ComfyUI's model_base.Flux2 around the same transformer class as Flux.1."""
+    return any(cls.__name__ == "Flux2" for cls in type(model.model).__mro__)
+
+
 def patch_model(model, settings: JointSwapSettings | None = None, records_maps: bool = False):
     """A clone of ``model`` whose chosen blocks swap under a directive (see the module docstring);
     ``records_maps`` also patches the maps block of the automatic masks."""
@@ -107,7 +126,9 @@ def patch_model(model, settings: JointSwapSettings | None = None, records_maps: 
     if any(getattr(block, "flipped_img_txt", False) for block in diffusion_model.double_blocks):
         raise UnsupportedModelError("this Flux variant puts the image tokens before the text; it is not supported")
     params = diffusion_model.params
-    offset = index_rotation(list(params.axes_dim), params.theta) if settings.rope is RopeMode.OFFSET else None
+    offset = None
+    if settings.rope is RopeMode.OFFSET:
+        offset = index_rotation(list(params.axes_dim), params.theta, reference_index(params))
     patched = model.clone()
     replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     double_count = len(diffusion_model.double_blocks)
@@ -146,15 +167,14 @@ class FluxFamily:
     step_kind = FLOW
 
     def detect(self, model) -> bool:
-        diffusion_model = model.get_model_object("diffusion_model")
-        return type(diffusion_model).__name__ == "Flux" and hasattr(diffusion_model, "single_blocks")
+        return is_flux_transformer(model) and not is_flux2(model)
 
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         if freeu is not None:
             logging.warning("Cross-Image Attention: FreeU applies to UNet decoders only; ignored for this Flux model")
         return patch_model(model, (options or {}).get(FLUX_OPTIONS_KEY), records_maps)
 
-    def default_sigmas(self, model, steps: int) -> Tensor:
+    def default_sigmas(self, model, steps: int, latent_shape: tuple[int, ...]) -> Tensor:
         """Flux's own shifted schedule, as KSampler's "simple" scheduler makes it (1 to 0)."""
         return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).float().cpu()
 

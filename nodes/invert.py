@@ -31,16 +31,16 @@ from .compat import comfy, io, latent_preview
 from .families import family_of
 
 
-def schedule(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
-    """The model family's schedule (UNet: the paper's on the model's own sigma table; Flux: its shifted one), or
-    the SIGMAS given."""
+def schedule(model, steps: int, sigmas: torch.Tensor | None, latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """The model family's schedule for latents of ``latent_shape`` (UNet: the paper's on the model's own sigma
+    table; Flux: its shifted one; Flux.2: its resolution-dependent one), or the SIGMAS given."""
     family = family_of(model)
     if sigmas is not None:
         if sigmas.dim() != 1 or len(sigmas) < 2:
             raise ValueError("the SIGMAS input must hold at least two sigmas")
         family.check_sigmas(sigmas)
         return sigmas.float().cpu()
-    return family.default_sigmas(model, steps)
+    return family.default_sigmas(model, steps, latent_shape)
 
 
 FAST_MODE_BRANCHES = {"on": frozenset({0}), "on + uncond": None}  # cond_or_uncond kept: cond only, or all
@@ -136,7 +136,7 @@ class XAttnInvertImage(io.ComfyNode):
                 f"the latent has {samples.shape[1] if samples.dim() > 1 else 'no'} channels but this MODEL expects "
                 f"{channels}: encode the image with the VAE that belongs to this model"
             )
-        full = schedule(model, steps, sigmas)
+        full = schedule(model, steps, sigmas, tuple(samples.shape))
         total = len(full) - 1
         if not 0 <= start_step < total:  # checked here, not at validation: see the module's note on validation
             source = "the SIGMAS input's" if sigmas is not None else "the"

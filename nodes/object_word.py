@@ -10,7 +10,7 @@ changes.
 from __future__ import annotations
 
 from ..xattn_core.segmentation import ObjectWordError, split_words, word_pieces, word_positions
-from .common import CATEGORY
+from .common import CATEGORY, engine_warnings
 from .compat import io
 
 OBJECT_TOKENS_KEY = "xattn_object_tokens"  # conditioning entry: one tuple of token positions per object word
@@ -22,19 +22,25 @@ def _token_strings(tokenizer, token_ids: list) -> list[str]:
 
 
 def context_tokenizer(clip, tokens: dict):
-    """The entry of ``tokens`` that the context is made of, and its tokenizer: T5's on Flux (CLIP-L gives only
-    the pooled vector there), else CLIP-L's (SDXL's "l" and "g" share one tokenisation)."""
+    """The entry of ``tokens`` that the context is made of, and its tokenizer: T5's on Flux.1 (CLIP-L gives only
+    the pooled vector there), else CLIP-L's (SDXL's "l" and "g" share one tokenisation); None for a text encoder
+    whose tokens the pack cannot map onto the context (Flux.2's Mistral 3 or Qwen 3, padded and templated)."""
     if "t5xxl" in tokens:
         return "t5xxl", clip.tokenizer.t5xxl
-    name = "l" if "l" in tokens else next(iter(tokens))
-    return name, getattr(clip.tokenizer, f"clip_{name}")
+    for name in ("l", "g"):
+        if name in tokens:
+            return name, getattr(clip.tokenizer, f"clip_{name}")
+    return None
 
 
-def object_token_positions(clip, tokens: dict, words: list[str]) -> tuple[tuple[int, ...], ...]:
+def object_token_positions(clip, tokens: dict, words: list[str]) -> tuple[tuple[int, ...], ...] | None:
     """Token positions of each of ``words`` in the context ``tokens`` (``clip.tokenize``) encodes to: chunks of
-    77 tokens one after another (T5: one run). ObjectWordError names a word the prompt lacks and shows the
-    prompt's tokens."""
-    name, tokenizer = context_tokenizer(clip, tokens)
+    77 tokens one after another (T5: one run), or None when :func:`context_tokenizer` knows no tokenizer for this
+    text encoder. ObjectWordError names a word the prompt lacks and shows the prompt's tokens."""
+    context = context_tokenizer(clip, tokens)
+    if context is None:
+        return None
+    name, tokenizer = context
     chunks = [[entry[0] for entry in chunk] for chunk in tokens[name]]
     specials = {tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token}
     found = []
@@ -97,8 +103,16 @@ class XAttnObjectPrompt(io.ComfyNode):
         words = split_words(object_word)
         if not words:
             raise ValueError("object_word is empty: name the object as the prompt writes it, e.g. giraffe")
-        tokens = clip.tokenize(text)
-        positions = object_token_positions(clip, tokens, words)
-        conditioning = clip.encode_from_tokens_scheduled(tokens)
+        with engine_warnings() as messages:
+            tokens = clip.tokenize(text)
+            positions = object_token_positions(clip, tokens, words)
+            conditioning = clip.encode_from_tokens_scheduled(tokens)
+            if positions is None:
+                messages.append(
+                    f"the object word cannot be found among this text encoder's tokens ({', '.join(tokens)}): the "
+                    "prompt is encoded as by CLIP Text Encode, and the sampler gets no automatic object masks "
+                    "(connect masks to it, or AdaIN matches the whole images)"
+                )
+                return io.NodeOutput(conditioning)
         marked = [[embedding, {**extras, OBJECT_TOKENS_KEY: positions}] for embedding, extras in conditioning]
         return io.NodeOutput(marked)

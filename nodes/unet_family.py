@@ -155,8 +155,8 @@ class UNetFamily:
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         return patch_model(model, freeu, records_maps)
 
-    def default_sigmas(self, model, steps: int) -> Tensor:
-        """The paper schedule on the model's own sigma table."""
+    def default_sigmas(self, model, steps: int, latent_shape: tuple[int, ...]) -> Tensor:
+        """The paper schedule on the model's own sigma table (the same at every latent size)."""
         return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)
 
     def check_sigmas(self, sigmas: Tensor) -> None:

@@ -72,6 +72,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         nodes=_importlib.import_module(f"{PACK_NAME}.nodes"),
         backend=_importlib.import_module(f"{PACK_NAME}.nodes.comfy_backend"),
         families=_importlib.import_module(f"{PACK_NAME}.nodes.families"),
+        flux=_importlib.import_module(f"{PACK_NAME}.nodes.flux_family"),
         unet=_importlib.import_module(f"{PACK_NAME}.nodes.unet_family"),
         common=_importlib.import_module(f"{PACK_NAME}.nodes.common"),
         core=SimpleNamespace(
@@ -413,6 +414,71 @@ def tiny_flux(ns, seed: int = 0, guidance_embed: bool = True):
         model.diffusion_model.final_layer.linear.weight.div_(spread)
         model.diffusion_model.final_layer.linear.bias.div_(spread)
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+FLUX2_HIDDEN = 256  # two heads: Flux.2's rotary width is fixed by its config (4 axes of 32 = 128 per head)
+FLUX2_CHANNELS = 128  # the latent's: the Flux.2 VAE's 32 channels, patchified 2 x 2 by the latent format
+
+
+def has_flux2(comfyui_path: str | None = COMFYUI_PATH) -> bool:
+    """Whether that ComfyUI has Flux.2 (0.9 on), read from its source without importing it (for collection)."""
+    if not comfyui_path:
+        return False
+    return "class Flux2(" in (Path(comfyui_path) / "comfy" / "supported_models.py").read_text()
+
+
+def tiny_flux2_config(guidance_embed: bool = True) -> dict:
+    """A Flux.2-shaped transformer config, as this ComfyUI's own model_detection derives it from a checkpoint's
+    keys (2 double and 2 single blocks, hidden 256, context width 32): Flux.2's axes, theta, modulation,
+    biases, reference index and text positions all come from there, not from this file."""
+    import comfy.model_detection
+
+    keys = {
+        "img_in.weight": torch.empty(FLUX2_HIDDEN, FLUX2_CHANNELS),
+        "txt_in.weight": torch.empty(FLUX2_HIDDEN, FLUX_WIDTH),
+        "double_stream_modulation_img.lin.weight": torch.empty(1),
+        **{f"double_blocks.{i}.img_attn.norm.key_norm.scale": torch.empty(1) for i in range(2)},
+        **{f"single_blocks.{i}.norm.key_norm.scale": torch.empty(1) for i in range(2)},
+    }
+    if guidance_embed:  # Flux.2 dev is guidance-distilled; klein is not
+        keys["guidance_in.in_layer.weight"] = torch.empty(1)
+    config = comfy.model_detection.detect_unet_config(keys, "")
+    assert config["image_model"] == "flux2", config
+    return config
+
+
+def tiny_flux2(ns, seed: int = 0, guidance_embed: bool = True):
+    """A real ComfyUI Flux.2 MODEL (model_base.Flux2 in a ModelPatcher) with random weights, velocity std ~1."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = tiny_flux2_config(guidance_embed)
+
+    class TinyFlux2(comfy.supported_models.Flux2):
+        unet_config = config
+
+    model = comfy.model_base.Flux2(TinyFlux2(config), device=CPU)
+    ns.core.tiny.reinitialise(model.diffusion_model, seed)
+    x = torch.randn(1, FLUX2_CHANNELS, 8, 8, generator=torch.Generator().manual_seed(seed))
+    context, extras = flux2_conditioning(seed)[0]
+    with torch.no_grad():
+        sigma = torch.tensor([0.5])
+        padded = model.extra_conds(cross_attn=context, pooled_output=None)["c_crossattn"].cond  # 512 text tokens
+        denoised = model.apply_model(x, sigma, c_crossattn=padded, guidance=torch.ones(1))
+        spread = ((x - denoised) / sigma).std()  # scale the last layer so that the velocity has std ~1
+        model.diffusion_model.final_layer.linear.weight.div_(spread)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def flux2_conditioning(seed: int, guidance: float | None = 4.0, tokens: int = 6):
+    """CONDITIONING as Flux.2's text encoder and FluxGuidance make it: a context, no pooled vector."""
+    generator = torch.Generator().manual_seed(seed + 300)
+    context = torch.randn(1, tokens, FLUX_WIDTH, generator=generator)
+    extras = {"pooled_output": None}
+    if guidance is not None:
+        extras["guidance"] = guidance
+    return [[context, extras]]
 
 
 def flux_conditioning(seed: int, guidance: float | None = 3.5, tokens: int = 6):
