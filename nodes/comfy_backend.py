@@ -64,6 +64,16 @@ class ModelFamily(Protocol):
         """Refuse a SIGMAS input this family's inversion cannot use, saying what to connect."""
         ...
 
+    def cache_form(self, options: dict | None) -> dict[str, str]:
+        """What a fast-mode cache made under ``options`` holds that other options may not: written into the
+        inversion's metadata by Invert Image."""
+        ...
+
+    def cache_mismatch(self, model, options: dict | None, cache, metadata: dict) -> str | None:
+        """Why a fast-mode ``cache`` (made as ``metadata`` says) cannot serve a transfer under ``options``, or
+        None: checked by the sampler before any model call."""
+        ...
+
 
 def model_fingerprint(model) -> str:
     """A cheap identity of the weights in use: architecture, a sample of tensors, and weight patches (LoRAs)."""

@@ -95,6 +95,11 @@ def _block_patch(
     return block
 
 
+def swap_settings(options: dict | None) -> JointSwapSettings:
+    """The block ranges and RoPE mode an XATTN_OPTIONS asks for (the defaults without one)."""
+    return (options or {}).get(FLUX_OPTIONS_KEY) or JointSwapSettings()
+
+
 def reference_index(params) -> float:
     """The first RoPE axis index ComfyUI gives a model's first reference image: Flux Kontext's offset method 1,
     Flux.2's index method its ``ref_index_scale`` (10). 0.3.64's FluxParams has neither field (Kontext: 1)."""
@@ -172,7 +177,23 @@ class FluxFamily:
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         if freeu is not None:
             logging.warning("Cross-Image Attention: FreeU applies to UNet decoders only; ignored for this Flux model")
-        return patch_model(model, (options or {}).get(FLUX_OPTIONS_KEY), records_maps)
+        return patch_model(model, swap_settings(options), records_maps)
+
+    def cache_form(self, options: dict | None) -> dict[str, str]:
+        return {"rope": swap_settings(options).rope.value}  # the keys are kept in that RoPE form
+
+    def cache_mismatch(self, model, options: dict | None, cache, metadata: dict) -> str | None:
+        settings = swap_settings(options)
+        diffusion_model = model.get_model_object("diffusion_model")
+        needed = {("double_block", index) for index in settings.chosen(len(diffusion_model.double_blocks), True)}
+        needed |= {("single_block", index) for index in settings.chosen(len(diffusion_model.single_blocks), False)}
+        missing = sorted(needed - cache.layers)
+        kept_rope = metadata.get("rope", RopeMode.KEEP.value)  # inversions made before the field: keep form
+        if missing:
+            return f"holds no keys/values for {', '.join(f'{kind} {index}' for kind, index in missing)}"
+        if kept_rope != settings.rope.value:
+            return f"holds keys in RoPE form '{kept_rope}', but these options ask for '{settings.rope.value}'"
+        return None
 
     def default_sigmas(self, model, steps: int, latent_shape: tuple[int, ...]) -> Tensor:
         """Flux's own shifted schedule, as KSampler's "simple" scheduler makes it (1 to 0)."""

@@ -19,6 +19,7 @@ from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_g
 from .common import (
     CATEGORY,
     CheckedCombo,
+    Options,
     freeu_choice,
     freeu_input,
     freeu_settings,
@@ -118,6 +119,13 @@ class XAttnInvertImage(io.ComfyNode):
                     optional=True,
                     tooltip="Optional schedule (decreasing, last one above 0) instead of the paper's.",
                 ),
+                Options.Input(
+                    "options",
+                    optional=True,
+                    tooltip="Fast mode on Flux: connect the Options node the sampler uses, so that the kept "
+                    "keys/values are those of its blocks and RoPE mode (the sampler refuses a cache that lacks "
+                    "them). Nothing else here reads it.",
+                ),
             ],
             outputs=[InversionSocket.Output(display_name="inversion")],
         )
@@ -125,7 +133,19 @@ class XAttnInvertImage(io.ComfyNode):
     @classmethod
     @reports_warnings
     def execute(
-        cls, model, latent, positive, negative, steps, start_step, cfg, seed, freeu, fast_mode="off", sigmas=None
+        cls,
+        model,
+        latent,
+        positive,
+        negative,
+        steps,
+        start_step,
+        cfg,
+        seed,
+        freeu,
+        fast_mode="off",
+        sigmas=None,
+        options=None,
     ):
         samples = latent["samples"]
         if samples.shape[0] == 0:
@@ -145,7 +165,7 @@ class XAttnInvertImage(io.ComfyNode):
         freeu_on = freeu_settings(freeu, model)
         sigmas_choice = [f"{total} steps from the SIGMAS input (steps = {steps} ignored)"] if sigmas is not None else []
         log_choices("Invert Image", [*sigmas_choice, *freeu_choice(freeu, freeu_on)])
-        patched = family.patch(model, freeu_on)
+        patched = family.patch(model, freeu_on, options=options)
         preview = latent_preview.prepare_callback(patched, total - start_step)
         cache = fast_mode_cache(fast_mode)
 
@@ -177,6 +197,7 @@ class XAttnInvertImage(io.ComfyNode):
             freeu=str(freeu_on is not None),
         )
         if cache is not None and inversion.attention is not None:
+            inversion.metadata.update(family.cache_form(options))
             logging.info(
                 "Cross-Image Attention fast mode: kept %.2f GiB of attention keys/values on %s",
                 inversion.attention.nbytes / 2**30,

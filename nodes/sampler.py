@@ -291,6 +291,14 @@ class XAttnCrossImageSampler(io.ComfyNode):
             appearance_mask = structure_mask = None
         tokens = object_tokens(positive) if adain_masks == "auto" else None  # the object word's, if the prompt has it
         family = family_of(model)
+        for role, inversion in (("appearance", appearance), ("structure", structure)):
+            if inversion.attention is not None:
+                mismatch = family.cache_mismatch(model, options, inversion.attention, inversion.metadata)
+                if mismatch:
+                    raise ValueError(
+                        f"the {role} inversion's fast-mode cache {mismatch}: connect the Options node this "
+                        "sampler uses to Invert Image as well and invert again, or invert with fast_mode off"
+                    )
         outline = outline_transfer(appearance, structure, settings, appearance_mask, structure_mask, tokens)
         freeu_on = freeu_settings(freeu, model)
         log_choices(

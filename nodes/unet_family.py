@@ -155,6 +155,12 @@ class UNetFamily:
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         return patch_model(model, freeu, records_maps)
 
+    def cache_form(self, options: dict | None) -> dict[str, str]:
+        return {}  # every decoder level's layers are kept, whatever the options
+
+    def cache_mismatch(self, model, options: dict | None, cache, metadata: dict) -> str | None:
+        return None
+
     def default_sigmas(self, model, steps: int, latent_shape: tuple[int, ...]) -> Tensor:
         """The paper schedule on the model's own sigma table (the same at every latent size)."""
         return paper_sigmas(model.get_model_object("model_sampling").sigmas, steps)

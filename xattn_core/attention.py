@@ -186,6 +186,10 @@ class KeyValueStore:
         return frozenset(branch for _, branch in self._entries)
 
     @property
+    def layers(self) -> frozenset[Hashable]:
+        return frozenset(layer for layer, _ in self._entries)
+
+    @property
     def nbytes(self) -> int:
         return sum(key.nbytes + value.nbytes for key, value in self._entries.values())
 

@@ -64,6 +64,11 @@ class AttentionCache:
         """The cond_or_uncond branches whose keys/values were kept (0 = cond, 1 = uncond)."""
         return self.keys_values[0].branches if self.keys_values else frozenset()
 
+    @property
+    def layers(self) -> frozenset:
+        """The swapping layers whose keys/values were kept."""
+        return self.keys_values[0].layers if self.keys_values else frozenset()
+
     def select(self, rows: list[int]) -> AttentionCache:
         return AttentionCache(self.predictions[:, rows], [store.select(rows) for store in self.keys_values])
 

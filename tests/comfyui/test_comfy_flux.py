@@ -371,6 +371,46 @@ def test_the_options_node_chooses_the_flux_blocks_and_rope(comfy, flux, flux_pai
         assert difference > flux.swap_effect / 10, difference
 
 
+OTHER_SWAPS = {  # options the default fast-mode cache cannot serve
+    "rope offset": dict(flux_rope="offset"),
+    "rope none": dict(flux_rope="none"),
+    "double blocks 0.5-1": dict(flux_double_blocks_start=0.5, flux_double_blocks_end=1.0),
+    "single blocks 0-0.5": dict(flux_single_blocks_start=0.0, flux_single_blocks_end=0.5),
+}
+
+
+@pytest.mark.parametrize("swap", list(OTHER_SWAPS))
+def test_fast_mode_with_the_sampler_s_options_equals_normal_mode(comfy, flux, swap):
+    """Invert Image given the sampler's Options keeps those blocks' keys in that RoPE form: the transfer from it
+    equals the one from a normal inversion, one step at a time from identical latents."""
+    options = flux_options(comfy, **OTHER_SWAPS[swap])
+    samples = torch.cat([flux.latents(3), flux.latents(4)])
+    normal = invert_flux(comfy, flux, samples)
+    fast = invert_flux(comfy, flux, samples, fast_mode="on", options=options)
+    assert fast.metadata["rope"] == options["flux"].rope.value
+    patched = comfy.families.patch_model(flux.patcher, None, options=options)
+    differences = stepwise_inversion_pair(comfy, patched, normal, fast, flux.positive, flux.negative, 1.0)
+    assert len(differences) == STEPS - START and max(differences) <= 1e-4, differences
+    sample_flux(comfy, flux, fast.select([0]), fast.select([1]), options=options)  # and the sampler takes it
+
+
+@pytest.mark.parametrize("swap", list(OTHER_SWAPS))
+def test_the_sampler_refuses_a_fast_mode_cache_made_for_other_blocks_or_rope_before_any_model_call(comfy, flux, swap):
+    fast = invert_flux(comfy, flux, torch.cat([flux.latents(3), flux.latents(4)]), fast_mode="on")  # defaults
+    counted, calls = counting(flux.patcher)
+    expected = "holds no keys/values for" if "blocks" in swap else "holds keys in RoPE form 'keep', but these"
+    with pytest.raises(ValueError, match=f"appearance inversion's fast-mode cache {expected}.*Options node"):
+        sample_flux(
+            comfy,
+            flux,
+            fast.select([0]),
+            fast.select([1]),
+            model=counted,
+            options=flux_options(comfy, **OTHER_SWAPS[swap]),
+        )
+    assert calls["n"] == 0
+
+
 def test_the_options_node_refuses_a_flux_block_range_that_ends_before_it_starts(comfy):
     with pytest.raises(ValueError, match="single block range: .* got start 0.8 and end 0.2"):
         flux_options(comfy, flux_single_blocks_start=0.8, flux_single_blocks_end=0.2)
