@@ -52,7 +52,7 @@ def relative_error(ns, model, mode, shift: int, sigma: float, seed: int) -> floa
     joint = __import__(f"{ns.pack.__name__}.xattn_core.joint_attention", fromlist=["JointSwapSettings"])
     flux_family = __import__(f"{ns.pack.__name__}.nodes.flux_family", fromlist=["patch_model"])
     backend = ns.backend
-    settings = joint.JointSwapSettings(double_blocks=(0.0, 1.0), single_blocks=(0.0, 1.0), rope=mode)
+    settings = joint.JointSwapSettings(depth=(0.0, 1.0), rope=mode)
     patched = flux_family.patch_model(model, settings)
     comfy.model_management.load_models_gpu([patched])
     structure = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed))

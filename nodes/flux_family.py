@@ -137,8 +137,7 @@ def patch_model(model, settings: JointSwapSettings | None = None, records_maps: 
     patched = model.clone()
     replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     double_count = len(diffusion_model.double_blocks)
-    doubles = settings.chosen(double_count, double=True)
-    singles = settings.chosen(len(diffusion_model.single_blocks), double=False)
+    doubles, singles = settings.chosen([double_count, len(diffusion_model.single_blocks)])
     maps_block = MAPS_DOUBLE_BLOCK % double_count if records_maps else None
     for kind, indices, level in (
         ("double_block", sorted({0, *doubles, *([] if maps_block is None else [maps_block])}), DOUBLE_BLOCK_LEVEL),
@@ -185,8 +184,8 @@ class FluxFamily:
     def cache_mismatch(self, model, options: dict | None, cache, metadata: dict) -> str | None:
         settings = swap_settings(options)
         diffusion_model = model.get_model_object("diffusion_model")
-        needed = {("double_block", index) for index in settings.chosen(len(diffusion_model.double_blocks), True)}
-        needed |= {("single_block", index) for index in settings.chosen(len(diffusion_model.single_blocks), False)}
+        doubles, singles = settings.chosen([len(diffusion_model.double_blocks), len(diffusion_model.single_blocks)])
+        needed = {("double_block", index) for index in doubles} | {("single_block", index) for index in singles}
         missing = sorted(needed - cache.layers)
         kept_rope = metadata.get("rope", RopeMode.KEEP.value)  # inversions made before the field: keep form
         if missing:

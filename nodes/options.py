@@ -1,8 +1,9 @@
-"""Cross-Image Attention Options: the sampler's advanced step ranges, attention memory budget and Flux blocks."""
+"""Cross-Image Attention Options: the sampler's advanced step ranges, attention memory budget, and which blocks of a
+transformer model swap."""
 
 from __future__ import annotations
 
-from ..xattn_core.joint_attention import JointSwapSettings, RopeMode
+from ..xattn_core.joint_attention import STREAM_BLOCKS_DEFAULT, JointSwapSettings, RopeMode
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings
@@ -10,7 +11,7 @@ from .common import CATEGORY, CheckedCombo, Options, setting_input
 from .compat import io
 from .flux_family import FLUX_OPTIONS_KEY
 
-FLUX_DEFAULTS = JointSwapSettings()
+DEFAULTS = JointSwapSettings()
 
 
 class XAttnOptions(io.ComfyNode):
@@ -27,7 +28,8 @@ class XAttnOptions(io.ComfyNode):
             return fraction(
                 f"flux_{kind}_blocks_{edge}",
                 value,
-                f"Flux only: {edge} of the {kind} blocks that swap, as a fraction of their number ([start, end)).",
+                f"Flux only, kept for saved workflows: {edge} of the {kind} blocks that swap, as a fraction of "
+                "their number ([start, end)). Changed from its default, these four replace swap_depth.",
                 optional=True,  # prompts saved before these inputs existed still validate
             )
 
@@ -36,8 +38,9 @@ class XAttnOptions(io.ComfyNode):
             display_name="Cross-Image Attention Options",
             category=CATEGORY,
             description="Advanced step ranges of the Cross-Image Attention Sampler, as fractions of the schedule "
-            "length counted from the start step (at 100 steps: 0.10 = 10 steps), and which Flux blocks swap. "
-            "Defaults are the paper's (on Flux: single blocks follow level 0's steps, double blocks level 1's).",
+            "length counted from the start step (at 100 steps: 0.10 = 10 steps), and which part of a transformer "
+            "model (Flux.1, Flux.2) swaps. Defaults are the paper's (on Flux: single blocks follow level 0's "
+            "steps, double blocks level 1's).",
             inputs=[
                 fraction("level0_start", l0_start, "Highest-resolution decoder level: first step that swaps."),
                 fraction("level0_end", l0_end, "Highest-resolution decoder level: step where swapping stops."),
@@ -61,18 +64,33 @@ class XAttnOptions(io.ComfyNode):
                     max=high_memory // 2**20,
                     tooltip="Budget for the explicit attention weights of swapped rows (computed in query blocks).",
                 ),
-                blocks("double", "start", FLUX_DEFAULTS.double_blocks[0]),
-                blocks("double", "end", FLUX_DEFAULTS.double_blocks[1]),
-                blocks("single", "start", FLUX_DEFAULTS.single_blocks[0]),
-                blocks("single", "end", FLUX_DEFAULTS.single_blocks[1]),
+                blocks("double", "start", STREAM_BLOCKS_DEFAULT[0][0]),
+                blocks("double", "end", STREAM_BLOCKS_DEFAULT[0][1]),
+                blocks("single", "start", STREAM_BLOCKS_DEFAULT[1][0]),
+                blocks("single", "end", STREAM_BLOCKS_DEFAULT[1][1]),
                 CheckedCombo(
-                    "flux_rope",
+                    "flux_rope",  # its first name, which saved prompts use; it applies to every transformer family
+                    display_name="rope",
                     options=[mode.value for mode in RopeMode],
-                    default=FLUX_DEFAULTS.rope.value,
+                    default=DEFAULTS.rope.value,
                     optional=True,
-                    tooltip="Flux only: the appearance keys' positions. keep = their own (measured best on the "
-                    "tiny model), none = no position for the swapped queries and keys, offset = Flux Kontext's "
-                    "reference index.",
+                    tooltip="Transformer models: the source keys' positions. keep = their own (measured best on the "
+                    "tiny Flux), none = no position for the swapped queries and keys, offset = where the model puts "
+                    "a reference image (Flux Kontext's index 1, Flux.2's 10).",
+                ),
+                fraction(
+                    "swap_depth_start",
+                    DEFAULTS.depth[0],
+                    "Transformer models: where the swapping blocks start, as a fraction of the model's blocks in "
+                    "depth order (Flux: double blocks, then single blocks). Default: the last third (Flux.1: the "
+                    "second half of its single blocks).",
+                    optional=True,
+                ),
+                fraction(
+                    "swap_depth_end",
+                    DEFAULTS.depth[1],
+                    "Transformer models: where the swapping blocks end ([start, end); a block counts by its centre).",
+                    optional=True,
                 ),
             ],
             outputs=[Options.Output(display_name="options")],
@@ -90,11 +108,13 @@ class XAttnOptions(io.ComfyNode):
         adain_start,
         adain_end,
         attention_memory_mb,
-        flux_double_blocks_start=FLUX_DEFAULTS.double_blocks[0],
-        flux_double_blocks_end=FLUX_DEFAULTS.double_blocks[1],
-        flux_single_blocks_start=FLUX_DEFAULTS.single_blocks[0],
-        flux_single_blocks_end=FLUX_DEFAULTS.single_blocks[1],
-        flux_rope=FLUX_DEFAULTS.rope.value,
+        flux_double_blocks_start=STREAM_BLOCKS_DEFAULT[0][0],
+        flux_double_blocks_end=STREAM_BLOCKS_DEFAULT[0][1],
+        flux_single_blocks_start=STREAM_BLOCKS_DEFAULT[1][0],
+        flux_single_blocks_end=STREAM_BLOCKS_DEFAULT[1][1],
+        flux_rope=DEFAULTS.rope.value,
+        swap_depth_start=DEFAULTS.depth[0],
+        swap_depth_end=DEFAULTS.depth[1],
     ):
         plan = PlanSettings(
             level_ranges=((level0_start, level0_end), (level1_start, level1_end)),
@@ -102,10 +122,14 @@ class XAttnOptions(io.ComfyNode):
             structure_kv_end=structure_kv_end,
             adain_range=(adain_start, adain_end),
         )
-        flux_blocks = JointSwapSettings(  # checks start <= end here, on this node, not later in the sampler
-            double_blocks=(flux_double_blocks_start, flux_double_blocks_end),
-            single_blocks=(flux_single_blocks_start, flux_single_blocks_end),
+        stream_blocks = (
+            (flux_double_blocks_start, flux_double_blocks_end),
+            (flux_single_blocks_start, flux_single_blocks_end),
+        )
+        blocks = JointSwapSettings(  # checks start <= end here, on this node, not later in the sampler
+            depth=(swap_depth_start, swap_depth_end),
             rope=RopeMode(flux_rope),
+            stream_blocks=None if stream_blocks == STREAM_BLOCKS_DEFAULT else stream_blocks,  # a saved prompt's
         )
         memory_budget = attention_memory_mb * 2**20
-        return io.NodeOutput({"plan": plan, "memory_budget": memory_budget, FLUX_OPTIONS_KEY: flux_blocks})
+        return io.NodeOutput({"plan": plan, "memory_budget": memory_budget, FLUX_OPTIONS_KEY: blocks})

@@ -78,18 +78,37 @@ def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_ke
     assert torch.equal(elsewhere, own)
 
 
-def test_default_blocks_are_the_second_half_of_the_single_blocks():
+def test_the_default_depth_is_the_last_third_which_on_flux1_is_the_second_half_of_the_single_blocks():
     settings = JointSwapSettings()
-    assert settings.chosen(38, double=False) == list(range(19, 38)) and settings.chosen(19, double=True) == []
+    assert settings.chosen([19, 38]) == [[], list(range(19, 38))]  # Flux.1 dev: the blocks it swapped before
+    assert settings.chosen([2, 2]) == [[], [1]]  # the tiny Flux of the tests
+    assert settings.chosen([8, 48]) == [[], list(range(30, 48))]  # Flux.2 dev: blocks 38-55 of 56
+    assert JointSwapSettings(depth=(2 / 3, 1.0)).chosen([19, 38]) == settings.chosen([19, 38])  # 0.67 is 2/3 here
     assert settings.rope is RopeMode.KEEP
+
+
+def test_a_depth_range_counts_every_block_kind_in_order():
+    assert JointSwapSettings(depth=(0.0, 1.0)).chosen([2, 3]) == [[0, 1], [0, 1, 2]]
+    assert JointSwapSettings(depth=(0.0, 0.5)).chosen([2, 2]) == [[0, 1], []]
+    # five blocks' centres at 0.1, 0.3, 0.5, 0.7, 0.9: [0.3, 0.6) takes the second double and the first single
+    assert JointSwapSettings(depth=(0.3, 0.6)).chosen([2, 3]) == [[1], [0]]
+    assert JointSwapSettings(depth=(0.5, 0.5)).chosen([19, 38]) == [[], []]
+
+
+def test_the_first_flux_block_inputs_still_choose_as_they_did():
+    """The Options node's flux_*_blocks_* ranges (kept for saved prompts): start * count <= index < end * count."""
+    legacy = JointSwapSettings(stream_blocks=((0.0, 0.5), (0.5, 1.0)))
+    assert legacy.chosen([19, 38]) == [list(range(10)), list(range(19, 38))]
+    assert JointSwapSettings(stream_blocks=((1.0, 1.0), (0.0, 0.5))).chosen([2, 2]) == [[], [0]]
 
 
 def test_block_ranges_are_checked_when_made_and_the_rope_mode_may_be_its_name():
     assert JointSwapSettings(rope="none").rope is RopeMode.NONE
-    assert JointSwapSettings(double_blocks=(0.0, 0.5)).chosen(19, double=True) == list(range(10))
     for bad in ((0.6, 0.4), (-0.1, 0.5), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="swap depth range"):
+            JointSwapSettings(depth=bad)
         with pytest.raises(ValueError, match="double block range"):
-            JointSwapSettings(double_blocks=bad)
+            JointSwapSettings(stream_blocks=(bad, (0.5, 1.0)))
     with pytest.raises(ValueError, match="'sideways' is not a valid RopeMode"):
         JointSwapSettings(rope="sideways")
 

@@ -24,7 +24,7 @@ segmentation reads, from the model's own queries and keys: the image tokens' att
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -220,28 +220,56 @@ DOUBLE_BLOCK_LEVEL = 1  # double blocks follow level 1's
 MAPS_DOUBLE_BLOCK = -1
 
 
+# The blocks that swap by default: the last third of the network's blocks in depth order. The paper swaps in the
+# decoder's two highest-resolution levels, the late part of the UNet (the last 6 of SD 1.5's 16 self-attention
+# layers); on Flux.1 (19 double + 38 single blocks) the last third is exactly the second half of the single blocks,
+# the default this pack shipped for Flux.1 first. A choice carried over, not tuned on real weights. 0.67 rather
+# than 2/3: the widget shows two decimals, and a block counts by its centre, so both choose the same blocks.
+DEFAULT_DEPTH = (0.67, 1.0)
+
+
+# The Options node's first, Flux-only block inputs (double blocks, then single blocks) at their defaults: no double
+# block, the single blocks' second half; on Flux.1 the same blocks as DEFAULT_DEPTH. Kept as optional aliases.
+STREAM_BLOCKS_DEFAULT = ((1.0, 1.0), (0.5, 1.0))
+
+
+def _check_range(name: str, low: float, high: float) -> None:
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"{name}: fractions 0 <= start <= end <= 1, got start {low:g} and end {high:g}")
+
+
 @dataclass(frozen=True)
 class JointSwapSettings:
-    """Which blocks of a Flux-style transformer swap, as ``[start, end)`` fractions of each block kind.
+    """Which blocks of a joint-attention transformer swap, and the RoPE form of the source keys.
 
-    Default: the second half of the single blocks (Flux.1: single blocks 19-37), no double block. This is the
-    paper's choice carried over, not a tuned one: the paper swaps only in the decoder, the late half of the
-    network, and the single blocks are Flux's late half. ``rope``: see :class:`RopeMode`.
+    ``depth``: ``[start, end)`` as fractions of the family's swappable blocks in depth order (Flux: its double
+    blocks, then its single blocks); a block swaps when its centre, ``(index + 0.5) / count``, lies in the
+    range. The same numbers mean the same part of the network on every family; each family file lists its blocks.
+    ``stream_blocks``: the Flux-only ranges the Options node had first (``flux_double_blocks_*``,
+    ``flux_single_blocks_*``), each ``[start, end)`` of one block kind by ``start * count <= index < end * count``;
+    when given they replace ``depth`` (saved prompts keep their result). ``rope``: see :class:`RopeMode`.
     """
 
-    double_blocks: tuple[float, float] = (1.0, 1.0)
-    single_blocks: tuple[float, float] = (0.5, 1.0)
+    depth: tuple[float, float] = DEFAULT_DEPTH
     rope: RopeMode = DEFAULT_ROPE
+    stream_blocks: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
-        for kind, (low, high) in (("double", self.double_blocks), ("single", self.single_blocks)):
-            if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(
-                    f"{kind} block range: fractions 0 <= start <= end <= 1, got start {low:g} and end {high:g}"
-                )
+        _check_range("swap depth range", *self.depth)
+        for kind, (low, high) in zip(("double", "single"), self.stream_blocks or (), strict=False):
+            _check_range(f"{kind} block range", low, high)
         object.__setattr__(self, "rope", RopeMode(self.rope))  # accept the plain string, as the Options node has
 
-    def chosen(self, count: int, double: bool) -> list[int]:
-        """The indices, among ``count`` blocks of one kind, that swap."""
-        low, high = self.double_blocks if double else self.single_blocks
-        return [i for i in range(count) if low * count <= i < high * count]
+    def chosen(self, counts: Sequence[int]) -> list[list[int]]:
+        """For each block kind, in depth order, with ``counts[i]`` blocks: the indices that swap."""
+        if self.stream_blocks is not None:
+            return [
+                [index for index in range(count) if low * count <= index < high * count]
+                for count, (low, high) in zip(counts, self.stream_blocks, strict=True)
+            ]
+        total, low, high = sum(counts), *self.depth
+        chosen, first = [], 0
+        for count in counts:
+            chosen.append([index for index in range(count) if low <= (first + index + 0.5) / total < high])
+            first += count
+        return chosen

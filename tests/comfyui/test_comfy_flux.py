@@ -371,6 +371,31 @@ def test_the_options_node_chooses_the_flux_blocks_and_rope(comfy, flux, flux_pai
         assert difference > flux.swap_effect / 10, difference
 
 
+def test_the_swap_depth_means_the_same_blocks_as_the_first_flux_inputs(comfy, flux, flux_pair):
+    """swap_depth counts the double blocks, then the single blocks: all of them is the old all-blocks setting, and
+    an empty range swaps nowhere, bit for bit (the same blocks, the same computation)."""
+    appearance, structure = flux_pair
+    pairs = (
+        (
+            dict(swap_depth_start=0.0, swap_depth_end=1.0),
+            dict(flux_double_blocks_start=0.0, flux_single_blocks_start=0.0),
+        ),
+        (
+            dict(swap_depth_start=0.5, swap_depth_end=0.5),
+            dict(flux_single_blocks_start=0.0, flux_single_blocks_end=0.0),
+        ),
+    )
+    outputs = []
+    for depth, stream in pairs:
+        by_depth, by_stream = (
+            sample_flux(comfy, flux, appearance, structure, options=flux_options(comfy, **inputs))[0]["samples"]
+            for inputs in (depth, stream)
+        )
+        assert torch.equal(by_depth, by_stream)
+        outputs.append(by_depth)
+    assert not torch.equal(*outputs)
+
+
 OTHER_SWAPS = {  # options the default fast-mode cache cannot serve
     "rope offset": dict(flux_rope="offset"),
     "rope none": dict(flux_rope="none"),
