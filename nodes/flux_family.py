@@ -21,6 +21,7 @@ from ..xattn_core.joint_attention import (
     DOUBLE_BLOCK_LEVEL,
     MAPS_DOUBLE_BLOCK,
     SINGLE_BLOCK_LEVEL,
+    JointBlock,
     JointSwapSettings,
     RopeMode,
     index_rotation,
@@ -36,23 +37,20 @@ OVERRIDE_KEY = "optimized_attention_override"
 FLUX_OPTIONS_KEY = "flux"  # XATTN_OPTIONS entry: a JointSwapSettings
 
 
-def _attention_override(
-    layer, level, swap, options: dict, text_tokens: int, pe, settings, offset, previous, records_maps: bool
-):
-    """An ``optimized_attention_override`` for one block call: ComfyUI calls it with the raw attention function."""
+def _attention_override(block: JointBlock, swap, options: dict, previous):
+    """An ``optimized_attention_override`` for one block call: ComfyUI calls it with the raw attention function.
+    ``previous``: another pack's override, which keeps computing ordinary attention."""
 
     def override(func, q: Tensor, k: Tensor, v: Tensor, heads: int, *args, **kwargs):
         def plain(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-            if previous is not None:  # another pack's override keeps computing ordinary attention
+            if previous is not None:
                 return previous(func, query, key, value, heads, *args, **kwargs)
             return func(query, key, value, heads, *args, **kwargs)
 
         if not kwargs.get("skip_reshape", False):  # not Flux's layout; leave it alone
             return plain(q, k, v)
         cond_or_uncond = list(options.get("cond_or_uncond") or [0])
-        return route_joint_attention(
-            q, k, v, layer, level, cond_or_uncond, swap, plain, text_tokens, pe, settings.rope, offset, records_maps
-        )
+        return route_joint_attention(q, k, v, block, cond_or_uncond, swap, plain)
 
     return override
 
@@ -75,18 +73,8 @@ def _block_patch(
             if text_tokens is None:
                 raise RuntimeError("a Flux single block ran before any double block; cannot find the text tokens")
             block_options = dict(options)
-            block_options[OVERRIDE_KEY] = _attention_override(
-                layer,
-                level,
-                swap,
-                options,
-                text_tokens,
-                args["pe"],
-                settings,
-                offset,
-                options.get(OVERRIDE_KEY),
-                records_maps,
-            )
+            joint_block = JointBlock(layer, level, text_tokens, args["pe"], settings.rope, offset, records_maps)
+            block_options[OVERRIDE_KEY] = _attention_override(joint_block, swap, options, options.get(OVERRIDE_KEY))
             args = {**args, "transformer_options": block_options}
         if previous is not None:
             return previous(args, extras)

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from xattn_core.attention import CallAttention, Capture, KeyValueStore, Recording, Swap
-from xattn_core.joint_attention import JointSwapSettings, RopeMode, index_rotation, rotate, route_joint_attention
+from xattn_core.joint_attention import (
+    JointBlock,
+    JointSwapSettings,
+    RopeMode,
+    index_rotation,
+    rotate,
+    route_joint_attention,
+)
 from xattn_core.segmentation import AttentionMaps
 
 HEADS, DIM, TEXT, IMAGE = 2, 8, 3, 6
@@ -48,7 +55,7 @@ def swapped(mode: RopeMode, source_permutation: torch.Tensor):
     k[0:1, :, image] = rotate(raw[:, :, source_permutation], pe[:, :, image])
     v[0:1, :, image] = v[0:1, :, image][:, :, source_permutation]
     swap = CallAttention(swap=Swap(frozenset({0}), (1,), (0,), None, 1.0))
-    return route_joint_attention(q, k, v, "layer", 0, [0], swap, plain, TEXT, pe, mode), (q, k, v)
+    return route_joint_attention(q, k, v, JointBlock("layer", 0, TEXT, pe, mode), [0], swap, plain), (q, k, v)
 
 
 def test_without_rope_the_swap_follows_content_not_positions():
@@ -65,16 +72,16 @@ def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_ke
     q, k, v = rows(2)
     store = KeyValueStore()
     route_joint_attention(
-        q, k, v, "layer", 0, [0], CallAttention(capture=Capture(frozenset({0}), store)), plain, TEXT, None
+        q, k, v, JointBlock("layer", 0, TEXT), [0], CallAttention(capture=Capture(frozenset({0}), store)), plain
     )
     keys, values = store.get("layer", 0)
     assert keys.shape == values.shape == (2, IMAGE, HEADS * DIM)
     swap = CallAttention(swap=Swap(frozenset({0}), (0,), (1,), store, 1.67))
-    out = route_joint_attention(q, k, v, "layer", 0, [0], swap, plain, TEXT, None)
+    out = route_joint_attention(q, k, v, JointBlock("layer", 0, TEXT), [0], swap, plain)
     own = plain(q, k, v)
     assert torch.equal(out[1], own[1]) and torch.equal(out[0, :TEXT], own[0, :TEXT])
     assert (out[0, TEXT:] - own[0, TEXT:]).abs().max() > 1e-3
-    elsewhere = route_joint_attention(q, k, v, "layer", 1, [0], swap, plain, TEXT, None)  # another level
+    elsewhere = route_joint_attention(q, k, v, JointBlock("layer", 1, TEXT), [0], swap, plain)  # another level
     assert torch.equal(elsewhere, own)
 
 
@@ -119,7 +126,7 @@ def test_the_maps_are_recorded_from_the_cond_branch_rows_it_names():
     q, k, v = rows(7, count=4)  # two branches of two rows: [uncond rows 0-1, cond rows 0-1]
     maps = AttentionMaps()
     call = CallAttention(record=Recording(maps, ((1, ("appearance", 0)),)))
-    out = route_joint_attention(q, k, v, "layer", None, [1, 0], call, plain, TEXT, None, records_maps=True)
+    out = route_joint_attention(q, k, v, JointBlock("layer", None, TEXT, records_maps=True), [1, 0], call, plain)
     assert torch.equal(out, plain(q, k, v))  # recording changes nothing
     row = 2 + 1  # the cond branch's second row
 
@@ -133,6 +140,8 @@ def test_the_maps_are_recorded_from_the_cond_branch_rows_it_names():
     assert maps.self_maps[image].shape == (IMAGE, IMAGE) and maps.cross_maps[image].shape == (IMAGE, TEXT)
     untouched = AttentionMaps()
     quiet = CallAttention(record=Recording(untouched, ((1, image),)))
-    route_joint_attention(q, k, v, "layer", None, [1, 0], quiet, plain, TEXT, None)  # not the maps block
-    route_joint_attention(q, k, v, "layer", None, [1], quiet, plain, TEXT, None, records_maps=True)  # no cond rows
+    route_joint_attention(q, k, v, JointBlock("layer", None, TEXT), [1, 0], quiet, plain)  # not the maps block
+    route_joint_attention(
+        q, k, v, JointBlock("layer", None, TEXT, records_maps=True), [1], quiet, plain
+    )  # no cond rows
     assert not untouched.self_maps and not untouched.cross_maps

@@ -137,28 +137,43 @@ def record_joint_maps(query: Tensor, key: Tensor, text_tokens: int, cond_or_unco
             call.record.maps.cross_maps[image] = mean_attention_weights(queries, text_keys, heads, budget)
 
 
+@dataclass(frozen=True, eq=False)
+class JointBlock:
+    """What one call of a joint-attention block tells the swap: the block, its token layout and its RoPE.
+
+    ``layer``: the block's key in the key/value stores. ``level``: the plan level whose step range it follows
+    (None: it swaps nowhere). ``text_tokens``: how many text tokens open the sequence (the image's follow).
+    ``pe``: the block's RoPE, ``[1 or rows, 1, tokens, dim/2, 2, 2]``; ``rope`` the form the source keys take and
+    ``offset`` the extra rotation of :func:`index_rotation` for ``RopeMode.OFFSET``. ``records_maps``: the maps
+    block of the automatic masks.
+    """
+
+    layer: Hashable
+    level: int | None
+    text_tokens: int
+    pe: Tensor | None = None
+    rope: RopeMode = DEFAULT_ROPE
+    offset: Tensor | None = None
+    records_maps: bool = False
+
+
 def route_joint_attention(
     query: Tensor,
     key: Tensor,
     value: Tensor,
-    layer: Hashable,
-    level: int | None,
+    block: JointBlock,
     cond_or_uncond: list[int],
     call: CallAttention | None,
     plain: JointAttention,
-    text_tokens: int,
-    pe: Tensor | None,
-    rope: RopeMode = DEFAULT_ROPE,
-    offset: Tensor | None = None,
-    records_maps: bool = False,
 ) -> Tensor:
-    """Joint attention for one block over a batch of one block of rows per ``cond_or_uncond`` entry.
+    """Joint attention for one block call over a batch of one block of rows per ``cond_or_uncond`` entry.
 
-    ``pe`` is the block's RoPE (``[1 or rows, 1, tokens, dim/2, 2, 2]``); ``offset`` the extra rotation of
-    :func:`index_rotation` for ``RopeMode.OFFSET``. Stores hold the image keys/values ``[rows, image tokens,
-    heads * dim]``, the keys already in the RoPE form ``rope`` asks for. ``records_maps`` marks the maps block.
+    Stores hold the image keys/values ``[rows, image tokens, heads * dim]``, the keys already in the RoPE form
+    ``block.rope`` asks for.
     """
-    if records_maps:
+    layer, level, text_tokens = block.layer, block.level, block.text_tokens
+    pe, rope, offset = block.pe, block.rope, block.offset
+    if block.records_maps:
         record_joint_maps(query, key, text_tokens, cond_or_uncond, call)
     if not touches(call, level):
         return plain(query, key, value)
