@@ -50,7 +50,7 @@ def relative_error(ns, model, mode, shift: int, sigma: float, seed: int) -> floa
 
     core = ns.core
     joint = __import__(f"{ns.pack.__name__}.xattn_core.joint_attention", fromlist=["JointSwapSettings"])
-    flux_family = __import__(f"{ns.pack.__name__}.nodes.flux_family", fromlist=["patch_model"])
+    flux_family = __import__(f"{ns.pack.__name__}.nodes.flux_transformer", fromlist=["patch_model"])
     backend = ns.backend
     settings = joint.JointSwapSettings(depth=(0.0, 1.0), rope=mode)
     patched = flux_family.patch_model(model, settings)

@@ -1,7 +1,7 @@
 """ComfyUI glue every model family shares: run engine loops inside ComfyUI's sampling machinery.
 
-- A model family (:class:`ModelFamily`; ``unet_family.py``, ``flux_family.py``) patches a clone of the MODEL
-  so that its swapping layers read the per-call directive :class:`ComfyBackend` puts into
+- A model family (:class:`ModelFamily`; ``unet_family.py``, ``flux_family.py``, ``flux2_family.py``) patches a
+  clone of the MODEL so that its swapping layers read the per-call directive :class:`ComfyBackend` puts into
   ``transformer_options``; with none, they are ordinary attention. :func:`family_of` picks the family.
 - :func:`run_in_guider` runs an engine loop as a KSAMPLER function through a :class:`TransferGuider` (a
   ``CFGGuider`` whose path calls get the prompts without hints), so model loading/offloading, ControlNet,

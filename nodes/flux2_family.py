@@ -2,7 +2,7 @@
 
 ComfyUI (0.9.2 on) runs Flux.2 with the same transformer class as Flux.1 (``comfy.ldm.flux.model.Flux``) under
 ``model_base.Flux2``, so the blocks, the ``"dit"`` block patches and the joint attention are Flux.1's
-(``flux_family.py``). What differs, all read from the model itself rather than written here:
+(``flux_transformer.py``). What differs, all read from the model itself rather than written here:
 
 - latents: 128 channels (``latent_formats.Flux2``: the VAE's 32, patchified 2 x 2), patch size 1;
 - RoPE: four axes with theta 2000, the text's positions on the fourth; a reference image sits at index
@@ -12,8 +12,8 @@ ComfyUI (0.9.2 on) runs Flux.2 with the same transformer class as Flux.1 (``comf
 - the schedule: the one ComfyUI's Flux.2 templates sample with (Flux2Scheduler: a shift that grows with the
   image's token count), for the latent being inverted.
 
-Blocks: the same defaults as Flux.1 (the single blocks' second half, no double block), for the same reason
-(the paper swaps in the decoder, the late part of the network), not tuned on Flux.2 weights.
+Blocks: the same default depth range as Flux.1 (the last third of the blocks; Flux.2 dev: single blocks 30-47),
+for the same reason (the paper swaps in the decoder, the late part of the network), not tuned on Flux.2 weights.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from .compat import flux2_schedule
-from .flux_family import FluxFamily, is_flux2, is_flux_transformer
+from .flux_transformer import FluxTransformerFamily, is_flux2, is_flux_transformer
 
 
-class Flux2Family(FluxFamily):
+class Flux2Family(FluxTransformerFamily):
     """Flux.2 dev (guidance-distilled: cfg 1, FluxGuidance on the prompt) and klein."""
 
     name = "flux2"

@@ -9,7 +9,7 @@ from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings
 from .common import CATEGORY, CheckedCombo, Options, setting_input
 from .compat import io
-from .flux_family import FLUX_OPTIONS_KEY
+from .flux_transformer import FLUX_OPTIONS_KEY
 
 DEFAULTS = JointSwapSettings()
 

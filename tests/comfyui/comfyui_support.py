@@ -72,7 +72,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         nodes=_importlib.import_module(f"{PACK_NAME}.nodes"),
         backend=_importlib.import_module(f"{PACK_NAME}.nodes.comfy_backend"),
         families=_importlib.import_module(f"{PACK_NAME}.nodes.families"),
-        flux=_importlib.import_module(f"{PACK_NAME}.nodes.flux_family"),
+        flux=_importlib.import_module(f"{PACK_NAME}.nodes.flux_transformer"),
         unet=_importlib.import_module(f"{PACK_NAME}.nodes.unet_family"),
         common=_importlib.import_module(f"{PACK_NAME}.nodes.common"),
         core=SimpleNamespace(
