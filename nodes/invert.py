@@ -150,6 +150,11 @@ class XAttnInvertImage(io.ComfyNode):
         samples = latent["samples"]
         if samples.shape[0] == 0:
             raise ValueError("the latent batch is empty: connect a VAE Encode output with at least one image")
+        if not bool(torch.isfinite(samples).all()):
+            raise ValueError(
+                "the latent input holds NaN or Inf values: encode the image again (a NaN usually comes from a VAE "
+                "run in too low a precision, e.g. SDXL's VAE in fp16)"
+            )
         channels = model.model.latent_format.latent_channels
         if samples.dim() != 4 or samples.shape[1] != channels:
             raise ValueError(

@@ -36,6 +36,12 @@ def check_against_model(inversion: Inversion, role: str, model, fingerprint: str
             f"the {role} input needs an XATTN_INVERSION from Invert Image (DDPM) or Load Inversion, "
             f"not {type(inversion).__name__}"
         )
+    non_finite = inversion.non_finite_part()
+    if non_finite is not None:
+        raise ValueError(
+            f"the {role} inversion has NaN or Inf values in its {non_finite}: invert the image again from a finite "
+            "latent (a NaN usually comes from a VAE or model run in too low a precision)"
+        )
     family = family_of(model).name
     stored_family = inversion.metadata.get("family") or ("flux" if inversion.step_kind == "flow" else None)
     if stored_family and stored_family != family:

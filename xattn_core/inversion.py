@@ -123,6 +123,19 @@ class Inversion:
         """``(latent, prediction, sigma, sigma_next, noise map) -> next latent``: the step of this kind."""
         return flow_step if self.step_kind == FLOW else ddpm_step
 
+    def non_finite_part(self) -> str | None:
+        """The first of its tensors that holds NaN or Inf ("clean latent", "noisy latents", "noise maps",
+        "sigmas"), or None: one such value makes a whole transfer NaN, with no error of its own."""
+        for name, tensor in (
+            ("clean latent", self.clean),
+            ("noisy latents", self.latents),
+            ("noise maps", self.noise_maps),
+            ("sigmas", self.sigmas),
+        ):
+            if not bool(torch.isfinite(tensor).all()):
+                return name
+        return None
+
     def latent_at(self, step: int) -> Tensor:
         return self.latents[self._index(step, self.steps)]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from comfyui_support import (
     conditioning,
+    counting_clone,
     invert_node,
     run,
     sample_node,
@@ -258,3 +259,23 @@ def test_options_node_reaches_the_sampler(comfy, sd15, pair, plain_transfer):
     (defaults,) = run(comfy.nodes.XAttnOptions, 0.1, 0.9, 0.1, 0.7, 5, 0.4, 0.2, 1.0, 64)
     with_defaults, _, _, *_ = transfer(comfy, sd15, appearance, structure, options=defaults)
     assert torch.equal(with_defaults["samples"], plain_transfer[0]["samples"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_latents_and_inversions_are_refused_before_any_model_call(comfy, sd15, pair, value):
+    """One NaN made the inversion's noise maps and the whole output NaN, with no error anywhere."""
+    appearance, structure = pair
+    counted, calls = counting_clone(sd15)
+    poisoned = latents(5)
+    poisoned[0, 1, 3, 4] = value
+    with pytest.raises(ValueError, match="the latent input holds NaN or Inf values: encode the image again"):
+        invert(comfy, counted, poisoned)
+    for part in ("clean", "latents", "noise_maps"):
+        bad = appearance.select([0])
+        tensor = getattr(bad, part).clone()
+        tensor.view(-1)[7] = value
+        setattr(bad, part, tensor)
+        where = {"clean": "clean latent", "latents": "noisy latents", "noise_maps": "noise maps"}[part]
+        with pytest.raises(ValueError, match=f"the appearance inversion has NaN or Inf values in its {where}"):
+            transfer(comfy, counted, bad, structure)
+    assert not calls
