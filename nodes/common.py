@@ -31,15 +31,18 @@ def show_warnings_on_node(messages: list[str]) -> None:
     context = get_executing_context()
     if context is None:  # not run by ComfyUI's executor
         return
-    server = prompt_server()
-    if server is None:
-        return
-    if messages:
-        server.send_progress_text("\n".join(f"Warning: {message}" for message in messages), context.node_id)
-        _warned_nodes.add(context.node_id)
-    elif context.node_id in _warned_nodes:
-        server.send_progress_text("No warnings in the last run.", context.node_id)
-        _warned_nodes.discard(context.node_id)
+    try:  # the UI channel is a courtesy: without a server (ComfyUI hosted as a library) the log has the warnings
+        server = prompt_server()
+        if server is None:
+            return
+        if messages:
+            server.send_progress_text("\n".join(f"Warning: {message}" for message in messages), context.node_id)
+            _warned_nodes.add(context.node_id)
+        elif context.node_id in _warned_nodes:
+            server.send_progress_text("No warnings in the last run.", context.node_id)
+            _warned_nodes.discard(context.node_id)
+    except Exception as error:  # never fail the node, nor hide its own error, for the sake of showing a warning
+        logging.debug("%s: warnings not shown on the node (%s: %s)", LOG_PREFIX, type(error).__name__, error)
 
 
 @contextmanager

@@ -279,3 +279,20 @@ def test_non_finite_latents_and_inversions_are_refused_before_any_model_call(com
         with pytest.raises(ValueError, match=f"the appearance inversion has NaN or Inf values in its {where}"):
             transfer(comfy, counted, bad, structure)
     assert not calls
+
+
+def test_a_missing_ui_channel_never_fails_a_node_nor_hides_its_error(comfy, monkeypatch, caplog):
+    """ComfyUI hosted as a library has no PromptServer: showing warnings on the node then only logs them."""
+    from types import SimpleNamespace
+
+    def no_server():
+        raise ImportError("No module named 'server'")
+
+    monkeypatch.setattr(comfy.common, "get_executing_context", lambda: SimpleNamespace(node_id="7"))
+    monkeypatch.setattr(comfy.common, "prompt_server", no_server)
+    with caplog.at_level(logging.WARNING), comfy.common.engine_warnings() as messages:
+        messages.append("a warning for the node")
+    assert "a warning for the node" in caplog.text
+    with pytest.raises(ValueError, match="the node's own error"), comfy.common.engine_warnings() as messages:
+        messages.append("another warning")
+        raise ValueError("the node's own error")
