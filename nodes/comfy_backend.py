@@ -20,16 +20,20 @@ import torch
 from torch import Tensor
 
 from ..xattn_core.attention import CallAttention
+from ..xattn_core.errors import XAttnError
 from ..xattn_core.freeu import FreeUSettings
 from .compat import comfy, comfy_attention  # comfy.samplers, comfy.model_management, comfy.model_sampling
 
 SWAP_KEY = "xattn_swap"  # transformer_options key carrying the CallAttention of a model call
+# transformer_options key: the model-space latent shape of a call the pack makes; a transformer counts the image's
+# own tokens from it (edit models append reference images' tokens after them)
+LATENT_SHAPE_KEY = "xattn_latent_shape"
 # ComfyUI >= 0.3.6x routes optimized_attention through transformer_options["optimized_attention_override"]
 # (wrap_attn); older versions take no transformer_options argument at all
 ATTENTION_TAKES_OPTIONS = hasattr(comfy_attention, "wrap_attn")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(XAttnError, ValueError):
     pass
 
 
@@ -155,6 +159,7 @@ class ComfyBackend:
         model_options = dict(extra_args.get("model_options", {}))
         transformer_options = dict(model_options.get("transformer_options", {}))
         transformer_options[SWAP_KEY] = swap
+        transformer_options[LATENT_SHAPE_KEY] = tuple(latents.shape)
         transformer_options[PATHS_KEY] = paths
         model_options["transformer_options"] = transformer_options
         extra_args["model_options"] = model_options

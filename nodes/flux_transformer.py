@@ -31,7 +31,7 @@ from ..xattn_core.joint_attention import (
     route_joint_attention,
     touches,
 )
-from .comfy_backend import ATTENTION_TAKES_OPTIONS, SWAP_KEY, UnsupportedModelError
+from .comfy_backend import ATTENTION_TAKES_OPTIONS, LATENT_SHAPE_KEY, SWAP_KEY, UnsupportedModelError
 from .compat import text_tokens_of_joint_stream
 
 TEXT_TOKENS_KEY = "xattn_text_tokens"  # set by the double blocks: single blocks see cat(txt, img) without a split
@@ -57,8 +57,24 @@ def _attention_override(block: JointBlock, swap, options: dict, previous):
     return override
 
 
+def image_tokens(options: dict, patch_size: int) -> int | None:
+    """The image's own tokens in a call the pack makes: one per ``patch_size`` square of the latent, padded up as
+    the transformer pads it. Reference images' tokens (Kontext, Flux.2 edit) follow these."""
+    shape = options.get(LATENT_SHAPE_KEY)
+    if shape is None:
+        return None
+    return -(-shape[-2] // patch_size) * -(-shape[-1] // patch_size)
+
+
 def _block_patch(
-    kind: str, index: int, level: int | None, previous, settings: JointSwapSettings, offset, maps_block: bool = False
+    kind: str,
+    index: int,
+    level: int | None,
+    previous,
+    settings: JointSwapSettings,
+    offset,
+    patch_size: int,
+    maps_block: bool = False,
 ):
     """``patches_replace["dit"][(kind, index)]``; ``level`` None: the block swaps nowhere (it records the text
     length, or, as the maps block, the automatic masks' maps)."""
@@ -75,7 +91,16 @@ def _block_patch(
             if text_tokens is None:
                 raise RuntimeError("a Flux single block ran before any double block; cannot find the text tokens")
             block_options = dict(options)
-            joint_block = JointBlock(layer, level, text_tokens, args["pe"], settings.rope, offset, records_maps)
+            joint_block = JointBlock(
+                layer,
+                level,
+                text_tokens,
+                image_tokens=image_tokens(options, patch_size),
+                pe=args["pe"],
+                rope=settings.rope,
+                offset=offset,
+                records_maps=records_maps,
+            )
             block_options[OVERRIDE_KEY] = _attention_override(joint_block, swap, options, options.get(OVERRIDE_KEY))
             args = {**args, "transformer_options": block_options}
         if previous is not None:
@@ -142,6 +167,7 @@ def patch_model(model, settings: JointSwapSettings | None = None, records_maps: 
                 replaced.get((kind, index)),
                 settings,
                 offset,
+                diffusion_model.patch_size,
                 maps_block=kind == "double_block" and index == maps_block,
             )
             patched.set_model_patch_replace(patch, "dit", kind, index)

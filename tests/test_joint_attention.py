@@ -55,7 +55,7 @@ def swapped(mode: RopeMode, source_permutation: torch.Tensor):
     k[0:1, :, image] = rotate(raw[:, :, source_permutation], pe[:, :, image])
     v[0:1, :, image] = v[0:1, :, image][:, :, source_permutation]
     swap = CallAttention(swap=Swap(frozenset({0}), (1,), (0,), None, 1.0))
-    return route_joint_attention(q, k, v, JointBlock("layer", 0, TEXT, pe, mode), [0], swap, plain), (q, k, v)
+    return route_joint_attention(q, k, v, JointBlock("layer", 0, TEXT, pe=pe, rope=mode), [0], swap, plain), (q, k, v)
 
 
 def test_without_rope_the_swap_follows_content_not_positions():
@@ -83,6 +83,39 @@ def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_ke
     assert (out[0, TEXT:] - own[0, TEXT:]).abs().max() > 1e-3
     elsewhere = route_joint_attention(q, k, v, JointBlock("layer", 1, TEXT), [0], swap, plain)  # another level
     assert torch.equal(elsewhere, own)
+
+
+def test_reference_image_tokens_after_the_image_are_context_never_swapped_nor_stored():
+    """Edit models append reference images' tokens after the image's own: the output row keeps its own text and
+    reference keys; only its image keys/values come from the source, and only the image's tokens are stored."""
+    reference = 4
+    generator = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, HEADS, TEXT + IMAGE + reference, DIM, generator=generator) for _ in range(3))
+    block = JointBlock("layer", 0, TEXT, image_tokens=IMAGE)
+    store = KeyValueStore()
+    route_joint_attention(q, k, v, block, [0], CallAttention(capture=Capture(frozenset({0}), store)), plain)
+    assert store.get("layer", 0)[0].shape == (2, IMAGE, HEADS * DIM)
+    contrast = 1.67
+    out = route_joint_attention(
+        q, k, v, block, [0], CallAttention(swap=Swap(frozenset({0}), (0,), (1,), store, contrast)), plain
+    )
+    image, refs = slice(TEXT, TEXT + IMAGE), slice(TEXT + IMAGE, None)
+    # written out: output row 0's image queries over [its text, appearance row 1's image, its references]
+    keys = torch.cat([k[0, :, :TEXT], k[1, :, image], k[0, :, refs]], 1)
+    values = torch.cat([v[0, :, :TEXT], v[1, :, image], v[0, :, refs]], 1)
+    weights = torch.softmax(q[0, :, image] @ keys.transpose(-1, -2) / DIM**0.5, -1)
+    weights = (contrast * weights - (contrast - 1) / keys.shape[1]).clamp(0, 1)
+    expected = (weights @ values).transpose(0, 1).reshape(IMAGE, HEADS * DIM)
+    assert torch.allclose(out[0, image], expected, atol=1e-5)
+    own = plain(q, k, v)
+    assert torch.equal(out[0, refs], own[0, refs]) and torch.equal(out[0, :TEXT], own[0, :TEXT])
+    assert torch.equal(out[1], own[1])
+    # taken for image tokens (the old slice to the end) the result differs
+    unsplit = route_joint_attention(
+        q, k, v, JointBlock("layer", 0, TEXT), [0], CallAttention(swap=Swap(frozenset({0}), (0,), (1,), None, contrast)),
+        plain,
+    )
+    assert (unsplit[0, image] - out[0, image]).abs().max() > 1e-3
 
 
 def test_the_default_depth_is_the_last_third_which_on_flux1_is_the_second_half_of_the_single_blocks():

@@ -76,6 +76,7 @@ def contrasted_joint_attention(
 ) -> Tensor:
     """The paper's contrasted attention over text keys and image keys scored with queries of their own RoPE form.
 
+    ``text_keys``: the output row's own context (its text, then any reference images' tokens).
     ``text_queries``/``image_queries`` are the same queries ``[1, heads, Q, dim]`` as the text and the image keys
     see them (they differ only when RoPE is removed from the image part); ``values`` ``[1, heads, T + I, dim]``
     in the keys' order. Weights: clip(c * softmax - (c - 1) / N_keys, 0, 1), not renormalised, in float32, in
@@ -103,6 +104,36 @@ def contrasted_joint_attention(
     return merge_heads(out).to(values.dtype)
 
 
+@dataclass(frozen=True, eq=False)
+class JointBlock:
+    """What one call of a joint-attention block tells the swap: the block, its token layout and its RoPE.
+
+    ``layer``: the block's key in the key/value stores. ``level``: the plan level whose step range it follows
+    (None: it swaps nowhere). ``text_tokens``: how many text tokens open the sequence (the image's follow).
+    ``image_tokens``: how many of the tokens after the text are the image's own (None: all of them); the rest are
+    reference images (Flux Kontext, Flux.2 and Qwen-Image edit models append theirs), context like the text: an
+    output row keeps its own, and they are neither swapped nor stored.
+    ``pe``: the block's RoPE, ``[1 or rows, 1, tokens, dim/2, 2, 2]``; ``rope`` the form the source keys take and
+    ``offset`` the extra rotation of :func:`index_rotation` for ``RopeMode.OFFSET``. ``records_maps``: the maps
+    block of the automatic masks.
+    """
+
+    layer: Hashable
+    level: int | None
+    text_tokens: int
+    image_tokens: int | None = None
+    pe: Tensor | None = None
+    rope: RopeMode = DEFAULT_ROPE
+    offset: Tensor | None = None
+    records_maps: bool = False
+
+    @property
+    def image_slice(self) -> slice:
+        """The image's own tokens in the joint sequence."""
+        end = None if self.image_tokens is None else self.text_tokens + self.image_tokens
+        return slice(self.text_tokens, end)
+
+
 def touches(call: CallAttention | None, level: int | None) -> bool:
     """Whether a block at ``level`` captures or swaps during the call ``call`` directs."""
     if call is None or level is None:
@@ -115,7 +146,7 @@ def records(call: CallAttention | None) -> bool:
     return call is not None and call.record is not None and bool(call.record.rows)
 
 
-def record_joint_maps(query: Tensor, key: Tensor, text_tokens: int, cond_or_uncond: list[int], call) -> None:
+def record_joint_maps(query: Tensor, key: Tensor, block: JointBlock, cond_or_uncond: list[int], call) -> None:
     """At the maps block: the head-averaged maps of the cond-branch rows ``call.record`` names, each softmax over
     one kind of key as a UNet's separate self- and cross-attention computes it: image queries over the image keys
     (``self_maps``, ``[image tokens, image tokens]``) and over the text keys (``cross_maps``, ``[image tokens, text
@@ -127,34 +158,15 @@ def record_joint_maps(query: Tensor, key: Tensor, text_tokens: int, cond_or_unco
     first = cond_or_uncond.index(0) * rows
     heads = query.shape[1]
     budget = call.record.memory_budget
+    text, image_part = slice(0, block.text_tokens), block.image_slice
     for row, image in call.record.rows:
         index = first + row
-        queries = merge_heads(query[index : index + 1, :, text_tokens:])[0]
-        image_keys = merge_heads(key[index : index + 1, :, text_tokens:])[0]
-        text_keys = merge_heads(key[index : index + 1, :, :text_tokens])[0]
+        queries = merge_heads(query[index : index + 1, :, image_part])[0]
+        image_keys = merge_heads(key[index : index + 1, :, image_part])[0]
+        text_keys = merge_heads(key[index : index + 1, :, text])[0]
         with torch.no_grad():  # the maps only feed k-means
             call.record.maps.self_maps[image] = mean_attention_weights(queries, image_keys, heads, budget)
             call.record.maps.cross_maps[image] = mean_attention_weights(queries, text_keys, heads, budget)
-
-
-@dataclass(frozen=True, eq=False)
-class JointBlock:
-    """What one call of a joint-attention block tells the swap: the block, its token layout and its RoPE.
-
-    ``layer``: the block's key in the key/value stores. ``level``: the plan level whose step range it follows
-    (None: it swaps nowhere). ``text_tokens``: how many text tokens open the sequence (the image's follow).
-    ``pe``: the block's RoPE, ``[1 or rows, 1, tokens, dim/2, 2, 2]``; ``rope`` the form the source keys take and
-    ``offset`` the extra rotation of :func:`index_rotation` for ``RopeMode.OFFSET``. ``records_maps``: the maps
-    block of the automatic masks.
-    """
-
-    layer: Hashable
-    level: int | None
-    text_tokens: int
-    pe: Tensor | None = None
-    rope: RopeMode = DEFAULT_ROPE
-    offset: Tensor | None = None
-    records_maps: bool = False
 
 
 def route_joint_attention(
@@ -171,15 +183,14 @@ def route_joint_attention(
     Stores hold the image keys/values ``[rows, image tokens, heads * dim]``, the keys already in the RoPE form
     ``block.rope`` asks for.
     """
-    layer, level, text_tokens = block.layer, block.level, block.text_tokens
-    pe, rope, offset = block.pe, block.rope, block.offset
+    layer, level, pe, rope, offset = block.layer, block.level, block.pe, block.rope, block.offset
     if block.records_maps:
-        record_joint_maps(query, key, text_tokens, cond_or_uncond, call)
+        record_joint_maps(query, key, block, cond_or_uncond, call)
     if not touches(call, level):
         return plain(query, key, value)
     capture, swap = call.capture, call.swap
     heads = query.shape[1]
-    image = slice(text_tokens, None)
+    image = block.image_slice
     image_pe = None if pe is None or rope is RopeMode.KEEP else pe[:, :, image]
 
     def row_pe(rows: slice) -> Tensor:
@@ -193,24 +204,30 @@ def route_joint_attention(
             return rotate(keys, offset.to(keys.device))  # so the extra rotation moves the keys to (1, y, x)
         return rotate(keys, row_pe(rows), inverse=True)
 
+    def context(tensor: Tensor, row: slice) -> Tensor:
+        """A row's own tokens that are not its image: the text, then any reference images."""
+        if image.stop is None or image.stop == tensor.shape[2]:
+            return tensor[row, :, : block.text_tokens]
+        return torch.cat([tensor[row, :, : block.text_tokens], tensor[row, :, image.stop :]], 2)
+
     rows = query.shape[0] // len(cond_or_uncond)
     branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
     if capture is not None and level in capture.levels:
-        for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
-            image_keys = source_form(key[block, :, image], block)
-            capture.store.put(layer, branch, merge_heads(image_keys), merge_heads(value[block, :, image]))
+        for branch, in_branch in zip(cond_or_uncond, branch_rows, strict=True):
+            image_keys = source_form(key[in_branch, :, image], in_branch)
+            capture.store.put(layer, branch, merge_heads(image_keys), merge_heads(value[in_branch, :, image]))
     out = plain(query, key, value)
     if swap is None or level not in swap.levels or not swap.output_rows:
         return out
     out = out.clone()
-    for branch, block in zip(cond_or_uncond, branch_rows, strict=True):
+    for branch, in_branch in zip(cond_or_uncond, branch_rows, strict=True):
         if swap.source is None:
-            source_keys = merge_heads(source_form(key[block, :, image], block))
-            source_values = merge_heads(value[block, :, image])
+            source_keys = merge_heads(source_form(key[in_branch, :, image], in_branch))
+            source_values = merge_heads(value[in_branch, :, image])
         else:
             source_keys, source_values = swap.source.get(layer, branch)
         for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
-            index = block.start + output_row
+            index = in_branch.start + output_row
             row = slice(index, index + 1)
             queries = query[row, :, image]
             image_queries = queries
@@ -218,11 +235,10 @@ def route_joint_attention(
                 image_queries = rotate(queries, row_pe(row), inverse=True)
             image_keys = split_heads(source_keys[source_row : source_row + 1].to(key), heads)
             values = torch.cat(
-                [value[row, :, :text_tokens], split_heads(source_values[source_row : source_row + 1].to(value), heads)],
-                2,
+                [context(value, row), split_heads(source_values[source_row : source_row + 1].to(value), heads)], 2
             )
             out[row, image] = contrasted_joint_attention(
-                queries, key[row, :, :text_tokens], image_queries, image_keys, values, swap.contrast, swap.memory_budget
+                queries, context(key, row), image_queries, image_keys, values, swap.contrast, swap.memory_budget
             ).to(out.dtype)
     return out
 

@@ -193,18 +193,22 @@ class Recorder:
         return func(q, k, v, heads, *args, **kwargs)
 
 
-def reference_swap(query, key, value, appearance_key, appearance_value, text_tokens, contrast):
-    """Plain torch: the output row's image queries over its own text keys and the appearance's image keys."""
-    image = slice(text_tokens, None)
-    keys = torch.cat([key[:, :, :text_tokens], appearance_key[:, :, image]], 2).double()
-    values = torch.cat([value[:, :, :text_tokens], appearance_value[:, :, image]], 2).double()
+def reference_swap(query, key, value, appearance_key, appearance_value, text_tokens, image_tokens, contrast):
+    """Plain torch: the output row's image queries over its own text keys, the appearance's image keys and its own
+    reference images' keys (the tokens after the image's)."""
+    image = slice(text_tokens, text_tokens + image_tokens)
+    references = slice(text_tokens + image_tokens, None)
+    keys = torch.cat([key[:, :, :text_tokens], appearance_key[:, :, image], key[:, :, references]], 2).double()
+    values = torch.cat([value[:, :, :text_tokens], appearance_value[:, :, image], value[:, :, references]], 2).double()
     weights = torch.softmax(query[:, :, image].double() @ keys.transpose(-1, -2) / query.shape[-1] ** 0.5, -1)
     weights = (contrast * weights - (contrast - 1) / keys.shape[2]).clamp(0, 1)
     return (weights @ values).transpose(1, 2).reshape(1, -1, query.shape[1] * query.shape[-1])
 
 
-def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux):
-    """One swapping call through ComfyUI's Flux (default blocks: the last single block of two) against plain torch.
+@pytest.mark.parametrize("references", [0, 1])
+def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux, references):
+    """One swapping call through ComfyUI's Flux (default blocks: the last single block of two) against plain torch;
+    with ``references``, a reference image (as Kontext and Flux.2 edit get one) whose tokens follow the image's.
 
     The queries, keys and values come from a recording override another pack set; the block's attention output is
     read at the input of its output projection.
@@ -221,10 +225,11 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux):
     block = patched.model.diffusion_model.single_blocks[1]
     seen = []
     handle = block.linear2.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    reference_inputs = {"ref_latents": [flux.latents(7, size=4)]} if references else {}
 
     def call(x, swap):
         options = dict(patched.model_options["transformer_options"])
-        options.update({comfy.backend.SWAP_KEY: swap, "cond_or_uncond": [0]})
+        options.update({comfy.backend.SWAP_KEY: swap, comfy.backend.LATENT_SHAPE_KEY: x.shape, "cond_or_uncond": [0]})
         with torch.no_grad():
             patched.model.apply_model(
                 x,
@@ -233,6 +238,7 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux):
                 y=extras.get("pooled_output"),
                 guidance=torch.tensor([3.5]),
                 transformer_options=options,
+                **reference_inputs,
             )
         return recorder.calls[-1]  # the last attention of the forward is single block 1's
 
@@ -247,16 +253,23 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux):
         handle.remove()
     hidden = block.hidden_size
     text_tokens = context.shape[1]
+    image_tokens = round(8 * 8 * flux.image_tokens_per_latent_cell)
+    reference_tokens = round(4 * 4 * flux.image_tokens_per_latent_cell) * references
+    assert query.shape[2] == text_tokens + image_tokens + reference_tokens
+    assert store.get(("single_block", 1), 0)[0].shape[1] == image_tokens  # the reference is never stored
     ours = seen[-1][:, :, :hidden]
-    expected_image = reference_swap(query, key, value, appearance_key, appearance_value, text_tokens, contrast)
-    assert ((ours[:, text_tokens:] - expected_image).abs().max() / expected_image.abs().max()).item() <= 1e-5
-    # the text tokens keep their own attention over the row's own text and image
-    own = torch.softmax(
-        query[:, :, :text_tokens].double() @ key.double().transpose(-1, -2) / query.shape[-1] ** 0.5, -1
+    image = slice(text_tokens, text_tokens + image_tokens)
+    expected_image = reference_swap(
+        query, key, value, appearance_key, appearance_value, text_tokens, image_tokens, contrast
     )
-    expected_text = (own @ value.double()).transpose(1, 2).reshape(1, text_tokens, hidden)
-    assert ((ours[:, :text_tokens] - expected_text).abs().max() / expected_text.abs().max()).item() <= 1e-5
-    assert (ours[:, text_tokens:] - seen[0][:, text_tokens:, :hidden]).abs().max() > 1e-3  # not the capture's
+    assert ((ours[:, image] - expected_image).abs().max() / expected_image.abs().max()).item() <= 1e-5
+    # the text and reference tokens keep their own attention over the row's own tokens
+    kept = torch.cat([query[:, :, :text_tokens], query[:, :, image.stop :]], 2).double()
+    own = torch.softmax(kept @ key.double().transpose(-1, -2) / query.shape[-1] ** 0.5, -1)
+    expected_kept = (own @ value.double()).transpose(1, 2).reshape(1, -1, hidden)
+    ours_kept = torch.cat([ours[:, :text_tokens], ours[:, image.stop :]], 1)
+    assert ((ours_kept - expected_kept).abs().max() / expected_kept.abs().max()).item() <= 1e-5
+    assert (ours[:, image] - seen[0][:, image, :hidden]).abs().max() > 1e-3  # not the capture's
 
 
 def test_the_base_model_is_unchanged_afterwards(comfy, flux, flux_pair):
