@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import torch
@@ -44,6 +45,21 @@ def plain_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, options: dict, 
     return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=options.get("attn_precision"), **kwargs)
 
 
+def _no_offset(token_ids: Sequence) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class ContextTokens:
+    """Where a family's text context comes from, for CLIP Text Encode (Object Word): the entry ``key`` of
+    ``clip.tokenize()`` (its tokenizer is ``clip.tokenizer.<key>`` or ``clip_<key>``), whose tokens become the
+    context one for one, shifted by ``offset(token ids)`` positions (a text encoder that drops a template prefix,
+    or a model that pads the context in front)."""
+
+    key: str
+    offset: Callable[[Sequence], int] = _no_offset
+
+
 class ModelFamily(Protocol):
     """What differs between model families: which layers swap and how, the schedule and the inversion step.
 
@@ -52,6 +68,9 @@ class ModelFamily(Protocol):
 
     name: str  # stored in inversion metadata: an inversion only meets a sampler of its own family
     step_kind: str  # the engine's step (xattn_core.inversion.DDPM or FLOW)
+    # the text encoders whose tokens are this family's context, where the Object Word node finds the object word;
+    # empty: it warns and the sampler gets no automatic masks
+    context_tokens: tuple[ContextTokens, ...]
 
     def detect(self, model) -> bool: ...
 

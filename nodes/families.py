@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from .comfy_backend import ModelFamily, UnsupportedModelError
+from .comfy_backend import ContextTokens, ModelFamily, UnsupportedModelError
 from .flux2_family import FLUX2
 from .flux_family import FLUX
 from .unet_family import UNET
 
-FAMILIES: tuple[ModelFamily, ...] = (UNET, FLUX, FLUX2)
+# the UNet family last: Flux.1's text encoder also tokenises for CLIP-L (its pooled vector), and the object word
+# is looked up in the first family's context tokens that a CLIP's tokens hold
+FAMILIES: tuple[ModelFamily, ...] = (FLUX, FLUX2, UNET)
 
 
 def family_of(model) -> ModelFamily:
@@ -19,6 +21,11 @@ def family_of(model) -> ModelFamily:
     raise UnsupportedModelError(
         f"{name} is not a model family Cross-Image Attention supports: SD 1.x, SD 2.x, SDXL (UNet), Flux.1 and Flux.2"
     )
+
+
+def context_tokens_of(tokens: dict) -> ContextTokens | None:
+    """The entry of ``clip.tokenize()``'s ``tokens`` that some family's context is made of, or None."""
+    return next((source for family in FAMILIES for source in family.context_tokens if source.key in tokens), None)
 
 
 def family_named(name: str) -> ModelFamily | None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .comfy_backend import ContextTokens
 from .compat import comfy
 from .flux_transformer import FluxTransformerFamily, is_flux2, is_flux_transformer
 
 
 class FluxFamily(FluxTransformerFamily):
     name = "flux"
+    context_tokens = (ContextTokens("t5xxl"),)  # T5's (no start token); CLIP-L gives only the pooled vector
 
     def detect(self, model) -> bool:
         return is_flux_transformer(model) and not is_flux2(model)

@@ -2,9 +2,9 @@
 
 The automatic masks (the official default) label attention clusters with the object word's cross-attention,
 so the sampler needs the word's token positions in the positive prompt. They are found with the model's own
-tokenizer (multi-token words and SDXL's two encoders included; on Flux, T5's, whose tokens are the context) and
-travel inside the conditioning, so one node replaces the positive CLIP Text Encode and nothing else in a graph
-changes.
+tokenizer, the one whose tokens are the context as each model family declares (``context_tokens``: CLIP's on
+SD, T5's on Flux.1, Qwen 3's on Flux.2 klein; multi-token words included), and travel inside the
+conditioning, so one node replaces the positive CLIP Text Encode and nothing else in a graph changes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..xattn_core.segmentation import ObjectWordError, split_words, word_pieces, word_positions
 from .common import CATEGORY, engine_warnings
 from .compat import io
+from .families import context_tokens_of
 
 OBJECT_TOKENS_KEY = "xattn_object_tokens"  # conditioning entry: one tuple of token positions per object word
 
@@ -22,43 +23,54 @@ def _token_strings(tokenizer, token_ids: list) -> list[str]:
 
 
 def context_tokenizer(clip, tokens: dict):
-    """The entry of ``tokens`` that the context is made of, and its tokenizer: T5's on Flux.1 (CLIP-L gives only
-    the pooled vector there), else CLIP-L's (SDXL's "l" and "g" share one tokenisation); None for a text encoder
-    whose tokens the pack cannot map onto the context (Flux.2's Mistral 3 or Qwen 3, padded and templated)."""
-    if "t5xxl" in tokens:
-        return "t5xxl", clip.tokenizer.t5xxl
-    for name in ("l", "g"):
-        if name in tokens:
-            return name, getattr(clip.tokenizer, f"clip_{name}")
-    return None
+    """The context's entry of ``tokens`` (:class:`ContextTokens`, declared by each model family) and its tokenizer,
+    or None for a text encoder whose tokens the pack cannot map onto the context (Flux.2 dev's Mistral 3)."""
+    source = context_tokens_of(tokens)
+    if source is None:
+        return None
+    tokenizer = getattr(clip.tokenizer, source.key, None) or getattr(clip.tokenizer, f"clip_{source.key}")
+    return source, tokenizer
+
+
+def _word_tokens(tokenizer, word: str) -> list[list[str]]:
+    """The token runs that spell ``word`` inside a prompt: alone, and after a space (byte-level BPE, as Qwen's,
+    folds the space before a word into its first token)."""
+    specials = {tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token}
+    runs = []
+    for text in (word, " " + word):
+        ids = [entry[0] for entry in tokenizer.tokenize_with_weights(text)[0]]
+        run = word_pieces(_token_strings(tokenizer, [token for token in ids if token not in specials]))
+        if run and run not in runs:
+            runs.append(run)
+    return runs
 
 
 def object_token_positions(clip, tokens: dict, words: list[str]) -> tuple[tuple[int, ...], ...] | None:
-    """Token positions of each of ``words`` in the context ``tokens`` (``clip.tokenize``) encodes to: chunks of
-    77 tokens one after another (T5: one run), or None when :func:`context_tokenizer` knows no tokenizer for this
-    text encoder. ObjectWordError names a word the prompt lacks and shows the prompt's tokens."""
+    """Context positions of each of ``words`` in the context ``tokens`` (``clip.tokenize``) encodes to: chunks of
+    77 tokens one after another (T5, Qwen: one run), shifted as the family's :class:`ContextTokens` says, or None
+    when :func:`context_tokenizer` knows no tokenizer for this text encoder. ObjectWordError names a word the
+    prompt lacks and shows the prompt's tokens."""
     context = context_tokenizer(clip, tokens)
     if context is None:
         return None
-    name, tokenizer = context
-    chunks = [[entry[0] for entry in chunk] for chunk in tokens[name]]
-    specials = {tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token}
+    source, tokenizer = context
+    chunks = [[entry[0] for entry in chunk] for chunk in tokens[source.key]]
+    offset = source.offset([token for chunk in chunks for token in chunk])
     found = []
     for word in words:
-        word_ids = [entry[0] for entry in tokenizer.tokenize_with_weights(word)[0]]
-        word_tokens = word_pieces(_token_strings(tokenizer, [token for token in word_ids if token not in specials]))
-        positions: list[int] = []
+        positions: set[int] = set()
         errors: list[ObjectWordError] = []
-        for index, chunk in enumerate(chunks):
-            try:
-                in_chunk = word_positions(_token_strings(tokenizer, chunk), word_tokens, word)
-            except ObjectWordError as error:
-                errors.append(error)
-                continue
-            positions += [index * len(chunk) + position for position in in_chunk]
+        for word_tokens in _word_tokens(tokenizer, word):
+            for index, chunk in enumerate(chunks):
+                try:
+                    in_chunk = word_positions(_token_strings(tokenizer, chunk), word_tokens, word)
+                except ObjectWordError as error:
+                    errors.append(error)
+                    continue
+                positions.update(offset + index * len(chunk) + position for position in in_chunk)
         if not positions:
             raise errors[0]
-        found.append(tuple(positions))
+        found.append(tuple(sorted(positions)))
     return tuple(found)
 
 

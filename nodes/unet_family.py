@@ -18,7 +18,7 @@ from ..xattn_core.freeu import FreeUSettings, official_freeu
 from ..xattn_core.inversion import DDPM
 from ..xattn_core.plan import SWAP_LEVELS
 from ..xattn_core.schedule import paper_sigmas
-from .comfy_backend import SWAP_KEY, UnsupportedModelError, plain_attention
+from .comfy_backend import SWAP_KEY, ContextTokens, UnsupportedModelError, plain_attention
 
 
 def _class_names(module: torch.nn.Module) -> set[str]:
@@ -147,6 +147,8 @@ class UNetFamily:
 
     name = "unet"
     step_kind = DDPM
+    # CLIP-L's tokens, or SDXL's second CLIP's (both tokenise alike); 77-token chunks one after another
+    context_tokens = (ContextTokens("l"), ContextTokens("g"))
 
     def detect(self, model) -> bool:
         diffusion_model = model.get_model_object("diffusion_model")

@@ -108,11 +108,19 @@ def test_reference_image_tokens_after_the_image_are_context_never_swapped_nor_st
     expected = (weights @ values).transpose(0, 1).reshape(IMAGE, HEADS * DIM)
     assert torch.allclose(out[0, image], expected, atol=1e-5)
     own = plain(q, k, v)
-    assert torch.equal(out[0, refs], own[0, refs]) and torch.equal(out[0, :TEXT], own[0, :TEXT])
-    assert torch.equal(out[1], own[1])
+    # ordinary attention for the rest (within float error: it may be computed on fewer rows)
+    assert torch.allclose(out[0, refs], own[0, refs], atol=1e-6) and torch.allclose(
+        out[0, :TEXT], own[0, :TEXT], atol=1e-6
+    )
+    assert torch.allclose(out[1], own[1], atol=1e-6)
     # taken for image tokens (the old slice to the end) the result differs
     unsplit = route_joint_attention(
-        q, k, v, JointBlock("layer", 0, TEXT), [0], CallAttention(swap=Swap(frozenset({0}), (0,), (1,), None, contrast)),
+        q,
+        k,
+        v,
+        JointBlock("layer", 0, TEXT),
+        [0],
+        CallAttention(swap=Swap(frozenset({0}), (0,), (1,), None, contrast)),
         plain,
     )
     assert (unsplit[0, image] - out[0, image]).abs().max() > 1e-3

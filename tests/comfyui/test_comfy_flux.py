@@ -609,12 +609,35 @@ def test_flux1_and_flux2_inversions_are_not_mixed(comfy, flux1, flux2):
 
 
 def test_an_object_word_in_a_text_encoder_the_pack_cannot_read_gives_no_positions(comfy):
-    """Flux.2's encoders (Mistral 3, Qwen 3) pad and template their tokens: the pack finds no object word there,
-    so CLIP Text Encode (Object Word) encodes the prompt unmarked and says so (tested on the node in the tier of a
-    ComfyUI that ships their tokenizer files; 0.9.2's snapshot lacks them)."""
+    """Flux.2 dev's Mistral 3 tokenizer reads its vocabulary from the text encoder's file: no family declares its
+    tokens, so CLIP Text Encode (Object Word) encodes the prompt unmarked and says so."""
     from types import SimpleNamespace
 
     object_word = comfy.nodes.object_word
     clip = SimpleNamespace(tokenizer=SimpleNamespace())
     assert object_word.context_tokenizer(clip, {"mistral3_24b": [[(1, 1.0)]]}) is None
-    assert object_word.object_token_positions(clip, {"qwen3_4b": [[(1, 1.0)]]}, ["giraffe"]) is None
+    assert object_word.object_token_positions(clip, {"mistral3_24b": [[(1, 1.0)]]}, ["giraffe"]) is None
+
+
+@pytest.mark.needs_flux2
+def test_the_object_word_is_found_among_flux2_klein_qwen3_tokens(comfy):
+    """Flux.2 klein's context is Qwen 3's templated prompt, padded at the end to 512 tokens, one for one: the word
+    is found with its leading-space token as it stands inside the prompt ("Ġgir", "affe"), from ComfyUI's own
+    tokenizer files."""
+    from types import SimpleNamespace
+
+    from comfy.text_encoders.flux import KleinTokenizer
+
+    object_word = comfy.nodes.object_word
+    tokenizer = KleinTokenizer()
+    clip = SimpleNamespace(tokenizer=tokenizer)
+    tokens = tokenizer.tokenize_with_weights("A photo of a giraffe by the lake")
+    assert len(tokens["qwen3_4b"][0]) == 512
+    (positions,) = object_word.object_token_positions(clip, tokens, ["giraffe"])
+    strings = [tokenizer.qwen3_4b.inv_vocab[token] for token, _ in tokens["qwen3_4b"][0]]
+    assert strings[:3] == ["<|im_start|>", "user", "\u010a"]  # the template opens the context
+    assert positions == (7, 8) and [strings[position] for position in positions] == ["\u0120gir", "affe"]
+    (at_start,) = object_word.object_token_positions(clip, tokenizer.tokenize_with_weights("giraffe"), ["giraffe"])
+    assert at_start == (3, 4, 5)  # first word of the prompt: no space before it, so "g", "ir", "affe"
+    with pytest.raises(ValueError, match="'zebra' is not in the prompt"):
+        object_word.object_token_positions(clip, tokens, ["zebra"])
