@@ -50,10 +50,9 @@ def relative_error(ns, model, mode, shift: int, sigma: float, seed: int) -> floa
 
     core = ns.core
     joint = __import__(f"{ns.pack.__name__}.xattn_core.joint_attention", fromlist=["JointSwapSettings"])
-    flux_family = __import__(f"{ns.pack.__name__}.nodes.flux_transformer", fromlist=["patch_model"])
     backend = ns.backend
     settings = joint.JointSwapSettings(depth=(0.0, 1.0), rope=mode)
-    patched = flux_family.patch_model(model, settings)
+    patched = ns.families.family_of(model).patch(model, None, options={ns.joint.JOINT_OPTIONS_KEY: settings})
     comfy.model_management.load_models_gpu([patched])
     structure = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed))
     appearance = structure.roll(2 * shift, dims=-1)

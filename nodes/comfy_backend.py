@@ -163,13 +163,37 @@ class TransferGuider(comfy.samplers.CFGGuider):
         return super().predict_noise(x, timestep, model_options, seed)
 
 
+def has_time_axis(model) -> bool:
+    """Whether the MODEL's LATENTs carry a frame axis, ``[batch, channels, frames, height, width]`` (Qwen-Image's
+    Wan 2.1 latents); the engine works on one image, ``[batch, channels, height, width]``."""
+    return getattr(model.model.latent_format, "latent_dimensions", 2) == 3
+
+
+def image_latent(samples: Tensor) -> Tensor:
+    """A LATENT's samples as the engine takes them: one frame's ``[batch, channels, height, width]``."""
+    if samples.dim() == 5:
+        if samples.shape[2] != 1:
+            raise ValueError(
+                f"the latent holds {samples.shape[2]} frames (a video latent); Cross-Image Attention transfers "
+                "single images: encode one image"
+            )
+        return samples[:, :, 0]
+    return samples
+
+
+def model_latent(model, samples: Tensor) -> Tensor:
+    """Engine latents ``[batch, channels, height, width]`` as the MODEL's LATENTs (a frame axis where it has one)."""
+    return samples.unsqueeze(2) if has_time_axis(model) else samples
+
+
 class ComfyBackend:
     """The engine's Backend over the k-diffusion model function a KSAMPLER receives."""
 
-    def __init__(self, denoiser, extra_args: dict, output_hints: bool = False) -> None:
+    def __init__(self, denoiser, extra_args: dict, output_hints: bool = False, time_axis: bool = False) -> None:
         self.denoiser = denoiser
         self.extra_args = extra_args
         self.output_hints = output_hints  # the output's conds carry hints the paths must not get
+        self.time_axis = time_axis  # the model takes [batch, channels, 1, height, width]
 
     def _call(self, latents: Tensor, sigmas: Tensor, swap: CallAttention | None, paths: bool) -> Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -182,7 +206,10 @@ class ComfyBackend:
         transformer_options[PATHS_KEY] = paths
         model_options["transformer_options"] = transformer_options
         extra_args["model_options"] = model_options
-        denoised = self.denoiser(latents, sigmas, **extra_args)
+        if self.time_axis:
+            denoised = self.denoiser(latents.unsqueeze(2), sigmas, **extra_args).squeeze(2)
+        else:
+            denoised = self.denoiser(latents, sigmas, **extra_args)
         return (latents - denoised) / sigmas.reshape(-1, 1, 1, 1)
 
     def predict_noise(
@@ -203,26 +230,31 @@ def run_in_guider(
 ) -> tuple[Tensor, Payload]:
     """Run ``loop`` as a sampler through ``CFGGuider.sample``; returns the (latent-space) result and the payload.
 
-    ``latent`` is a LATENT's samples; the loop gets it in model space, unchanged (zero noise; flow models end
-    their schedules at sigma 0, so ComfyUI's final ``1 / (1 - sigma)`` rescaling is none). The loop's payload
+    ``latent`` is a LATENT's samples, in the MODEL's layout; the loop gets it in model space, unchanged (zero
+    noise; flow models end their schedules at sigma 0, so ComfyUI's final ``1 / (1 - sigma)`` rescaling is none),
+    as one frame ``[batch, channels, height, width]`` where the layout has a frame axis. The loop's payload
     (an inversion, the reconstructed paths, ...) comes back beside the latent, which is all a sampler may
     return to ComfyUI. ``callback`` is ComfyUI's ``(step, x0, x, total)`` preview/progress.
     """
     payloads = []
 
+    time_axis = has_time_axis(model)
+
     def sampler_function(denoiser, x, _sigmas, extra_args=None, callback=None, disable=None):
-        backend = ComfyBackend(denoiser, extra_args or {}, output_hints=has_hints(guider.conds))
+        backend = ComfyBackend(denoiser, extra_args or {}, output_hints=has_hints(guider.conds), time_axis=time_axis)
         if isinstance(guider.inner_model.model_sampling, comfy.model_sampling.CONST):
             # flow models scale the start latent by 1 - sigma_0 (zero at sigma 1): hand the loop the latent as is
             x = guider.inner_model.process_latent_in(latent.to(x))
 
         def preview(step: int, current: Tensor, denoised: Tensor, sigma: float) -> None:
             if callback is not None:
+                if time_axis:
+                    current, denoised = current.unsqueeze(2), denoised.unsqueeze(2)
                 callback({"i": step, "x": current, "denoised": denoised, "sigma": sigma, "sigma_hat": sigma})
 
-        result, payload = loop(backend, x, preview)
+        result, payload = loop(backend, image_latent(x), preview)
         payloads.append(payload)
-        return result
+        return result.unsqueeze(2) if time_axis else result
 
     guider = TransferGuider(model)
     guider.set_conds(positive, negative)

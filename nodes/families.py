@@ -5,11 +5,12 @@ from __future__ import annotations
 from .comfy_backend import ContextTokens, ModelFamily, UnsupportedModelError
 from .flux2_family import FLUX2
 from .flux_family import FLUX
+from .qwen_image_family import QWEN_IMAGE
 from .unet_family import UNET
 
 # the UNet family last: Flux.1's text encoder also tokenises for CLIP-L (its pooled vector), and the object word
 # is looked up in the first family's context tokens that a CLIP's tokens hold
-FAMILIES: tuple[ModelFamily, ...] = (FLUX, FLUX2, UNET)
+FAMILIES: tuple[ModelFamily, ...] = (FLUX, FLUX2, QWEN_IMAGE, UNET)
 
 
 def family_of(model) -> ModelFamily:
@@ -19,7 +20,8 @@ def family_of(model) -> ModelFamily:
             return family
     name = type(model.get_model_object("diffusion_model")).__name__
     raise UnsupportedModelError(
-        f"{name} is not a model family Cross-Image Attention supports: SD 1.x, SD 2.x, SDXL (UNet), Flux.1 and Flux.2"
+        f"{name} is not a model family Cross-Image Attention supports: SD 1.x, SD 2.x, SDXL (UNet), Flux.1, "
+        "Flux.2 and Qwen-Image"
     )
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ..xattn_core.inversion import CacheSettings, InversionSettings, invert
 from ..xattn_core.masks import resize_mask
-from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_guider
+from .comfy_backend import conditioning_fingerprint, image_latent, model_fingerprint, run_in_guider
 from .common import (
     CATEGORY,
     CheckedCombo,
@@ -147,7 +147,7 @@ class XAttnInvertImage(io.ComfyNode):
         sigmas=None,
         options=None,
     ):
-        samples = latent["samples"]
+        samples = image_latent(latent["samples"])  # one frame, where the MODEL's latents have a frame axis
         if samples.shape[0] == 0:
             raise ValueError("the latent batch is empty: connect a VAE Encode output with at least one image")
         if not bool(torch.isfinite(samples).all()):
@@ -186,7 +186,9 @@ class XAttnInvertImage(io.ComfyNode):
             )
             return clean, inversion
 
-        _, inversion = run_in_guider(patched, positive, negative, cfg, samples, full[start_step:], loop, preview)
+        _, inversion = run_in_guider(
+            patched, positive, negative, cfg, latent["samples"], full[start_step:], loop, preview
+        )
         if latent.get("noise_mask") is not None:  # SetLatentNoiseMask, VAE Encode (for inpainting): local transfer
             inversion.noise_mask = resize_mask(latent["noise_mask"], samples.shape[-2:], samples.shape[0])
         model_object = model.model

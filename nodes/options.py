@@ -9,7 +9,7 @@ from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings
 from .common import CATEGORY, CheckedCombo, Options, setting_input
 from .compat import io
-from .flux_transformer import FLUX_OPTIONS_KEY
+from .joint_transformer import JOINT_OPTIONS_KEY
 
 DEFAULTS = JointSwapSettings()
 
@@ -132,4 +132,4 @@ class XAttnOptions(io.ComfyNode):
             stream_blocks=None if stream_blocks == STREAM_BLOCKS_DEFAULT else stream_blocks,  # a saved prompt's
         )
         memory_budget = attention_memory_mb * 2**20
-        return io.NodeOutput({"plan": plan, "memory_budget": memory_budget, FLUX_OPTIONS_KEY: blocks})
+        return io.NodeOutput({"plan": plan, "memory_budget": memory_budget, JOINT_OPTIONS_KEY: blocks})

@@ -10,7 +10,7 @@ import torch
 from ..xattn_core.inversion import Inversion
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.transfer import TransferSettings, outline_transfer, transfer
-from .comfy_backend import conditioning_fingerprint, model_fingerprint, run_in_guider
+from .comfy_backend import conditioning_fingerprint, model_fingerprint, model_latent, run_in_guider
 from .common import (
     CATEGORY,
     CheckedCombo,
@@ -341,10 +341,18 @@ class XAttnCrossImageSampler(io.ComfyNode):
             return result.output.to(x.dtype), result
 
         samples, result = run_in_guider(
-            patched, positive, negative, cfg, torch.zeros(output_shape), generation_sigmas, loop, preview
+            patched,
+            positive,
+            negative,
+            cfg,
+            model_latent(model, torch.zeros(output_shape)),
+            generation_sigmas,
+            loop,
+            preview,
         )
-        appearance_latent = model.model.process_latent_out(result.appearance.float().cpu())
-        structure_latent = model.model.process_latent_out(result.structure.float().cpu())
+        # the paths' reconstructions as LATENTs in the MODEL's layout (a frame axis where it has one)
+        appearance_latent = model.model.process_latent_out(model_latent(model, result.appearance.float().cpu()))
+        structure_latent = model.model.process_latent_out(model_latent(model, result.structure.float().cpu()))
         return io.NodeOutput(
             {"samples": samples},
             {"samples": appearance_latent},

@@ -73,6 +73,7 @@ def setup(comfyui_path: str) -> SimpleNamespace:
         backend=_importlib.import_module(f"{PACK_NAME}.nodes.comfy_backend"),
         families=_importlib.import_module(f"{PACK_NAME}.nodes.families"),
         flux=_importlib.import_module(f"{PACK_NAME}.nodes.flux_transformer"),
+        joint=_importlib.import_module(f"{PACK_NAME}.nodes.joint_transformer"),
         unet=_importlib.import_module(f"{PACK_NAME}.nodes.unet_family"),
         common=_importlib.import_module(f"{PACK_NAME}.nodes.common"),
         core=SimpleNamespace(
@@ -250,9 +251,9 @@ def stepwise_inversion_pair(ns, patched, reference, candidate, positive, negativ
         ]
         return x, teacher_forced(*samplers)
 
-    shape = (1, *reference.clean.shape[1:])
+    start = ns.backend.model_latent(patched, torch.zeros(1, *reference.clean.shape[1:]))  # the MODEL's layout
     sigmas = reference.sigmas[reference.start_step :]
-    _, differences = ns.backend.run_in_guider(patched, positive, negative, cfg, torch.zeros(shape), sigmas, loop)
+    _, differences = ns.backend.run_in_guider(patched, positive, negative, cfg, start, sigmas, loop)
     return differences
 
 
@@ -273,9 +274,9 @@ def flow_regeneration_errors(ns, model, inversion, positive, negative) -> list[f
             errors.append(((reached - target).norm() / target.norm()).item())
         return x, errors
 
-    shape = (inversion.batch_size, *inversion.clean.shape[1:])
+    start = ns.backend.model_latent(patched, torch.zeros(inversion.batch_size, *inversion.clean.shape[1:]))
     sigmas_run = sigmas[inversion.start_step :]
-    _, errors = ns.backend.run_in_guider(patched, positive, negative, 1.0, torch.zeros(shape), sigmas_run, loop)
+    _, errors = ns.backend.run_in_guider(patched, positive, negative, 1.0, start, sigmas_run, loop)
     return errors
 
 
@@ -489,3 +490,47 @@ def flux_conditioning(seed: int, guidance: float | None = 3.5, tokens: int = 6):
     if guidance is not None:
         extras["guidance"] = guidance
     return [[context, extras]]
+
+
+QWEN_HEADS = 2  # Qwen-Image's rotary width fixes the head width (axes 16 + 56 + 56 = 128); 2 heads: hidden 256
+QWEN_CHANNELS = 16  # Wan 2.1's latent channels (latent_formats.Wan21), with a frame axis
+
+
+def tiny_qwen_image(ns, seed: int = 0, blocks: int = 3):
+    """A real ComfyUI Qwen-Image MODEL (model_base.QwenImage in a ModelPatcher) with random weights, velocity std
+    ~1: this ComfyUI's own model_detection reads the checkpoint's keys (image model, input width, block count);
+    the widths are made tiny (2 heads of 128, text width 32)."""
+    import comfy.model_base
+    import comfy.model_detection
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    keys = {
+        "txt_norm.weight": torch.empty(FLUX_WIDTH),
+        "img_in.weight": torch.empty(QWEN_HEADS * 128, QWEN_CHANNELS * 4),
+        **{f"transformer_blocks.{index}.attn.to_q.weight": torch.empty(1) for index in range(blocks)},
+    }
+    config = comfy.model_detection.detect_unet_config(keys, "")
+    assert config == {"image_model": "qwen_image", "in_channels": QWEN_CHANNELS * 4, "num_layers": blocks}, config
+    config.update(num_attention_heads=QWEN_HEADS, attention_head_dim=128, joint_attention_dim=FLUX_WIDTH)
+
+    class TinyQwenImage(comfy.supported_models.QwenImage):
+        unet_config = config
+
+    model = comfy.model_base.QwenImage(TinyQwenImage(config), device=CPU)
+    ns.core.tiny.reinitialise(model.diffusion_model, seed)
+    x = torch.randn(1, QWEN_CHANNELS, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    context = qwen_image_conditioning(seed)[0][0]
+    with torch.no_grad():
+        sigma = torch.tensor([0.5])
+        denoised = model.apply_model(x, sigma, c_crossattn=context)
+        spread = ((x - denoised) / sigma).std()  # scale the last layer so that the velocity has std ~1
+        model.diffusion_model.proj_out.weight.div_(spread)
+        model.diffusion_model.proj_out.bias.div_(spread)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def qwen_image_conditioning(seed: int, tokens: int = 6):
+    """CONDITIONING as Qwen-Image's text encoder makes it: a context, no pooled vector."""
+    generator = torch.Generator().manual_seed(seed + 400)
+    return [[torch.randn(1, tokens, FLUX_WIDTH, generator=generator), {"pooled_output": None}]]

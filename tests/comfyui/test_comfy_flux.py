@@ -247,8 +247,11 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, flux, refer
         _, appearance_key, appearance_value = call(
             flux.latents(5), attention.CallAttention(capture=attention.Capture(frozenset({0}), store))
         )
+        # the queries, keys and values the swapping block sees: no block before it swaps, so an ordinary call on
+        # the same latent records them (a swapped call computes its rows' ordinary attention on fewer tokens)
+        query, key, value = call(flux.latents(6), None)
         swap = attention.CallAttention(swap=attention.Swap(frozenset({0}), (0,), (0,), store, contrast))
-        query, key, value = call(flux.latents(6), swap)
+        call(flux.latents(6), swap)
     finally:
         handle.remove()
     hidden = block.hidden_size
