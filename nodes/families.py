@@ -7,10 +7,11 @@ from .flux2_family import FLUX2
 from .flux_family import FLUX
 from .qwen_image_family import QWEN_IMAGE
 from .unet_family import UNET
+from .z_image_family import Z_IMAGE
 
 # the UNet family last: Flux.1's text encoder also tokenises for CLIP-L (its pooled vector), and the object word
 # is looked up in the first family's context tokens that a CLIP's tokens hold
-FAMILIES: tuple[ModelFamily, ...] = (FLUX, FLUX2, QWEN_IMAGE, UNET)
+FAMILIES: tuple[ModelFamily, ...] = (FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE, UNET)
 
 
 def family_of(model) -> ModelFamily:
@@ -21,7 +22,7 @@ def family_of(model) -> ModelFamily:
     name = type(model.get_model_object("diffusion_model")).__name__
     raise UnsupportedModelError(
         f"{name} is not a model family Cross-Image Attention supports: SD 1.x, SD 2.x, SDXL (UNet), Flux.1, "
-        "Flux.2 and Qwen-Image"
+        "Flux.2, Qwen-Image and Z-Image"
     )
 
 

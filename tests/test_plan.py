@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 
 from xattn_core.plan import KeyValueSource, PlanSettings, build_plan
@@ -64,3 +66,18 @@ def test_a_plan_that_never_swaps_warns():
     with pytest.warns(UserWarning, match="no generation step swaps attention .5 steps from start step 4"):
         plan = build_plan(5, 4)
     assert not any(step.swaps for step in plan)
+
+
+def test_a_few_step_plan_without_a_structure_step_warns_and_says_what_works():
+    """Z-Image Turbo's 8 steps: "every 5th step before 40 %" falls on no swapping step; the warning names the
+    structure_kv_every that gives one, and that setting does."""
+    with pytest.warns(UserWarning, match="no swapping step attends to the structure.*structure_kv_every to 2 or less"):
+        plan = build_plan(8, 2)
+    assert not any(step.swaps and step.kv_source is KeyValueSource.STRUCTURE for step in plan)
+    advised = build_plan(8, 2, PlanSettings(structure_kv_every=2))
+    structure_steps = [step.index for step in advised if step.swaps and step.kv_source is KeyValueSource.STRUCTURE]
+    assert structure_steps == [3] and sum(step.swaps for step in advised) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the paper's 100 steps and a 28-step Flux run warn of nothing
+        build_plan(100, 32)
+        build_plan(28, 9)

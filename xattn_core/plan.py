@@ -102,4 +102,22 @@ def build_plan(steps: int, start_step: int, settings: PlanSettings = PlanSetting
             "structure's reconstruction, recoloured by AdaIN at most; use more steps or an earlier start step",
             stacklevel=2,
         )
+    elif settings.structure_kv_end > 0 and not any(
+        step.swaps and step.kv_source is KeyValueSource.STRUCTURE for step in plan
+    ):
+        # few-step schedules (Z-Image Turbo's 8): "every 5th step, before 40 %" falls on no swapping step, and
+        # nothing holds the layout; the largest structure_kv_every that gives one, if any, is the advice
+        swapping = [max(step.index - 1, 0) for step in plan if step.swaps]
+        candidates = [counter for counter in swapping if 0 < counter < kv_end]
+        advice = (
+            f"set structure_kv_every to {max(candidates)} or less in the Options node"
+            if candidates
+            else "raise structure_kv_end in the Options node or use more steps"
+        )
+        warnings.warn(
+            f"no swapping step attends to the structure's keys/values ({steps} steps from start step {start_step}, "
+            f"structure_kv_every {settings.structure_kv_every}, structure_kv_end {settings.structure_kv_end:g}), "
+            f"so nothing holds the structure's layout during the swap: {advice}",
+            stacklevel=2,
+        )
     return plan

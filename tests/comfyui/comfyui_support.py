@@ -534,3 +534,54 @@ def qwen_image_conditioning(seed: int, tokens: int = 6):
     """CONDITIONING as Qwen-Image's text encoder makes it: a context, no pooled vector."""
     generator = torch.Generator().manual_seed(seed + 400)
     return [[torch.randn(1, tokens, FLUX_WIDTH, generator=generator), {"pooled_output": None}]]
+
+
+Z_IMAGE_HIDDEN = 256  # two heads: Z-Image's rotary width fixes the head width (axes 32 + 48 + 48 = 128)
+
+
+def has_z_image(comfyui_path: str | None = COMFYUI_PATH) -> bool:
+    """Whether that ComfyUI has Z-Image (0.9 on), read from its source without importing it (for collection)."""
+    if not comfyui_path:
+        return False
+    return "class ZImage(" in (Path(comfyui_path) / "comfy" / "supported_models.py").read_text()
+
+
+def tiny_z_image(ns, seed: int = 0, layers: int = 3):
+    """A real ComfyUI Z-Image MODEL (model_base.Lumina2 running NextDiT, in a ModelPatcher) with random weights,
+    velocity std ~1: this ComfyUI's own model_detection reads a Z-Image checkpoint's keys (its axes, theta,
+    modulation, time scale, token padding), then the widths are made tiny (2 heads of 128, caption width 32)."""
+    import comfy.model_base
+    import comfy.model_detection
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    keys = {
+        "cap_embedder.1.weight": torch.empty(3840, FLUX_WIDTH),  # Z-Image's width is how detection knows it
+        "cap_pad_token": torch.empty(1),
+        **{f"layers.{index}.attention.qkv.weight": torch.empty(1) for index in range(layers)},
+    }
+    config = comfy.model_detection.detect_unet_config(keys, "")
+    assert config["image_model"] == "lumina2" and config["z_image_modulation"], config
+    assert config["pad_tokens_multiple"] == 32 and config["rope_theta"] == 256.0, config
+    config.update(dim=Z_IMAGE_HIDDEN, n_heads=2, n_kv_heads=2)
+
+    class TinyZImage(comfy.supported_models.ZImage):
+        unet_config = config
+
+    model = TinyZImage(config).get_model({}, device=CPU)
+    ns.core.tiny.reinitialise(model.diffusion_model, seed)
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(seed))
+    context = z_image_conditioning(seed)[0][0]
+    with torch.no_grad():
+        sigma = torch.tensor([0.5])
+        denoised = model.apply_model(x, sigma, c_crossattn=context, num_tokens=context.shape[1])
+        spread = ((x - denoised) / sigma).std()  # scale the last layer so that the velocity has std ~1
+        model.diffusion_model.final_layer.linear.weight.div_(spread)
+        model.diffusion_model.final_layer.linear.bias.div_(spread)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def z_image_conditioning(seed: int, tokens: int = 6):
+    """CONDITIONING as Z-Image's text encoder makes it: a context, no pooled vector."""
+    generator = torch.Generator().manual_seed(seed + 500)
+    return [[torch.randn(1, tokens, FLUX_WIDTH, generator=generator), {"pooled_output": None}]]

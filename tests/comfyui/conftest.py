@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 from comfy_tasks import run_task
-from comfyui_support import COMFYUI_PATH, REPO, has_flux2, load_snapshot_module
+from comfyui_support import COMFYUI_PATH, REPO, has_flux2, has_z_image, load_snapshot_module
 
 from scripts.workflow_files import SD15_CHECKPOINT  # the name the shipped workflows use
 
@@ -18,10 +18,25 @@ def needs_flux2(item) -> bool:
     )
 
 
+def needs_z_image(item) -> bool:
+    """A test of Z-Image: marked so, or run on the z_image parameter of the joint families' fixture."""
+    callspec = getattr(item, "callspec", None)
+    return item.get_closest_marker("needs_z_image") is not None or (
+        callspec is not None and callspec.params.get("joint") == "z_image"
+    )
+
+
+def not_applicable(item) -> bool:
+    """A parameter combination with nothing to test: reference images on a family without edit models."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and needs_z_image(item) and bool(callspec.params.get("references"))
+
+
 def pytest_collection_modifyitems(config, items):
-    # Flux.2 tests on a ComfyUI without Flux.2 (0.3.64) are deselected, not skipped: the CI tier check fails
-    # on any skip, and these have nothing to run there
+    # Flux.2 and Z-Image tests on a ComfyUI without them (0.3.64) are deselected, not skipped: the CI tier check
+    # fails on any skip, and these have nothing to run there
     without_flux2 = bool(COMFYUI_PATH) and not has_flux2()
+    without_z_image = bool(COMFYUI_PATH) and not has_z_image()
     kept, deselected = [], []
     for item in items:
         if "tests/comfyui/" in item.nodeid:
@@ -29,7 +44,11 @@ def pytest_collection_modifyitems(config, items):
             if not COMFYUI_PATH:
                 reason = "COMFYUI_PATH is not set: the ComfyUI integration tier did not run"
                 item.add_marker(pytest.mark.skip(reason=reason))
-            elif without_flux2 and needs_flux2(item):
+            elif (
+                (without_flux2 and needs_flux2(item))
+                or (without_z_image and needs_z_image(item))
+                or not_applicable(item)
+            ):
                 deselected.append(item)
                 continue
         kept.append(item)

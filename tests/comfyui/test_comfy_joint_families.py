@@ -1,8 +1,9 @@
-"""Qwen-Image on the real ComfyUI: tiny random models built in code from this ComfyUI's own model classes and
-model detection, through the pack's nodes, as the Flux tests do for Flux.1 and Flux.2.
+"""Qwen-Image and Z-Image on the real ComfyUI: tiny random models built in code from this ComfyUI's own model
+classes and model detection, through the pack's nodes, as the Flux tests do for Flux.1 and Flux.2.
 
-Each test takes the ``joint`` fixture, one tiny model per family. Qwen-Image runs on both ComfyUI versions; its
-LATENTs carry a frame axis (``[batch, 16, 1, h, w]``), which the nodes take and give back.
+Each test takes the ``joint`` fixture, one tiny model per family. Qwen-Image runs on both ComfyUI versions (its
+LATENTs carry a frame axis, ``[batch, 16, 1, h, w]``, which the nodes take and give back); Z-Image where ComfyUI
+has it (0.9 on: conftest.py deselects it elsewhere).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from comfyui_support import (
     stepwise_inversion_pair,
     tiny_qwen_image,
     tiny_sd15,
+    tiny_z_image,
+    z_image_conditioning,
 )
 
 STEPS, START = 6, 2
@@ -45,6 +48,10 @@ class TinyJoint:
         """Engine-shaped latents ``[batch, channels, size, size]``."""
         return torch.randn(batch, self.channels, size, size, generator=torch.Generator().manual_seed(seed))
 
+    def layers_of(self, diffusion_model) -> list:
+        """The transformer's main blocks, in order."""
+        return list(diffusion_model.transformer_blocks if self.family == "qwen_image" else diffusion_model.layers)
+
     def as_latent(self, samples: torch.Tensor) -> torch.Tensor:
         """``samples`` as this model's LATENTs hold them (VAE Encode's output)."""
         return samples.unsqueeze(2) if self.frame_axis else samples
@@ -52,7 +59,24 @@ class TinyJoint:
 
 FAMILIES = {  # family -> (builder, conditioning, channels, frame axis, swap effect, last swapping block)
     "qwen_image": (tiny_qwen_image, qwen_image_conditioning, QWEN_CHANNELS, True, 1e-3, ("double_block", 2)),
+    "z_image": (tiny_z_image, z_image_conditioning, 16, False, 1e-3, ("layer", 2)),
 }
+
+
+def model_inputs(joint: TinyJoint, context: torch.Tensor) -> dict:
+    """What model_base passes the transformer besides the latent: the context (and NextDiT's token count)."""
+    inputs = {"c_crossattn": context}
+    if joint.family == "z_image":
+        inputs["num_tokens"] = context.shape[1]
+    return inputs
+
+
+def attention_output(joint: TinyJoint, diffusion_model, index: int):
+    """The module whose input is layer ``index``'s attention output, and where the image's tokens start in it:
+    Qwen-Image's image-stream projection (image tokens first), NextDiT's joint one (padded caption first)."""
+    if joint.family == "qwen_image":
+        return diffusion_model.transformer_blocks[index].attn.to_out[0], 0
+    return diffusion_model.layers[index].attention.out, None
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -77,7 +101,9 @@ def sample(comfy, joint: TinyJoint, appearance, structure, model=None, **inputs)
 def velocity(joint: TinyJoint, x, sigma, conditioning):
     context, _ = conditioning[0]
     with torch.no_grad():
-        denoised = joint.patcher.model.apply_model(joint.as_latent(x), torch.tensor([sigma]), c_crossattn=context)
+        denoised = joint.patcher.model.apply_model(
+            joint.as_latent(x), torch.tensor([sigma]), **model_inputs(joint, context)
+        )
     return (joint.as_latent(x) - denoised) / sigma
 
 
@@ -147,6 +173,9 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
+    def __deepcopy__(self, memo) -> Recorder:
+        return self  # one recorder, however often ModelPatcher.clone copies the options
+
     def __call__(self, func, q, k, v, heads, *args, **kwargs):
         if not kwargs.get("skip_reshape", False):  # [rows, tokens, heads * dim]: record in heads layout
             self.calls.append(tuple(t.unflatten(-1, (heads, -1)).transpose(1, 2).clone() for t in (q, k, v)))
@@ -164,14 +193,17 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, joint, refe
 
     attention = comfy.core.attention
     recorder = Recorder()
-    patched = comfy.families.patch_model(joint.patcher, None)
-    patched.model_options["transformer_options"]["optimized_attention_override"] = recorder
+    # another pack's override, set before the transfer patches the model: the pack's own runs around it
+    recording = joint.patcher.clone()
+    recording.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
+    patched = comfy.families.patch_model(recording, None)
     model_management.load_models_gpu([patched])
     context, _ = joint.positive[0]
     kind, index = joint.swapped_block
-    block = patched.model.diffusion_model.transformer_blocks[index]
+    diffusion_model = patched.model.diffusion_model
+    projection, image_start = attention_output(joint, diffusion_model, index)
     seen = []
-    handle = block.attn.to_out[0].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    handle = projection.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
     extra = {"ref_latents": [joint.as_latent(joint.latents(7, size=4))]} if references else {}
 
     def call(x, swap):
@@ -180,15 +212,23 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, joint, refe
         recorder.calls.clear()
         with torch.no_grad():
             patched.model.apply_model(
-                joint.as_latent(x), torch.tensor([0.6]), c_crossattn=context, transformer_options=options, **extra
+                joint.as_latent(x),
+                torch.tensor([0.6]),
+                transformer_options=options,
+                **model_inputs(joint, context),
+                **extra,
             )
-        return recorder.calls[index]  # one attention per block
+        # the main layers' attentions, one per layer, after any refiners' (NextDiT: 2 + 2, on fewer tokens); a
+        # directed call runs only some of its attention through the recorder
+        if swap is not None:
+            return None
+        return recorder.calls[len(recorder.calls) - len(joint.layers_of(diffusion_model)) + index]
 
     try:
         store, contrast = attention.KeyValueStore(), 1.67
-        _, appearance_key, appearance_value = call(
-            joint.latents(5), attention.CallAttention(capture=attention.Capture(frozenset({0}), store))
-        )
+        capture = attention.CallAttention(capture=attention.Capture(frozenset({0}), store))
+        _, appearance_key, appearance_value = call(joint.latents(5), None)  # what the capture will store
+        call(joint.latents(5), capture)
         # the queries, keys and values the swapping block sees: no block before it swaps, so an ordinary call on
         # the same latent records them (a swapped call computes its rows' ordinary attention on fewer tokens)
         query, key, value = call(joint.latents(6), None)
@@ -196,21 +236,25 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, joint, refe
         call(joint.latents(6), swap)
     finally:
         handle.remove()
-    text_tokens, image_tokens = context.shape[1], 16  # 8 x 8 latent cells, 2 x 2 patches
-    assert query.shape[2] == text_tokens + image_tokens + 4 * references
+    # NextDiT pads the caption and the image each to a multiple of 32 tokens; the image's padding is the row's own
+    multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 1
+    text_tokens, image_tokens = -(-context.shape[1] // multiple) * multiple, 16  # 8 x 8 cells, 2 x 2 patches
+    padding = -image_tokens % multiple
+    assert query.shape[2] == text_tokens + image_tokens + padding + 4 * references
     assert store.get((kind, index), 0)[0].shape[1] == image_tokens  # the reference is never stored
     image = slice(text_tokens, text_tokens + image_tokens)
-    own = torch.cat([query.new_ones(text_tokens), query.new_zeros(image_tokens), query.new_ones(4 * references)])
-    own = own.bool()
+    own = torch.ones(query.shape[2], dtype=torch.bool)
+    own[image] = False
     keys = torch.cat([key[:, :, own], appearance_key[:, :, image]], 2).double()
     values = torch.cat([value[:, :, own], appearance_value[:, :, image]], 2).double()
     weights = torch.softmax(query[:, :, image].double() @ keys.transpose(-1, -2) / query.shape[-1] ** 0.5, -1)
     weights = (contrast * weights - (contrast - 1) / keys.shape[2]).clamp(0, 1)
     expected = (weights @ values).transpose(1, 2).flatten(2)
-    ours = seen[-1]  # the image stream's attention output, [1, image tokens (+ references), heads * dim]
-    assert relative(ours[:, :image_tokens].double(), expected) <= 1e-5
+    start = text_tokens if image_start is None else image_start
+    ours = seen[-1][:, start : start + image_tokens].double()  # the image's attention output, [1, tokens, hidden]
+    assert relative(ours, expected) <= 1e-5
     plain_image = torch.softmax(query[:, :, image].double() @ key.double().transpose(-1, -2) / 128**0.5, -1)
-    assert relative(ours[:, :image_tokens].double(), (plain_image @ value.double()).transpose(1, 2).flatten(2)) > 1e-3
+    assert relative(ours, (plain_image @ value.double()).transpose(1, 2).flatten(2)) > 1e-3
 
 
 def test_the_base_model_is_unchanged_afterwards(comfy, joint, pair):
@@ -305,3 +349,21 @@ def test_the_sampler_finds_automatic_masks_at_no_extra_cost(comfy, joint, pair, 
     for mask in (appearance_mask, structure_mask):
         assert mask.shape == (1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(output["samples"], plain_output["samples"])
+
+
+@pytest.mark.needs_z_image
+def test_the_object_word_is_found_among_z_image_s_context_tokens(comfy):
+    """Z-Image's context is Qwen 3's templated prompt, one context token per token (NextDiT pads it at the end),
+    from ComfyUI's own tokenizer files."""
+    from types import SimpleNamespace
+
+    from comfy.text_encoders.z_image import ZImageTokenizer
+
+    object_word = comfy.nodes.object_word
+    tokenizer = ZImageTokenizer()
+    clip = SimpleNamespace(tokenizer=tokenizer)
+    tokens = tokenizer.tokenize_with_weights("A photo of a giraffe by the lake")
+    strings = [tokenizer.qwen3_4b.inv_vocab[token] for token, *_ in tokens["qwen3_4b"][0]]
+    (positions,) = object_word.object_token_positions(clip, tokens, ["giraffe"])
+    assert strings[:3] == ["<|im_start|>", "user", "\u010a"] and positions == (7, 8)
+    assert [strings[position] for position in positions] == ["\u0120gir", "affe"]
