@@ -367,3 +367,28 @@ def test_the_object_word_is_found_among_z_image_s_context_tokens(comfy):
     (positions,) = object_word.object_token_positions(clip, tokens, ["giraffe"])
     assert strings[:3] == ["<|im_start|>", "user", "\u010a"] and positions == (7, 8)
     assert [strings[position] for position in positions] == ["\u0120gir", "affe"]
+
+
+OTHER_SWAPS = {  # options the default fast-mode cache cannot serve
+    "rope none": dict(flux_rope="none"),
+    "rope offset": dict(flux_rope="offset"),
+    "depth 0-0.5": dict(swap_depth_start=0.0, swap_depth_end=0.5),
+}
+
+
+@pytest.mark.parametrize("swap", list(OTHER_SWAPS))
+def test_fast_mode_with_the_sampler_s_options_equals_normal_mode(comfy, joint, swap):
+    """Invert Image given the sampler's Options keeps those blocks' keys in that RoPE form (NextDiT's RoPE comes
+    from its noise refiner patch): the transfer from it equals the one from a normal inversion, one step at a
+    time from identical latents, and the RoPE mode changes the output."""
+    plan = (0.1, 0.9, 0.1, 0.7, 5, 0.4, 0.2, 1.0, 64)
+    options = run(comfy.nodes.XAttnOptions, *plan, **OTHER_SWAPS[swap])[0]
+    samples = torch.cat([joint.latents(3), joint.latents(4)])
+    normal = invert(comfy, joint, samples)
+    fast = invert(comfy, joint, samples, fast_mode="on", options=options)
+    patched = comfy.families.patch_model(joint.patcher, None, options=options)
+    differences = stepwise_inversion_pair(comfy, patched, normal, fast, joint.positive, joint.negative, 1.0)
+    assert len(differences) == STEPS - START and max(differences) <= 1e-4, differences
+    other, *_ = sample(comfy, joint, fast.select([0]), fast.select([1]), options=options)
+    default, *_ = sample(comfy, joint, normal.select([0]), normal.select([1]))
+    assert relative(other["samples"], default["samples"]) > 1e-5
