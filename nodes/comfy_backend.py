@@ -74,6 +74,11 @@ class ModelFamily(Protocol):
 
     def detect(self, model) -> bool: ...
 
+    def input_channels(self, diffusion_model) -> int:
+        """The latent channels the network takes in: more than the latent's for a variant that concatenates a
+        conditioning image (Flux Fill, Depth, Canny; SD inpainting), which the families refuse."""
+        ...
+
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         """A clone of ``model`` whose swapping layers follow the directive in ``transformer_options``;
         ``records_maps``: also the layers the automatic object masks read (every family has them)."""

@@ -15,9 +15,19 @@ FAMILIES: tuple[ModelFamily, ...] = (FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE, UNET)
 
 
 def family_of(model) -> ModelFamily:
-    """The family of ``model`` (a ModelPatcher), or a clear error naming the supported ones."""
+    """The family of ``model`` (a ModelPatcher), or a clear error naming the supported ones; a variant that takes a
+    conditioning image beside the latent is refused (each path's rows would need their own)."""
     for family in FAMILIES:
         if family.detect(model):
+            diffusion_model = model.get_model_object("diffusion_model")
+            taken, latent = family.input_channels(diffusion_model), model.model.latent_format.latent_channels
+            if taken > latent:
+                raise UnsupportedModelError(
+                    f"this {family.name} model takes {taken} input channels for a {latent}-channel latent: a variant "
+                    "that concatenates a conditioning image (Flux Fill, Depth or Canny; an inpainting model), which "
+                    "Cross-Image Attention does not support: load the base model (for a local transfer, put a noise "
+                    "mask on the structure's latent instead)"
+                )
             return family
     name = type(model.get_model_object("diffusion_model")).__name__
     raise UnsupportedModelError(

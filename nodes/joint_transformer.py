@@ -219,6 +219,11 @@ class JointTransformerFamily:
     def check_model(self, diffusion_model) -> None:
         """Refuse a variant of the family the swap cannot serve (UnsupportedModelError)."""
 
+    def input_channels(self, diffusion_model) -> int:
+        """The image embedding's input, per patch (Flux and Qwen-Image: ``img_in``; Flux Fill takes 96 per token
+        for a 16-channel latent)."""
+        return diffusion_model.img_in.weight.shape[1] // diffusion_model.patch_size**2
+
     def default_sigmas(self, model, steps: int, latent_shape: tuple[int, ...]) -> Tensor:
         """The model's own shifted schedule (1 to 0) as KSampler's "simple" scheduler makes it, through any
         ModelSampling node the graph applied (the same at every latent size)."""

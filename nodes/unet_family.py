@@ -154,6 +154,9 @@ class UNetFamily:
         diffusion_model = model.get_model_object("diffusion_model")
         return hasattr(diffusion_model, "output_blocks") and hasattr(diffusion_model, "input_blocks")
 
+    def input_channels(self, diffusion_model) -> int:
+        return diffusion_model.input_blocks[0][0].weight.shape[1]  # the first convolution's (9 on SD inpainting)
+
     def patch(self, model, freeu: FreeUSettings | None, records_maps: bool = False, options: dict | None = None):
         return patch_model(model, freeu, records_maps)
 

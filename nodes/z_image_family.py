@@ -76,6 +76,9 @@ class ZImageFamily(JointTransformerFamily):
     def maps_block(self, diffusion_model) -> tuple[str, int]:
         return LAYER, len(diffusion_model.layers) // 3
 
+    def input_channels(self, diffusion_model) -> int:
+        return diffusion_model.x_embedder.weight.shape[1] // diffusion_model.patch_size**2
+
     def rope_axes(self, diffusion_model) -> RopeAxes:
         embedder = diffusion_model.rope_embedder
         return RopeAxes(tuple(embedder.axes_dim), float(embedder.theta), 1.0)

@@ -644,3 +644,28 @@ def test_the_object_word_is_found_among_flux2_klein_qwen3_tokens(comfy):
     assert at_start == (3, 4, 5)  # first word of the prompt: no space before it, so "g", "ir", "affe"
     with pytest.raises(ValueError, match="'zebra' is not in the prompt"):
         object_word.object_token_positions(clip, tokens, ["zebra"])
+
+
+@pytest.mark.parametrize("input_channels", [32, 96])  # Flux Depth / Canny (latent + control image), Flux Fill
+def test_a_variant_that_takes_a_conditioning_image_is_refused_before_any_model_call(comfy, flux1, input_channels):
+    """Flux Fill, Depth and Canny concatenate an image to the latent: each path's rows would need their own, so
+    Invert Image and the sampler refuse such a model in one sentence, before any model call."""
+    from comfy.model_base import Flux as FluxModel  # (not "import comfy...": the fixture is named comfy)
+    from comfy.model_patcher import ModelPatcher
+    from comfy.supported_models import Flux as FluxConfig
+    from comfyui_support import CPU, tiny_flux_config, version_flux_fields
+
+    config = {**tiny_flux_config(), **version_flux_fields(), "in_channels": input_channels, "out_channels": 16}
+
+    class TinyFluxVariant(FluxConfig):
+        unet_config = config
+
+    variant = ModelPatcher(FluxModel(TinyFluxVariant(config), device=CPU), load_device=CPU, offload_device=CPU)
+    counted, calls = counting(variant)
+    message = f"takes {input_channels} input channels for a 16-channel latent: a variant that concatenates"
+    with pytest.raises(ValueError, match=message):
+        invert_flux(comfy, flux1, flux1.latents(3), model=counted)
+    pair = invert_flux(comfy, flux1, torch.cat([flux1.latents(3), flux1.latents(4)]))
+    with pytest.raises(ValueError, match=message):
+        sample_flux(comfy, flux1, pair.select([0]), pair.select([1]), model=counted)
+    assert calls["n"] == 0

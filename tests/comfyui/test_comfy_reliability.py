@@ -71,3 +71,28 @@ def test_fifty_transfers_do_not_grow_memory_and_the_model_is_released(comfy):
     model_management.soft_empty_cache()
     gc.collect()
     assert released() is None, "something still holds the model after ComfyUI unloaded it"
+
+
+def test_an_inpainting_unet_is_refused_before_any_model_call(comfy):
+    """An SD inpainting model takes 9 input channels (latent, mask, masked image) for a 4-channel latent: Invert
+    Image and the sampler refuse it in one sentence, before any model call."""
+    from comfy.model_base import BaseModel, ModelType  # (not "import comfy...": the fixture is named comfy)
+    from comfy.model_patcher import ModelPatcher
+    from comfy.supported_models import SD15
+    from comfyui_support import CPU, _unet_config, counting_clone
+
+    config = {**_unet_config((1, 2), (1, 1), sdxl=False), "in_channels": 9}
+
+    class TinyInpainting(SD15):
+        unet_config = config
+
+    model = BaseModel(TinyInpainting(config), model_type=ModelType.EPS, device=CPU)
+    inpainting, calls = counting_clone(ModelPatcher(model, load_device=CPU, offload_device=CPU))
+    message = "this unet model takes 9 input channels for a 4-channel latent: a variant that concatenates"
+    with pytest.raises(ValueError, match=message):
+        invert_node(comfy, inpainting, torch.randn(1, 4, 8, 8), steps=3, start_step=1)
+    sd15 = tiny_sd15(comfy)[0]
+    both = invert_node(comfy, sd15, torch.randn(2, 4, 8, 8), steps=3, start_step=1)
+    with pytest.raises(ValueError, match=message):
+        sample_node(comfy, inpainting, both.select([0]), both.select([1]))
+    assert len(calls) == 0
