@@ -392,3 +392,22 @@ def test_fast_mode_with_the_sampler_s_options_equals_normal_mode(comfy, joint, s
     other, *_ = sample(comfy, joint, fast.select([0]), fast.select([1]), options=options)
     default, *_ = sample(comfy, joint, normal.select([0]), normal.select([1]))
     assert relative(other["samples"], default["samples"]) > 1e-5
+
+
+def test_a_transfer_makes_the_engine_s_call_list_and_no_evaluation_more(comfy, joint, pair):
+    """The performance goal for every family: the image-evaluations of a transfer (rows through the model, cfg 1)
+    are the count of xattn_core/calls.py for the plan, as for SD and Flux; an inversion is one per image a step."""
+    rows = []
+    counted = joint.patcher.clone()
+
+    def wrapper(apply_model, args):
+        rows.append(args["input"].shape[0])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted.set_model_unet_function_wrapper(wrapper)
+    sample(comfy, joint, *pair, model=counted)
+    calls = comfy.core.calls
+    assert sum(rows) == calls.model_evaluations(comfy.core.plan.build_plan(STEPS, START), calls.CallLayout.of(1, 1))
+    rows.clear()
+    invert(comfy, joint, torch.cat([joint.latents(3), joint.latents(4)]), model=counted)
+    assert sum(rows) == 2 * (STEPS - START)
