@@ -68,8 +68,11 @@ def _attention_override(block: JointBlock, swap, options: dict, previous):
             return func(query, key, value, heads, *args, **kwargs)
 
         cond_or_uncond = list(options.get("cond_or_uncond") or [0])
+        # an attention mask (Redux's attn_bias, Qwen-Image's text mask) is shaped for whole rows: ordinary attention
+        # then runs on whole rows rather than the parts whose result is kept; the swapped part ignores it, as before
+        parts = attention_mask(args, kwargs) is None
         if kwargs.get("skip_reshape", False):  # [rows, heads, tokens, dim], as Flux and 0.9.2's Qwen-Image pass
-            return route_joint_attention(q, k, v, block, cond_or_uncond, swap, plain)
+            return route_joint_attention(q, k, v, block, cond_or_uncond, swap, plain, plain_takes_parts=parts)
 
         # [rows, tokens, heads * dim] (0.3.64's Qwen-Image): route in heads layout, run ordinary attention in this
         def heads_first(tensor: Tensor) -> Tensor:
@@ -82,10 +85,25 @@ def _attention_override(block: JointBlock, swap, options: dict, previous):
             return plain(tokens_first(query), tokens_first(key), tokens_first(value))
 
         return route_joint_attention(
-            heads_first(q), heads_first(k), heads_first(v), block, cond_or_uncond, swap, plain_tokens_first
+            heads_first(q),
+            heads_first(k),
+            heads_first(v),
+            block,
+            cond_or_uncond,
+            swap,
+            plain_tokens_first,
+            plain_takes_parts=parts,
         )
 
     return override
+
+
+def attention_mask(args: tuple, kwargs: dict) -> Tensor | None:
+    """The mask of an ``optimized_attention`` call: its ``mask`` keyword, or the argument after ``heads``
+    (``optimized_attention_masked``)."""
+    if kwargs.get("mask") is not None:
+        return kwargs["mask"]
+    return args[0] if args and isinstance(args[0], Tensor) else None
 
 
 def heads_axis_pe(pe: Tensor) -> Tensor:

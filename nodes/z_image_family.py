@@ -41,7 +41,15 @@ from ..xattn_core.joint_attention import (
     touches,
 )
 from .comfy_backend import SWAP_KEY, ContextTokens
-from .joint_transformer import OVERRIDE_KEY, BlockKind, JointTransformerFamily, RopeAxes, image_tokens, swap_settings
+from .joint_transformer import (
+    OVERRIDE_KEY,
+    BlockKind,
+    JointTransformerFamily,
+    RopeAxes,
+    attention_mask,
+    image_tokens,
+    swap_settings,
+)
 
 LAYOUT_KEY = "xattn_z_image_layout"  # transformer_options: (caption tokens, padded image tokens, image RoPE)
 LAYER = "layer"
@@ -131,7 +139,8 @@ class ZImageFamily(JointTransformerFamily):
                 records_maps=records_maps,
             )
             cond_or_uncond = list(call_options.get("cond_or_uncond") or [0])
-            return route_joint_attention(q, k, v, block, cond_or_uncond, swap, plain)
+            parts = attention_mask(args, kwargs) is None  # a mask is shaped for whole rows
+            return route_joint_attention(q, k, v, block, cond_or_uncond, swap, plain, plain_takes_parts=parts)
 
         transformer_options[OVERRIDE_KEY] = override
         return patched

@@ -79,7 +79,8 @@ def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_ke
     swap = CallAttention(swap=Swap(frozenset({0}), (0,), (1,), store, 1.67))
     out = route_joint_attention(q, k, v, JointBlock("layer", 0, TEXT), [0], swap, plain)
     own = plain(q, k, v)
-    assert torch.equal(out[1], own[1]) and torch.equal(out[0, :TEXT], own[0, :TEXT])
+    # ordinary attention for the rest (within float error: it is computed on fewer queries)
+    assert torch.allclose(out[1], own[1], atol=1e-6) and torch.allclose(out[0, :TEXT], own[0, :TEXT], atol=1e-6)
     assert (out[0, TEXT:] - own[0, TEXT:]).abs().max() > 1e-3
     elsewhere = route_joint_attention(q, k, v, JointBlock("layer", 1, TEXT), [0], swap, plain)  # another level
     assert torch.equal(elsewhere, own)

@@ -31,7 +31,15 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from .attention import CallAttention, mean_attention_weights, merge_heads, split_heads
+from .attention import (
+    CallAttention,
+    KeyPart,
+    contrasted_attention_parts,
+    mean_attention_weights,
+    merge_heads,
+    row_runs,
+    split_heads,
+)
 
 JointAttention = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(q, k, v) -> out``: q, k, v ``[rows, heads, tokens, dim_head]``, out ``[rows, tokens, heads * dim_head]``."""
@@ -66,42 +74,28 @@ def index_rotation(axes_dim: list[int], theta: float, index: float = 1.0) -> Ten
 
 
 def contrasted_joint_attention(
-    text_queries: Tensor,
-    text_keys: Tensor,
+    context_queries: Tensor,
+    context: Sequence[tuple[Tensor, Tensor]],
     image_queries: Tensor,
     image_keys: Tensor,
-    values: Tensor,
+    image_values: Tensor,
     contrast: float,
     memory_budget: int,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """The paper's contrasted attention over text keys and image keys scored with queries of their own RoPE form.
+    """The paper's contrasted attention over context keys and image keys scored with queries of their own RoPE form.
 
-    ``text_keys``: the output row's own context (its text, then any reference images' tokens).
-    ``text_queries``/``image_queries`` are the same queries ``[1, heads, Q, dim]`` as the text and the image keys
-    see them (they differ only when RoPE is removed from the image part); ``values`` ``[1, heads, T + I, dim]``
-    in the keys' order. Weights: clip(c * softmax - (c - 1) / N_keys, 0, 1), not renormalised, in float32, in
-    query blocks of at most ``memory_budget`` bytes. Returns ``[1, Q, heads * dim]``.
+    ``context``: the output row's own (keys, values) that are not its image (its text, then any reference images'
+    tokens), each ``[1, heads, tokens, dim]``, scored with ``context_queries``; ``image_keys``/``image_values`` the
+    source's image, scored with ``image_queries`` (the same queries ``[1, heads, Q, dim]``, which differ only when
+    RoPE is removed from the image part). Weights: clip(c * softmax - (c - 1) / N_keys, 0, 1) over all the keys, not
+    renormalised, in float32 (:func:`~.attention.contrasted_attention_parts`: at most ``memory_budget`` bytes of
+    work memory, no key list concatenated). Returns ``[1, Q, heads * dim]`` in the values' dtype, written into
+    ``out`` when given.
     """
-    heads, query_tokens, dim = text_queries.shape[1:]
-    key_tokens = text_keys.shape[2] + image_keys.shape[2]
-    scale = dim**-0.5
-    text_k, image_k, v = text_keys.float(), image_keys.float(), values.float()
-    query_block = max(1, memory_budget // (2 * heads * key_tokens * 4))
-    offset = (contrast - 1.0) / key_tokens
-    out = torch.empty(1, heads, query_tokens, dim, device=values.device)
-    for start in range(0, query_tokens, query_block):
-        block = slice(start, start + query_block)
-        scores = torch.cat(
-            [
-                text_queries[:, :, block].float() @ text_k.transpose(-1, -2),
-                image_queries[:, :, block].float() @ image_k.transpose(-1, -2),
-            ],
-            dim=-1,
-        )
-        weights = torch.softmax(scores * scale, dim=-1).mul_(contrast).sub_(offset).clamp_(0.0, 1.0)
-        out[:, :, block] = weights @ v
-        del scores, weights
-    return merge_heads(out).to(values.dtype)
+    parts = [KeyPart(context_queries, keys, values) for keys, values in context]
+    parts.append(KeyPart(image_queries, image_keys, image_values))
+    return contrasted_attention_parts(parts, contrast, memory_budget, out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,11 +171,15 @@ def route_joint_attention(
     cond_or_uncond: list[int],
     call: CallAttention | None,
     plain: JointAttention,
+    plain_takes_parts: bool = True,
 ) -> Tensor:
     """Joint attention for one block call over a batch of one block of rows per ``cond_or_uncond`` entry.
 
     Stores hold the image keys/values ``[rows, image tokens, heads * dim]``, the keys already in the RoPE form
-    ``block.rope`` asks for.
+    ``block.rope`` asks for. In a swapping call ``plain`` runs on some rows and, for the output rows, on their
+    queries other than the image's (keys and values whole rows); ``plain_takes_parts=False`` gives it the whole
+    call instead (for a backend call that carries inputs of the whole layout, e.g. an attention mask), whose
+    output rows' image tokens are then computed and overwritten.
     """
     layer, level, pe, rope, offset = block.layer, block.level, block.pe, block.rope, block.offset
     if block.records_maps:
@@ -204,11 +202,10 @@ def route_joint_attention(
             return rotate(keys, offset.to(keys.device))  # so the extra rotation moves the keys to (1, y, x)
         return rotate(keys, row_pe(rows), inverse=True)
 
-    def context(tensor: Tensor, row: slice) -> Tensor:
-        """A row's own tokens that are not its image: the text, then any reference images."""
-        if image.stop is None or image.stop == tensor.shape[2]:
-            return tensor[row, :, : block.text_tokens]
-        return torch.cat([tensor[row, :, : block.text_tokens], tensor[row, :, image.stop :]], 2)
+    # an output row's own tokens that are not its image: the text, then any reference images
+    own_tokens = [slice(0, block.text_tokens)] if block.text_tokens else []
+    if image.stop is not None and image.stop < query.shape[2]:
+        own_tokens.append(slice(image.stop, None))
 
     rows = query.shape[0] // len(cond_or_uncond)
     branch_rows = [slice(index * rows, (index + 1) * rows) for index in range(len(cond_or_uncond))]
@@ -216,30 +213,47 @@ def route_joint_attention(
         for branch, in_branch in zip(cond_or_uncond, branch_rows, strict=True):
             image_keys = source_form(key[in_branch, :, image], in_branch)
             capture.store.put(layer, branch, merge_heads(image_keys), merge_heads(value[in_branch, :, image]))
-    out = plain(query, key, value)
     if swap is None or level not in swap.levels or not swap.output_rows:
-        return out
-    out = out.clone()
+        return plain(query, key, value)
+
+    # Ordinary attention only where it is kept: the rows that do not swap, and the output rows' own queries (over
+    # their whole sequence); runs of consecutive rows, so that no row is copied. The output's dtype is the one the
+    # backend's attention returns.
+    swapped = sorted(in_branch.start + row for in_branch in branch_rows for row in swap.output_rows)
+    others = [index for index in range(query.shape[0]) if index not in swapped]
+    ordinary = [(run, slice(None)) for run in row_runs(others)]
+    ordinary += [(run, tokens) for run in row_runs(swapped) for tokens in own_tokens]
+    if not plain_takes_parts:
+        ordinary = [(slice(None), slice(None))]
+    out = None
+    for in_run, tokens in ordinary:
+        attention = plain(query[in_run, :, tokens], key[in_run], value[in_run])
+        if out is None:
+            out = attention.new_empty(query.shape[0], query.shape[2], attention.shape[-1])
+        out[in_run, tokens] = attention
+    if out is None:  # every row swaps and there is no text
+        out = value.new_empty(query.shape[0], query.shape[2], value.shape[1] * value.shape[3])
+
     for branch, in_branch in zip(cond_or_uncond, branch_rows, strict=True):
-        if swap.source is None:
-            source_keys = merge_heads(source_form(key[in_branch, :, image], in_branch))
-            source_values = merge_heads(value[in_branch, :, image])
-        else:
-            source_keys, source_values = swap.source.get(layer, branch)
+        stored = None if swap.source is None else swap.source.get(layer, branch)
         for output_row, source_row in zip(swap.output_rows, swap.source_rows, strict=True):
             index = in_branch.start + output_row
             row = slice(index, index + 1)
+            if stored is None:  # a row of this call (the structure's)
+                source = slice(in_branch.start + source_row, in_branch.start + source_row + 1)
+                image_keys, image_values = source_form(key[source, :, image], source), value[source, :, image]
+            else:
+                image_keys = split_heads(stored[0][source_row : source_row + 1].to(key), heads)
+                image_values = split_heads(stored[1][source_row : source_row + 1].to(value), heads)
             queries = query[row, :, image]
             image_queries = queries
             if image_pe is not None and rope is RopeMode.NONE:
                 image_queries = rotate(queries, row_pe(row), inverse=True)
-            image_keys = split_heads(source_keys[source_row : source_row + 1].to(key), heads)
-            values = torch.cat(
-                [context(value, row), split_heads(source_values[source_row : source_row + 1].to(value), heads)], 2
+            context = [(key[row, :, tokens], value[row, :, tokens]) for tokens in own_tokens]
+            budget = swap.memory_budget
+            contrasted_joint_attention(
+                queries, context, image_queries, image_keys, image_values, swap.contrast, budget, out[row, image]
             )
-            out[row, image] = contrasted_joint_attention(
-                queries, context(key, row), image_queries, image_keys, values, swap.contrast, swap.memory_budget
-            ).to(out.dtype)
     return out
 
 
