@@ -85,6 +85,10 @@ def test_help_shows_the_paper_defaults():
     ):
         assert f"(default: {default})" in entries[flag], (flag, entries[flag])
     assert "(default: None)" not in entries["--object-word"] and "(default: none," in entries["--object-word"]
+    # the sample images' defaults are said in words, once, without the path they have in this install
+    for flag, words in (("--appearance", "the paper's zebra"), ("--structure", "the paper's giraffe")):
+        assert entries[flag].count("(default:") == 1 and f"(default: {words}" in entries[flag], entries[flag]
+        assert "samples" not in entries[flag] and str(ROOT) not in entries[flag]
 
 
 def test_progress_off_a_terminal_is_plain_lines(capsys):
@@ -139,6 +143,59 @@ def test_unreachable_hub_model_is_one_short_line():
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: cannot load 'nobody/no-such-model' from the Hugging Face hub")
     assert "local diffusers folder" in lines[0] and "stacktrace" not in lines[0] and len(lines[0]) < 300
+
+
+def test_an_uncached_hub_model_with_an_object_word_is_one_short_line():
+    """Offline, transformers 5 returns a tokenizer of special tokens alone for a hub id it has no files for; the
+    object word check says the model cannot be loaded (not that the word is missing, nor a traceback)."""
+    done = run_cli("--model", "nobody/no-such-model", "--object-word", "animal", *TINY_RUN)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot load 'nobody/no-such-model' from the Hugging Face hub: it is not in ")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# Runs Python as on a machine without torchvision: the import system no longer finds it (package metadata still
+# does, which transformers does not consult first)
+WITHOUT_TORCHVISION = """
+import importlib.machinery, runpy, sys
+
+class HideTorchvision(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.split(".")[0] == "torchvision" else super().find_spec(name, path, target)
+
+sys.meta_path = [HideTorchvision if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+
+def run_without_torchvision(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="warning")  # the notices' own level
+    command = [sys.executable, "-c", WITHOUT_TORCHVISION + code]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_commands_print_no_notice_that_torchvision_is_missing(tmp_path):
+    importing_diffusers = run_without_torchvision("from diffusers import StableDiffusionPipeline")
+    assert importing_diffusers.returncode == 0, importing_diffusers.stderr
+    # without the command line's filter: CLIP's and SigLIP's image processors each say so
+    assert importing_diffusers.stderr.count("requires torchvision (not installed)") == 2, importing_diffusers.stderr
+
+    folder = tmp_path / "tiny"
+    command = (
+        f"sys.argv = ['xattn_core', 'tiny-model', {str(folder)!r}]; runpy.run_module('xattn_core', run_name='__main__')"
+    )
+    done = run_without_torchvision(command)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # nor a "Writing model shards" bar
+    assert done.stdout == f"wrote {folder}: pass --model {folder}\n"
+    assert (folder / "model_index.json").is_file()
+
+
+def test_tiny_model_refuses_a_file_as_its_folder(tmp_path, capsys):
+    existing = tmp_path / "a_file"
+    existing.write_text("")
+    assert main(["tiny-model", str(existing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {str(existing)!r} is a file, not a folder"
 
 
 def test_object_word_turns_on_automatic_masks_and_writes_them(tiny_model_folder, tmp_path):

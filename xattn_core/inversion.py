@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .attention import CallAttention, Capture, KeyValueStore
+from .errors import XAttnError
 from .flow import FLOW, flow_noise_map, flow_noisy, flow_step
 from .plan import SWAP_LEVELS
 from .schedule import ddpm_step, noise_map
@@ -83,7 +84,7 @@ class CacheSettings:
     branches: frozenset[int] | None = None  # cond_or_uncond branches to keep (0 = cond, 1 = uncond); None: all
 
 
-class CacheTooLargeError(MemoryError):
+class CacheTooLargeError(XAttnError, MemoryError):
     pass
 
 

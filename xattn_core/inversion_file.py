@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import XAttnError
 from .inversion import Inversion
 
 FORMAT_NAME = "xattn-inversion"
@@ -16,7 +17,7 @@ FORMAT_VERSION = 2  # 2 adds the optional noise mask; files without one are writ
 TENSORS = ("clean", "sigmas", "latents", "noise_maps")
 
 
-class InversionFileError(ValueError):
+class InversionFileError(XAttnError, ValueError):
     pass
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import XAttnError
 from .kmeans import KMEANS_CLUSTERS, kmeans
 
 KMEANS_SEED = 1  # the official code seeds numpy with 1 before clustering (results differ anyway: other RNG)
@@ -45,7 +46,7 @@ _WORD_END = "</w>"  # CLIP's BPE marks a word's last piece
 _WORD_START = "\u2581"  # T5's SentencePiece marks a word's first piece ("▁")
 
 
-class ObjectWordError(ValueError):
+class ObjectWordError(XAttnError, ValueError):
     """An object word that the prompt does not contain, so its attention map cannot be read."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..errors import XAttnError
 from ..segmentation import split_words, uses_automatic_masks
 from .diffusers_pipeline import TransferOptions, load_image
 
@@ -37,7 +38,7 @@ header is row 1). Example:
 """
 
 
-class PairsFileError(ValueError):
+class PairsFileError(XAttnError, ValueError):
     """The pairs file cannot be used at all (read error, bad header, no rows)."""
 
 

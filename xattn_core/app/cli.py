@@ -1,4 +1,5 @@
-"""Command line: ``python -m xattn_core transfer --model <diffusers folder or hub id> ...``, and ``batch``.
+"""Command line: ``python -m xattn_core transfer --model <diffusers folder or hub id> ...``, ``batch`` and
+``tiny-model``.
 
 Every argument is checked before anything is loaded, so a mistake costs no model load; errors are
 one line on stderr and exit status 2.
@@ -7,7 +8,7 @@ one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -54,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch_cli import add_batch_command
 
     add_batch_command(commands)
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="write a tiny random-weight test pipeline (no download) to try the other commands",
+        description="Write a Stable Diffusion 1.5-shaped diffusers pipeline with tiny random weights (about 6 MB), "
+        "built in code: the other commands run on it (--model FOLDER) without a model download, to try or time "
+        "them. Its images are noise.",
+        formatter_class=HelpFormat,
+    )
+    tiny.add_argument("folder", help="the folder to write it to (created if needed)")
     return parser
 
 
@@ -72,22 +82,59 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+# transformers' logger for optional packages it misses
+TRANSFORMERS_IMPORT_LOGGER = "transformers.utils.import_utils"
+
+
+def not_about_torchvision(record: logging.LogRecord) -> bool:
+    """False for transformers' notices that an image processor falls back to PIL without torchvision (one per
+    processor class, CLIP's and SigLIP's, printed when diffusers is imported). The commands use no image processor:
+    the SD pipeline's feature extractor only feeds the safety checker, which they leave out."""
+    return "requires torchvision (not installed)" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     original_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # the engine's warnings (e.g. no object found) read like errors
+    # on the logger itself, for this call only: whatever the user's TRANSFORMERS_VERBOSITY, and also when
+    # transformers was imported before main() ran
+    transformers_notices = logging.getLogger(TRANSFORMERS_IMPORT_LOGGER)
+    transformers_notices.addFilter(not_about_torchvision)
     try:
         return _run(argv)
     finally:
+        transformers_notices.removeFilter(not_about_torchvision)
         warnings.formatwarning = original_format
+
+
+def write_tiny_model(folder: str) -> int:
+    """``tiny-model FOLDER``: the tiny random-weight pipeline the tests use, for ``--model FOLDER``."""
+    path = Path(folder).expanduser()
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{folder!r} is a file, not a folder")
+        writable_folder(path, "folder")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from transformers.utils import logging as transformers_logging
+
+    from ..tiny import save_tiny_pipeline
+
+    transformers_logging.disable_progress_bar()  # a "Writing model shards" bar for a few MB
+    save_tiny_pipeline(path)
+    print(f"wrote {path}: pass --model {path}")
+    return 0
 
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silences import-time notices unrelated to us
     if args.command == "batch":
         from .batch_cli import run_batch
 
         return run_batch(args)
+    if args.command == "tiny-model":
+        return write_tiny_model(args.folder)
     try:
         options = options_from(args)
         device = resolve_device(args.device)

@@ -16,10 +16,13 @@ from .diffusers_pipeline import DEFAULT_MODEL, TransferOptions
 
 
 class HelpFormat(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each default, except for flags without one (their help says what happens then)."""
+    """``--help`` shows each default, except where the help says it in words: flags without a default (what
+    happens then), and defaults such as the sample images, whose value is a path inside the installed package."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def writable_folder(path: Path, flag: str) -> Path:

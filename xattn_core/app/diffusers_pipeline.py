@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..diffusers_backend import DiffusersBackend
+from ..errors import XAttnError
 from ..freeu import FreeUSettings
 from ..inversion import CacheSettings, Inversion, InversionSettings, invert
 from ..schedule import paper_sigmas
@@ -25,7 +26,7 @@ Progress = Callable[[str, int, int], None]
 """``(phase, done, total)`` with phase "invert" or "generate"."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(XAttnError, RuntimeError):
     pass
 
 
@@ -138,7 +139,12 @@ def load_tokenizer(model: str):
     from transformers import CLIPTokenizer
 
     try:
-        return CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        # transformers 5 returns, without an error, a tokenizer of its special tokens alone when the files are
+        # neither cached nor downloadable (HF_HUB_OFFLINE): every word would then be "not in the prompt"
+        if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+            raise OSError("no vocabulary was found")
+        return tokenizer
     except Exception as error:  # noqa: BLE001 - hub and file errors of many kinds all mean "cannot load"
         if not _looks_local(model):
             raise ModelLoadError(_hub_failure(model, error)) from None
