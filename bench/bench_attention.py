@@ -49,7 +49,7 @@ from bench.attention_ops import (
     previous_mean_attention_weights,
     two_pass_contrasted_attention,
 )
-from bench.measure import engine_revision
+from bench.measure import engine_revision, time_interleaved
 from bench.memory_worker import MEMORY_DIM_HEAD, MEMORY_HEADS, MEMORY_TOKENS, measure_memory
 from xattn_core.attention import DEFAULT_MEMORY_BUDGET, contrasted_attention, mean_attention_weights
 from xattn_core.transfer import TransferSettings
@@ -90,17 +90,6 @@ def differences(ours: Tensor, reference: Tensor) -> tuple[float, float]:
     """max |ours - reference| and that over max |reference|."""
     largest = (ours.double() - reference.double()).abs().max().item()
     return largest, largest / reference.double().abs().max().item()
-
-
-def time_interleaved(ops: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall seconds of each op, ``repeats`` times, the ops taking turns so they share the machine's load."""
-    seconds: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(repeats):
-        for name, op in ops.items():
-            started = time.perf_counter()
-            op()
-            seconds[name].append(time.perf_counter() - started)
-    return seconds
 
 
 def bench_case(case: Case, repeats: int, contrast: float, budget: int) -> dict:

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.measure import engine_revision
+from bench.measure import engine_revision, peak_allocated, time_interleaved
 from xattn_core.attention import DEFAULT_MEMORY_BUDGET, CallAttention, Swap, contrasted_attention, split_heads
 from xattn_core.joint_attention import JointBlock, contrasted_joint_attention, route_joint_attention
 
@@ -116,40 +116,6 @@ def sdxl_op(shapes: Shapes, dtype: torch.dtype, budget: int) -> dict[str, Callab
 
 
 CASES = {"flux op": ("flux", flux_op), "flux route": ("flux", flux_route), "sdxl op": ("sdxl", sdxl_op)}
-
-
-def time_interleaved(ops: dict[str, Callable[[], Tensor]], repeats: int) -> dict[str, list[float]]:
-    """Wall seconds of each op, ``repeats`` times, the ops taking turns so they share the machine's load."""
-    seconds: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(repeats):
-        for name, op in ops.items():
-            started = time.perf_counter()
-            op()
-            seconds[name].append(time.perf_counter() - started)
-    return seconds
-
-
-def peak_allocated(op: Callable[[], Tensor]) -> tuple[int, Tensor]:
-    """The peak of live torch CPU allocations while ``op`` runs (profiler allocation events), and its output."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = op()
-    events: list[tuple[int, int]] = []
-
-    def walk(node) -> None:
-        if type(node.extra_fields).__name__.endswith("Allocation"):
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))  # negative for a free
-        for child in node.children:
-            walk(child)
-
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return peak, out
 
 
 def bench(case: str, dtype: torch.dtype, shapes: Shapes, repeats: int, budget: int, memory: bool) -> dict:

@@ -159,3 +159,37 @@ def phase_line(label: str, phase: Phase) -> str:
         f"{label:<20} {phase.evaluations:>11d} {phase.calls:>6d} {phase.wall:>9.1f} {phase.cpu:>9.1f} "
         f"{phase.per_eval:>8.3f}"
     )
+
+
+def time_interleaved(ops: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each op, ``repeats`` times, the ops taking turns so they share the machine's load."""
+    seconds: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(repeats):
+        for name, op in ops.items():
+            started = time.perf_counter()
+            op()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def peak_allocated(op):
+    """The peak of live torch CPU allocations while ``op`` runs (profiler allocation events), and its output."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = op()
+    events: list[tuple[int, int]] = []
+
+    def walk(node) -> None:
+        if type(node.extra_fields).__name__.endswith("Allocation"):
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))  # negative for a free
+        for child in node.children:
+            walk(child)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak, out

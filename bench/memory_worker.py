@@ -28,6 +28,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.measure import peak_allocated  # noqa: E402
+
 # the SD 1.5 level-0 decoder self-attention the memory numbers are about
 MEMORY_TOKENS, MEMORY_HEADS, MEMORY_DIM_HEAD = 64 * 64, 8, 40
 MIB = 2**20
@@ -78,27 +80,9 @@ def _peak_by_rusage(op, result: dict):
 
 
 def _peak_by_profiler(op, result: dict):
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = op()
-    events = []
-
-    def walk(node):
-        fields = node.extra_fields
-        if type(fields).__name__.endswith("Allocation"):
-            events.append((node.start_time_ns, fields.alloc_size))
-        for child in node.children:
-            walk(child)
-
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
+    peak, out = peak_allocated(op)
     result["peak_bytes"] = peak
-    result["conclusive"] = bool(events)
+    result["conclusive"] = peak > 0
     return out
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import xattn_core.attention as attention
-from bench.bench_swapped_attention import peak_allocated, run
+from bench.bench_swapped_attention import run
+from bench.measure import peak_allocated
 from xattn_core.attention import (
     CallAttention,
     KeyPart,
