@@ -77,6 +77,9 @@ CARDS = {
     ),
     "08 Local transfer inside a mask": Card("Local transfer", "only inside the mask", GIRAFFE, ZEBRA, ("mask", "mask")),
     "09 Flux transfer": Card("Flux transfer", "Flux.1-dev · 28 steps · 1024 px", GIRAFFE, ZEBRA),
+    "10 Flux.2 transfer": Card("Flux.2 transfer", "Flux.2 dev · 28 steps · 1024 px", GIRAFFE, ZEBRA),
+    "11 Qwen-Image transfer": Card("Qwen-Image transfer", "Qwen-Image · 20 steps · 1328 px", GIRAFFE, ZEBRA),
+    "12 Z-Image Turbo transfer": Card("Z-Image Turbo", "8 steps · cfg 1 · 1024 px", GIRAFFE, ZEBRA),
 }
 
 

@@ -47,6 +47,7 @@ DYNAMIC_COMBOS = {
     ("XAttnLoadInversion", "inversion_file"),
     ("ControlNetLoader", "control_net_name"),
     ("UNETLoader", "unet_name"),
+    ("CLIPLoader", "clip_name"),
     ("DualCLIPLoader", "clip_name1"),
     ("DualCLIPLoader", "clip_name2"),
     ("VAELoader", "vae_name"),  # the files in models/vae plus the approximate decoders found

@@ -52,6 +52,23 @@ def flux_loaders(g: Graph, unet: str, text_encoders: tuple[str, str], vae: str) 
     return Loaders((model, 0), (clip, 0), (autoencoder, 0))
 
 
+def single_encoder_loaders(
+    g: Graph, family: str, unet: str, text_encoder: tuple[str, str], vae: str, shift: float | None = None
+) -> Loaders:
+    """Flux.2, Qwen-Image and Z-Image: a model, one text encoder (``text_encoder``: its file and CLIPLoader's
+    ``type`` for it) and a VAE, loaded as ComfyUI's own templates for them load them. ``shift``: the
+    ModelSamplingAuraFlow the template puts on the model, which the pack's nodes then take (their schedule is the
+    model's own sampling, so the inversions follow the shift too)."""
+    model = g.add("UNETLoader", (0, 0), f"Load {family} model", unet_name=unet)
+    clip = g.add("CLIPLoader", (0, 140), f"Load {family} text encoder", clip_name=text_encoder[0], type=text_encoder[1])
+    autoencoder = g.add("VAELoader", (0, 320), f"Load {family} VAE", vae_name=vae)
+    if shift is None:
+        return Loaders((model, 0), (clip, 0), (autoencoder, 0))
+    sampling = g.add("ModelSamplingAuraFlow", (0, 440), f"Shift ({family}'s template)", shift=shift)
+    g.link(model, 0, sampling, "model")
+    return Loaders((sampling, 0), (clip, 0), (autoencoder, 0))
+
+
 def prompt_nodes(g: Graph, clip: Source, text: str, object_word: str | None = None) -> tuple[Node, Node]:
     """The positive prompt (with the object word of the automatic masks, if any) and an empty negative one."""
     if object_word:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.build_workflows import WORKFLOWS_BUILT
-from scripts.workflow_files import WORKFLOW_NAMES, declared_name, workflow_spec_files
+from scripts.workflow_files import OLDEST_COMFYUI, WORKFLOW_NAMES, declared_name, workflow_spec_files, workflows_for
 
 
 def test_each_workflow_name_has_one_description_in_order():
@@ -19,6 +19,16 @@ def test_each_workflow_name_has_one_description_in_order():
 def test_every_description_has_a_note_and_a_build_function(name):
     spec = WORKFLOWS_BUILT[name]
     assert spec.NOTE.startswith("# ") and callable(spec.build)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_the_oldest_release_read_without_importing_is_the_description_s(name):
+    assert OLDEST_COMFYUI[name] == getattr(WORKFLOWS_BUILT[name], "OLDEST_COMFYUI", None)
+
+
+def test_a_workflow_applies_from_its_oldest_release_on():
+    assert "10 Flux.2 transfer" not in workflows_for("0.3.64") and "11 Qwen-Image transfer" in workflows_for("0.3.64")
+    assert "10 Flux.2 transfer" in workflows_for("0.9.2") and "10 Flux.2 transfer" in workflows_for("0.10.0")
 
 
 def test_a_name_must_be_a_plain_string(tmp_path):

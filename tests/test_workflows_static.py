@@ -4,7 +4,8 @@ Every UI workflow in workflows/ and its API twin in workflows/api/ is checked ag
 workflows/schemas/node_schemas-*.json, snapshots of the node schemas that a real ComfyUI with this pack
 reports (scripts/snapshot_node_schemas.py writes it; tests/comfyui/test_comfy_workflows.py asserts it is
 current): node types exist, links type-check, widget values match the widgets in number, order, type and
-range, and the API twin is exactly what the UI graph converts to.
+range, and the API twin is exactly what the UI graph converts to. A workflow is checked against the releases that
+have its model (its description's OLDEST_COMFYUI: Flux.2 and Z-Image need 0.9.2).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-from scripts.workflow_files import SDXL_CHECKPOINT, WORKFLOW_NAMES
+from scripts.workflow_files import OLDEST_COMFYUI, SDXL_CHECKPOINT, WORKFLOW_NAMES, workflows_for
 from tests.workflow_checks import (
     REPO,
     SCHEMAS,
@@ -33,6 +34,8 @@ from tests.workflow_checks import (
 )
 
 EXPECTED = list(WORKFLOW_NAMES)
+# (workflow, release) for each release snapshot and each workflow that release has the model for
+CHECKED = [(name, version) for version in SNAPSHOTS for name in workflows_for(version)]
 
 
 def test_the_shipped_set_is_complete():
@@ -55,8 +58,18 @@ def test_there_is_a_snapshot_for_each_comfyui_release_the_tier_runs():
     assert list(SNAPSHOTS) == ["0.3.64", "0.9.2"]
 
 
-@pytest.mark.parametrize("version", SNAPSHOTS)
-@pytest.mark.parametrize("name", EXPECTED)
+def test_every_workflow_is_checked_on_a_release_the_tiers_run():
+    """A workflow's oldest release is one the tiers run (so it is checked somewhere), and the newest release runs
+    every workflow."""
+    assert {version for version in OLDEST_COMFYUI.values() if version} <= set(SNAPSHOTS)
+    assert workflows_for(list(SNAPSHOTS)[-1]) == WORKFLOW_NAMES
+    assert {name for name, version in OLDEST_COMFYUI.items() if version} == {
+        "10 Flux.2 transfer",
+        "12 Z-Image Turbo transfer",
+    }
+
+
+@pytest.mark.parametrize("name, version", CHECKED)
 def test_ui_workflow_checks_against_the_schemas(name, version):
     workflow, _ = load(name)
     assert ui_problems(workflow, SNAPSHOTS[version]) == []
@@ -65,12 +78,18 @@ def test_ui_workflow_checks_against_the_schemas(name, version):
     assert any(kind.startswith("XAttn") for kind in used)
 
 
-@pytest.mark.parametrize("version", SNAPSHOTS)
-@pytest.mark.parametrize("name", EXPECTED)
+@pytest.mark.parametrize("name, version", CHECKED)
 def test_api_twin_is_the_ui_graph(name, version):
     workflow, prompt = load(name)
     assert api_problems(prompt, SNAPSHOTS[version]) == []
-    assert strip_meta(prompt) == to_api(workflow)
+    assert strip_meta(prompt) == to_api(workflow, SNAPSHOTS[version])
+
+
+def test_flux2_needs_the_release_that_has_it():
+    """What makes workflow 10 a 0.9.2 workflow, seen by the checker: 0.3.64's CLIPLoader has no flux2 type."""
+    workflow, prompt = load("10 Flux.2 transfer")
+    assert any("type='flux2' is not one of" in problem for problem in ui_problems(workflow, SNAPSHOTS["0.3.64"]))
+    assert any("type='flux2' is not one of" in problem for problem in api_problems(prompt, SNAPSHOTS["0.3.64"]))
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -276,6 +295,127 @@ def test_flux_workflow_loads_flux_files_and_runs_guidance_distilled():
     assert f"{FLUX_EVALUATIONS} model evaluations" in note["widgets_values"][0]
 
 
+def transformer_workflow(name: str) -> tuple[dict, dict, list[dict]]:
+    """A workflow's API twin, its sampler and its two inversions."""
+    _, prompt = load(name)
+    (sampler,) = by_type(prompt, "XAttnCrossImageSampler")
+    inverts = by_type(prompt, "XAttnInvertImage")
+    assert len(inverts) == 2
+    return prompt, sampler, inverts
+
+
+def loaded_files(prompt: dict) -> dict:
+    """The model files the workflow's UNETLoader, CLIPLoader and VAELoader name, and CLIPLoader's type."""
+    (unet,), (clip,), (vae,) = (by_type(prompt, kind) for kind in ("UNETLoader", "CLIPLoader", "VAELoader"))
+    return {
+        "unet": unet["inputs"]["unet_name"],
+        "clip": (clip["inputs"]["clip_name"], clip["inputs"]["type"]),
+        "vae": vae["inputs"]["vae_name"],
+    }
+
+
+def counted_evaluations(name: str, cfg_branches: int = 1) -> int:
+    """The engine's count for a workflow's schedule and Options: one evaluation per image per inversion step, and
+    the sampler's call lists (xattn_core.calls), each row once per cfg branch."""
+    from scripts.build_workflows import WORKFLOWS_BUILT
+    from xattn_core.calls import CallLayout, model_evaluations
+    from xattn_core.plan import PlanSettings, build_plan
+
+    spec = WORKFLOWS_BUILT[name]
+    steps, start_step = spec.SCHEDULE
+    settings = PlanSettings(structure_kv_every=getattr(spec, "STRUCTURE_KV_EVERY", PlanSettings.structure_kv_every))
+    generation = model_evaluations(build_plan(steps, start_step, settings), CallLayout.of(1, 1))
+    return cfg_branches * (2 * (steps - start_step) + generation)
+
+
+def note_of(name: str) -> str:
+    workflow, _ = load(name)
+    return next(node for node in workflow["nodes"] if node["type"] == "MarkdownNote")["widgets_values"][0]
+
+
+def test_flux2_workflow_loads_flux2_files_and_runs_guidance_distilled():
+    """As ComfyUI's Flux.2 templates: UNETLoader, CLIPLoader type flux2, the Flux.2 VAE, FluxGuidance 4 on the
+    positive prompt; cfg 1 everywhere, 28 steps from 9 on Flux.2's own schedule (no SIGMAS node), plain prompts
+    (the Object Word node cannot read Mistral 3's tokens)."""
+    from scripts.build_workflows import WORKFLOWS_BUILT
+    from scripts.workflow_files import FLUX2_MODEL, FLUX2_TEXT_ENCODER, FLUX2_VAE
+
+    name = "10 Flux.2 transfer"
+    spec = WORKFLOWS_BUILT[name]
+    prompt, sampler, inverts = transformer_workflow(name)
+    assert loaded_files(prompt) == {"unet": FLUX2_MODEL, "clip": (FLUX2_TEXT_ENCODER, "flux2"), "vae": FLUX2_VAE}
+    (guidance,) = by_type(prompt, "FluxGuidance")
+    assert guidance["inputs"]["guidance"] == 4.0
+    for node in (sampler, *inverts):
+        assert prompt[node["inputs"]["positive"][0]] is guidance and node["inputs"]["cfg"] == 1.0
+        assert "sigmas" not in node["inputs"]
+    assert prompt[guidance["inputs"]["conditioning"][0]]["class_type"] == "CLIPTextEncode"
+    assert not by_type(prompt, "XAttnObjectPrompt") and not by_type(prompt, "ModelSamplingAuraFlow")
+    assert [(n["inputs"]["steps"], n["inputs"]["start_step"]) for n in inverts] == [spec.SCHEDULE] * 2 == [(28, 9)] * 2
+    assert spec.EVALUATIONS == counted_evaluations(name) == 106
+    assert f"{spec.EVALUATIONS} model evaluations" in note_of(name)
+
+
+def test_qwen_image_workflow_shifts_the_model_and_finds_the_object_word():
+    """As ComfyUI's Qwen-Image template: UNETLoader, CLIPLoader type qwen_image, its VAE, ModelSamplingAuraFlow 3.1
+    on the model every node of the pack takes; the Object Word prompt (automatic masks), cfg 1, 20 steps from 6.
+    The note's counts are the engine's, at cfg 1 and at the template's cfg 2.5 (every row twice)."""
+    from scripts.build_workflows import WORKFLOWS_BUILT
+    from scripts.workflow_files import QWEN_IMAGE_MODEL, QWEN_IMAGE_TEXT_ENCODER, QWEN_IMAGE_VAE
+
+    name = "11 Qwen-Image transfer"
+    spec = WORKFLOWS_BUILT[name]
+    prompt, sampler, inverts = transformer_workflow(name)
+    assert loaded_files(prompt) == {
+        "unet": QWEN_IMAGE_MODEL,
+        "clip": (QWEN_IMAGE_TEXT_ENCODER, "qwen_image"),
+        "vae": QWEN_IMAGE_VAE,
+    }
+    (shift,) = by_type(prompt, "ModelSamplingAuraFlow")
+    assert shift["inputs"]["shift"] == 3.1 and prompt[shift["inputs"]["model"][0]]["class_type"] == "UNETLoader"
+    for node in (sampler, *inverts):
+        assert prompt[node["inputs"]["model"][0]] is shift and node["inputs"]["cfg"] == spec.CFG == 1.0
+        assert prompt[node["inputs"]["positive"][0]]["class_type"] == "XAttnObjectPrompt"
+    assert [(n["inputs"]["steps"], n["inputs"]["start_step"]) for n in inverts] == [spec.SCHEDULE] * 2 == [(20, 6)] * 2
+    assert spec.EVALUATIONS == counted_evaluations(name) == 78
+    assert counted_evaluations(name, cfg_branches=2) == 156
+    assert f"{spec.EVALUATIONS} model evaluations" in note_of(name) and "(156 evaluations)" in note_of(name)
+    assert all(n["inputs"]["width"] == n["inputs"]["height"] == 1328 for n in by_type(prompt, "ImageScale"))
+
+
+def test_z_image_workflow_runs_turbo_at_8_steps_with_a_structure_step():
+    """As ComfyUI's Z-Image Turbo template: UNETLoader, CLIPLoader type lumina2 (Qwen 3 4B), Flux's ae.safetensors,
+    ModelSamplingAuraFlow 3; 8 steps from 2 at cfg 1, the Object Word prompt, and an Options node with
+    structure_kv_every 2 on the sampler, with which the plan has a swapping structure step (the paper's every 5th
+    has none at 8 steps)."""
+    import warnings
+
+    from scripts.build_workflows import WORKFLOWS_BUILT
+    from scripts.workflow_files import FLUX_VAE, Z_IMAGE_MODEL, Z_IMAGE_TEXT_ENCODER
+    from xattn_core.plan import KeyValueSource, PlanSettings, build_plan
+
+    name = "12 Z-Image Turbo transfer"
+    spec = WORKFLOWS_BUILT[name]
+    prompt, sampler, inverts = transformer_workflow(name)
+    assert loaded_files(prompt) == {"unet": Z_IMAGE_MODEL, "clip": (Z_IMAGE_TEXT_ENCODER, "lumina2"), "vae": FLUX_VAE}
+    (shift,) = by_type(prompt, "ModelSamplingAuraFlow")
+    assert shift["inputs"]["shift"] == 3.0
+    for node in (sampler, *inverts):
+        assert prompt[node["inputs"]["model"][0]] is shift and node["inputs"]["cfg"] == 1.0
+        assert prompt[node["inputs"]["positive"][0]]["class_type"] == "XAttnObjectPrompt"
+    assert [(n["inputs"]["steps"], n["inputs"]["start_step"]) for n in inverts] == [spec.SCHEDULE] * 2 == [(8, 2)] * 2
+    options = prompt[sampler["inputs"]["options"][0]]
+    assert options["class_type"] == "XAttnOptions" and options["inputs"]["structure_kv_every"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the plan's "no swapping step attends to the structure" warning fails here
+        plan = build_plan(*spec.SCHEDULE, PlanSettings(structure_kv_every=2))
+    assert [step.index for step in plan if step.swaps and step.kv_source is KeyValueSource.STRUCTURE] == [3]
+    with pytest.warns(UserWarning, match="structure_kv_every to 2"):
+        build_plan(*spec.SCHEDULE)  # what the Options node fixes
+    assert spec.EVALUATIONS == counted_evaluations(name) == 32
+    assert f"{spec.EVALUATIONS} model evaluations" in note_of(name)
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_no_two_nodes_overlap(name):
     """With the sizes written in the file (the browser tier checks the sizes the front end draws)."""
@@ -295,6 +435,7 @@ MODEL_WIDGETS = {  # loader -> its file widgets (in widget order) and their mode
     "CheckpointLoaderSimple": (("ckpt_name",), "checkpoints"),
     "ControlNetLoader": (("control_net_name",), "controlnet"),
     "UNETLoader": (("unet_name",), "diffusion_models"),
+    "CLIPLoader": (("clip_name",), "text_encoders"),
     "DualCLIPLoader": (("clip_name1", "clip_name2"), "text_encoders"),
     "VAELoader": (("vae_name",), "vae"),
 }

@@ -13,12 +13,20 @@ from pathlib import Path
 
 from scripts.workflow_files import (
     CONTROLNET_MODEL,
+    FLUX2_MODEL,
+    FLUX2_TEXT_ENCODER,
+    FLUX2_VAE,
     FLUX_MODEL,
     FLUX_TEXT_ENCODERS,
     FLUX_VAE,
+    QWEN_IMAGE_MODEL,
+    QWEN_IMAGE_TEXT_ENCODER,
+    QWEN_IMAGE_VAE,
     SAVED_INVERSIONS,
     SD15_CHECKPOINT,
     SDXL_CHECKPOINT,
+    Z_IMAGE_MODEL,
+    Z_IMAGE_TEXT_ENCODER,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,10 +39,11 @@ SHIPPED_FILES = {
     "ckpt_name": {SD15_CHECKPOINT, SDXL_CHECKPOINT},
     "image": {"xattn_structure.png", "xattn_appearance.png", "giraffe.jpg", "zebra.jpg"},
     "control_net_name": {CONTROLNET_MODEL},
-    "unet_name": {FLUX_MODEL},
+    "unet_name": {FLUX_MODEL, FLUX2_MODEL, QWEN_IMAGE_MODEL, Z_IMAGE_MODEL},
+    "clip_name": {FLUX2_TEXT_ENCODER, QWEN_IMAGE_TEXT_ENCODER, Z_IMAGE_TEXT_ENCODER},
     "clip_name1": {FLUX_TEXT_ENCODERS[0]},
     "clip_name2": {FLUX_TEXT_ENCODERS[1]},
-    "vae_name": {FLUX_VAE},
+    "vae_name": {FLUX_VAE, FLUX2_VAE, QWEN_IMAGE_VAE},
     "inversion_file": {f"{name} [output]" for name in SAVED_INVERSIONS},
 }
 # ComfyUI version -> that release's snapshot, oldest first (written by scripts/snapshot_node_schemas.py)
@@ -178,14 +187,15 @@ def ui_problems(workflow: dict, schemas: dict = SCHEMAS) -> list[str]:
     return problems
 
 
-def to_api(workflow: dict) -> dict:
-    """The API prompt the front end makes of a UI workflow (widget values by name, links as [id, slot])."""
+def to_api(workflow: dict, schemas: dict = SCHEMAS) -> dict:
+    """The API prompt the front end makes of a UI workflow (widget values by name, links as [id, slot]), with the
+    widgets of a release's ``schemas``."""
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):  # muted / bypassed are not sent
             continue
-        schema = SCHEMAS[node["type"]]
+        schema = schemas[node["type"]]
         values, inputs = list(node.get("widgets_values", [])), {}
         for spec in widget_inputs(schema):
             inputs[spec["name"]] = values.pop(0)

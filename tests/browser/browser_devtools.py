@@ -142,8 +142,8 @@ CLOSE_DIALOGS = """
 COMMAND = "app.extensionManager.command.execute({command!r}).then(() => true)"
 PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
 
-# the template browser: open it, pick this pack's category, wait until every card's thumbnail has loaded or failed;
-# the cards in the order shown, with their title, description and thumbnail size
+# the template browser: open it, pick this pack's category, wait for its cards; the cards in the order shown, with
+# their title, description and thumbnail size once each thumbnail has loaded
 TEMPLATES = """
 (async () => {
   const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
@@ -155,24 +155,30 @@ TEMPLATES = """
   const named = Array.from(dialog.querySelectorAll('*')).filter(element => element.innerText?.trim() === %s);
   const category = named.find(element => !named.some(other => other !== element && element.contains(other)));
   if (!category) return {category: null, dialog: dialog.innerText.slice(0, 2000)};
-  category.click();
   const count = %d;
   const cards = () => Array.from(document.querySelectorAll('.p-dialog [data-testid^="template-workflow-"]'));
-  for (let i = 0; i < 60; i++) {
-    const images = cards().map(card => card.querySelector('img')).filter(Boolean);
-    if (cards().length === count && images.length === count && images.every(img => img.complete)) break;
-    await sleep(500);
-  }
-  await sleep(500);
-  return {category: category.innerText.trim(), cards: cards().map(card => {
+  const names = () => cards().map(card => card.dataset.testid).join('\\n');
+  const before = names();  // the category it opened on, which may hold as many cards
+  category.click();
+  for (let i = 0; i < 60 && (cards().length !== count || names() === before); i++) await sleep(500);
+  const loaded = (img) => !!img && img.complete && img.naturalWidth > 0;
+  // a card draws its thumbnail only while it is in view (1.27 hides it again out of view), and the pack's cards
+  // take more rows than the dialog shows: look at each card in turn, scrolled into view
+  const shown = [];
+  for (const card of cards()) {
+    card.scrollIntoView({block: 'nearest'});
+    for (let i = 0; i < 60 && !loaded(card.querySelector('img')); i++) await sleep(250);
     const img = card.querySelector('img');
-    return {
+    shown.push({
       name: card.dataset.testid.replace('template-workflow-', ''),
       title: card.querySelector('h3')?.innerText, description: card.querySelector('p')?.innerText,
-      loaded: !!img && img.complete && img.naturalWidth > 0,
+      loaded: loaded(img),
       natural: img ? [img.naturalWidth, img.naturalHeight] : null,
-      shown: img ? [img.clientWidth, img.clientHeight] : null};
-  })};
+      shown: img ? [img.clientWidth, img.clientHeight] : null});
+  }
+  cards()[0]?.scrollIntoView({block: 'nearest'});
+  await sleep(500);
+  return {category: category.innerText.trim(), cards: shown};
 })()
 """
 

@@ -3,7 +3,7 @@
 python comfy_tasks.py checkpoint sd15|sdxl FILE   # write a random-weight checkpoint
 python comfy_tasks.py controlnet FILE              # write a random-weight SD 1.5 ControlNet
 python comfy_tasks.py validate INPUT_DIR OUTPUT_DIR CKPT_DIR API_FILE...  # execution.validate_prompt
-python comfy_tasks.py flux-workflow INPUT_DIR OUTPUT_DIR MODELS_DIR API_FILE  # run it on a tiny random Flux
+python comfy_tasks.py stood-in-workflows INPUT_DIR OUTPUT_DIR MODELS_DIR API_FILE...  # run them, loaders stood in
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # imported before ComfyUI's folder goes first on sys.path (its tests/ package would shadow this repository's)
-from comfyui_support import flux_conditioning, tiny_flux
+from workflow_standins import VAE_CONFIG, random_state, stand_in_loaders
 
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
@@ -37,36 +38,6 @@ def _import_comfy():
 
     args.cpu = True
     import comfy.model_management  # noqa: F401  (after args.cpu)
-
-
-def _random_state(module, prefix: str, seed: int) -> dict:
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if not value.dtype.is_floating_point:
-            continue
-        tensor = torch.randn(value.shape, generator=generator) * 0.02
-        gain = key.endswith(".weight") and any(part in key for part in (".norm", "norm.weight", "_norm", "ln_"))
-        if gain:
-            tensor += 1.0  # normalisation gains near 1 keep activations finite
-        state[prefix + key] = tensor.to(torch.float16)
-    return state
-
-
-VAE_CONFIG = {  # SD's autoencoder, as ComfyUI's VAE class reads it from a checkpoint (Flux's: 16 channels)
-    "double_z": True,
-    "z_channels": 4,
-    "resolution": 256,
-    "in_channels": 3,
-    "out_ch": 3,
-    "ch": 128,
-    "ch_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions": [],
-    "dropout": 0.0,
-}
 
 
 def make_checkpoint(family: str, path: str) -> None:
@@ -130,12 +101,12 @@ def make_checkpoint(family: str, path: str) -> None:
                 "clip_g.": comfy.sdxl_clip.SDXLClipG(device="meta"),
             }
         vae = AutoencoderKL(ddconfig=VAE_CONFIG, embed_dim=4)
-    state = _random_state(unet, "model.diffusion_model.", 0)
+    state = random_state(unet, "model.diffusion_model.", 0)
     del unet
-    state.update(_random_state(vae, "first_stage_model.", 1))
+    state.update(random_state(vae, "first_stage_model.", 1))
     text_state = {}
     for seed, (prefix, encoder) in enumerate(text.items(), start=2):
-        text_state.update(_random_state(encoder, prefix, seed))
+        text_state.update(random_state(encoder, prefix, seed))
     if family != "sd15":  # ComfyUI's own conversion to the checkpoint layout (OpenCLIP keys for CLIP-G)
         text_state = model_config.process_clip_state_dict_for_saving(text_state)
     state.update(text_state)
@@ -203,65 +174,13 @@ def make_controlnet(path: str) -> None:
             use_linear_in_transformer=False,
             dtype=torch.float16,
         )
-    state = {"control_model." + key: value for key, value in _random_state(control, "", 5).items()}
+    state = {"control_model." + key: value for key, value in random_state(control, "", 5).items()}
     if path.endswith(".safetensors"):  # ComfyUI reads a file by its extension
         import safetensors.torch
 
         safetensors.torch.save_file({key: value.contiguous() for key, value in state.items()}, path)
     else:
         torch.save(state, path)
-
-
-class _TinyFluxText:
-    """Stands in for Flux's CLIP-L + T5-XXL (a 9 GB file): each text's CONDITIONING, as the encoders shape it
-    (context and pooled output), with values drawn from the text."""
-
-    def tokenize(self, text: str) -> str:
-        return text
-
-    def encode_from_tokens_scheduled(self, text: str) -> list:
-        import zlib
-
-        return flux_conditioning(zlib.crc32(text.encode()), guidance=None)
-
-
-def _flux_ae_state() -> dict:
-    """Random weights of Flux's autoencoder (ae.safetensors: 16 latent channels, no quant convs)."""
-    import torch
-    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
-
-    config = {**VAE_CONFIG, "z_channels": 16}
-    with torch.device("meta"):
-        encoder, decoder = Encoder(**config), Decoder(**config)
-    return {**_random_state(encoder, "encoder.", 11), **_random_state(decoder, "decoder.", 12)}
-
-
-def _stand_in_flux_loaders() -> None:
-    """Replace ComfyUI's UNETLoader, DualCLIPLoader and VAELoader, in this process only, by subclasses with the
-    same inputs that return a tiny random Flux MODEL, the text stand-in and a random Flux autoencoder (a real
-    comfy.sd.VAE). The files Flux.1 ships (12-24 GB each) cannot be made here; every other node runs as shipped."""
-    from types import SimpleNamespace
-
-    import comfy.sd
-
-    import nodes
-    import xattn_core.tiny
-
-    class FluxModel(nodes.UNETLoader):
-        def load_unet(self, unet_name, weight_dtype):
-            return (tiny_flux(SimpleNamespace(core=SimpleNamespace(tiny=xattn_core.tiny)), seed=0),)
-
-    class FluxText(nodes.DualCLIPLoader):
-        def load_clip(self, clip_name1, clip_name2, type, device="default"):
-            assert type == "flux", type
-            return (_TinyFluxText(),)
-
-    class FluxAutoencoder(nodes.VAELoader):
-        def load_vae(self, vae_name):
-            return (comfy.sd.VAE(sd=_flux_ae_state()),)
-
-    for name, stand_in in (("UNETLoader", FluxModel), ("DualCLIPLoader", FluxText), ("VAELoader", FluxAutoencoder)):
-        nodes.NODE_CLASS_MAPPINGS[name] = stand_in
 
 
 def _executor_cache_arguments(executor_class) -> dict:
@@ -276,17 +195,13 @@ def _executor_cache_arguments(executor_class) -> dict:
     return {"cache_args": {"lru": args.cache_lru, "ram": args.cache_ram}}
 
 
-async def _run_flux_workflow(input_dir: str, output_dir: str, models: str, file: str) -> dict:
-    """Validate and execute one API prompt with ComfyUI's own PromptExecutor, the Flux loaders stood in."""
+async def _run_stood_in_workflows(input_dir: str, output_dir: str, models: str, files: list[str]) -> dict:
+    """Validate and execute API prompts with ComfyUI's own PromptExecutor, one after another in this process (one
+    import of ComfyUI for all), their model loaders stood in by tiny random models (workflow_standins.py)."""
     await _load_nodes(input_dir, output_dir, models)
     sys.path.insert(0, str(REPO))
-    _stand_in_flux_loaders()
+    stand_in_loaders()
     import execution
-
-    prompt = json.loads(Path(file).read_text())
-    ok, error, outputs, node_errors = await execution.validate_prompt("flux", prompt, None)
-    if not ok:
-        return {"ok": False, "error": error, "node_errors": node_errors}
 
     class Server:  # what PromptExecutor asks of ComfyUI's PromptServer when no client listens
         client_id = None
@@ -296,11 +211,25 @@ async def _run_flux_workflow(input_dir: str, output_dir: str, models: str, file:
         def send_sync(self, event, data, sid=None):
             pass
 
-    executor = execution.PromptExecutor(Server(), **_executor_cache_arguments(execution.PromptExecutor))
-    await executor.execute_async(prompt, "flux", {}, outputs)
-    failures = [data for event, data in executor.status_messages if event == "execution_error"]
-    outputs = executor.history_result["outputs"]
-    return {"ok": executor.success and not failures, "failures": failures, "outputs": outputs}
+    results = {}
+    for file in files:
+        started, name = time.monotonic(), Path(file).stem
+        prompt = json.loads(Path(file).read_text())
+        ok, error, outputs, node_errors = await execution.validate_prompt(name, prompt, None)
+        if not ok:
+            results[name] = {"ok": False, "error": error, "node_errors": node_errors}
+            continue
+        # an executor per workflow: nothing cached from the one before
+        executor = execution.PromptExecutor(Server(), **_executor_cache_arguments(execution.PromptExecutor))
+        await executor.execute_async(prompt, name, {}, outputs)
+        failures = [data for event, data in executor.status_messages if event == "execution_error"]
+        results[name] = {
+            "ok": executor.success and not failures,
+            "failures": failures,
+            "outputs": executor.history_result["outputs"],
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    return results
 
 
 if __name__ == "__main__":
@@ -311,7 +240,7 @@ if __name__ == "__main__":
         make_controlnet(sys.argv[2])
     elif command == "validate":
         print(json.dumps(asyncio.run(_validate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])), default=str))
-    elif command == "flux-workflow":
-        print(json.dumps(asyncio.run(_run_flux_workflow(*sys.argv[2:6])), default=str))
+    elif command == "stood-in-workflows":
+        print(json.dumps(asyncio.run(_run_stood_in_workflows(*sys.argv[2:5], sys.argv[5:])), default=str))
     else:
         raise SystemExit(f"unknown command {command}")
