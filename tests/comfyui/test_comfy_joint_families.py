@@ -157,8 +157,9 @@ def test_the_inversion_reconstructs_every_step_exactly_on_the_model_s_schedule(c
 
 def test_the_swap_changes_only_the_output_and_both_paths_reconstruct(comfy, joint, pair, transfer):
     (output, appearance_out, structure_out, *_), (plain_output, plain_appearance, plain_structure, *_) = transfer
-    assert torch.equal(appearance_out["samples"], plain_appearance["samples"])
-    assert torch.equal(structure_out["samples"], plain_structure["samples"])
+    # the paths run the same computation with and without the swap, on other batch compositions of their calls
+    assert relative(appearance_out["samples"], plain_appearance["samples"]) <= 1e-6
+    assert relative(structure_out["samples"], plain_structure["samples"]) <= 1e-6
     for path, inversion in ((appearance_out, pair[0]), (structure_out, pair[1])):
         clean = joint.patcher.model.process_latent_out(joint.as_latent(inversion.clean))
         assert path["samples"].shape == clean.shape  # the LATENT's own layout, frame axis included
