@@ -37,6 +37,9 @@ def sharpened(model, factor: float):
     Random weights give near-uniform attention over the image tokens, whose output a cyclic shift cannot change;
     trained models attend far more peakily. The sharpened clone stands in for that.
     """
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()  # a loaded clone's patches would be read as the base's parameters
     sharp = model.clone()
     for name, parameter in model.model.diffusion_model.named_parameters():
         if name.endswith(("query_norm.scale", "key_norm.scale")):
@@ -44,14 +47,14 @@ def sharpened(model, factor: float):
     return sharp
 
 
-def relative_error(ns, model, mode, shift: int, sigma: float, seed: int) -> float:
+def relative_error(ns, model, settings, shift: int, sigma: float, seed: int, contrast: float = 1.0) -> float:
+    """|v_swapped - v_structure| / |v_structure| for one shifted copy, every block swapping as ``settings`` says
+    (a ``JointSwapSettings`` of the loaded pack) with ``contrast``."""
     import comfy.model_management
     from comfyui_support import flux_conditioning
 
     core = ns.core
-    joint = __import__(f"{ns.pack.__name__}.xattn_core.joint_attention", fromlist=["JointSwapSettings"])
     backend = ns.backend
-    settings = joint.JointSwapSettings(depth=(0.0, 1.0), rope=mode)
     patched = ns.families.family_of(model).patch(model, None, options={ns.joint.JOINT_OPTIONS_KEY: settings})
     comfy.model_management.load_models_gpu([patched])
     structure = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed))
@@ -76,7 +79,7 @@ def relative_error(ns, model, mode, shift: int, sigma: float, seed: int) -> floa
     levels = frozenset({0, 1})
     store = core.attention.KeyValueStore()
     call(appearance, core.attention.CallAttention(capture=core.attention.Capture(levels, store)))
-    swap = core.attention.CallAttention(swap=core.attention.Swap(levels, (0,), (0,), store, 1.0))
+    swap = core.attention.CallAttention(swap=core.attention.Swap(levels, (0,), (0,), store, contrast))
     swapped, own = call(structure, swap), call(structure, None)
     return ((swapped - own).norm() / own.norm()).item()
 
@@ -87,14 +90,16 @@ def main() -> None:
     ns = setup(os.environ["COMFYUI_PATH"])
     joint = __import__(f"{ns.pack.__name__}.xattn_core.joint_attention", fromlist=["RopeMode"])
     base = tiny_flux(ns, seed=0)
+    every_block = (0.0, 1.0)
     print("relative error |v_swapped - v_structure| / |v_structure|, mean over seeds and sigmas")
     for factor in SHARPNESS:
         model = base if factor == 1.0 else sharpened(base, factor)
         print(f"q/k norm scale x{factor:g}:  mode    " + "  ".join(f"shift {s}" for s in SHIFTS))
         for mode in joint.RopeMode:
             errors = []
+            settings = joint.JointSwapSettings(depth=every_block, rope=mode)
             for shift in SHIFTS:
-                values = [relative_error(ns, model, mode, shift, sigma, seed) for sigma in SIGMAS for seed in SEEDS]
+                values = [relative_error(ns, model, settings, shift, sigma, seed) for sigma in SIGMAS for seed in SEEDS]
                 errors.append(sum(values) / len(values))
             print(f"{'':20s}{mode.value:7s} " + "  ".join(f"{error:7.2e}" for error in errors))
 

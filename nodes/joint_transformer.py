@@ -155,6 +155,7 @@ def _block_patch(
                 pe=heads_axis_pe(args["pe"]),
                 rope=settings.rope,
                 offset=offset,
+                contrast_scope=settings.contrast_scope,
                 records_maps=records_maps,
             )
             block_options[OVERRIDE_KEY] = _attention_override(joint_block, swap, options, options.get(OVERRIDE_KEY))

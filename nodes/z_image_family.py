@@ -136,6 +136,7 @@ class ZImageFamily(JointTransformerFamily):
                 pe=None if settings.rope is RopeMode.KEEP else _joint_pe(text_tokens, image_pe),
                 rope=settings.rope,
                 offset=offset,
+                contrast_scope=settings.contrast_scope,
                 records_maps=records_maps,
             )
             cond_or_uncond = list(call_options.get("cond_or_uncond") or [0])

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from tests.joint_reference import contrasted_weights
 from xattn_core.attention import CallAttention, Capture, KeyValueStore, Recording, Swap
 from xattn_core.joint_attention import (
+    ContrastScope,
     JointBlock,
     JointSwapSettings,
     RopeMode,
@@ -86,13 +88,15 @@ def test_only_the_output_rows_image_tokens_change_and_the_capture_holds_image_ke
     assert torch.equal(elsewhere, own)
 
 
-def test_reference_image_tokens_after_the_image_are_context_never_swapped_nor_stored():
+@pytest.mark.parametrize("scope", list(ContrastScope))
+def test_reference_image_tokens_after_the_image_are_context_never_swapped_nor_stored(scope):
     """Edit models append reference images' tokens after the image's own: the output row keeps its own text and
-    reference keys; only its image keys/values come from the source, and only the image's tokens are stored."""
+    reference keys; only its image keys/values come from the source, and only the image's tokens are stored. The
+    contrast acts on the whole row, or on the source's image keys only (``scope``)."""
     reference = 4
     generator = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, HEADS, TEXT + IMAGE + reference, DIM, generator=generator) for _ in range(3))
-    block = JointBlock("layer", 0, TEXT, image_tokens=IMAGE)
+    block = JointBlock("layer", 0, TEXT, image_tokens=IMAGE, contrast_scope=scope)
     store = KeyValueStore()
     route_joint_attention(q, k, v, block, [0], CallAttention(capture=Capture(frozenset({0}), store)), plain)
     assert store.get("layer", 0)[0].shape == (2, IMAGE, HEADS * DIM)
@@ -105,7 +109,7 @@ def test_reference_image_tokens_after_the_image_are_context_never_swapped_nor_st
     keys = torch.cat([k[0, :, :TEXT], k[1, :, image], k[0, :, refs]], 1)
     values = torch.cat([v[0, :, :TEXT], v[1, :, image], v[0, :, refs]], 1)
     weights = torch.softmax(q[0, :, image] @ keys.transpose(-1, -2) / DIM**0.5, -1)
-    weights = (contrast * weights - (contrast - 1) / keys.shape[1]).clamp(0, 1)
+    weights = contrasted_weights(weights, contrast, image if scope is ContrastScope.IMAGE else None)
     expected = (weights @ values).transpose(0, 1).reshape(IMAGE, HEADS * DIM)
     assert torch.allclose(out[0, image], expected, atol=1e-5)
     own = plain(q, k, v)
@@ -119,7 +123,7 @@ def test_reference_image_tokens_after_the_image_are_context_never_swapped_nor_st
         q,
         k,
         v,
-        JointBlock("layer", 0, TEXT),
+        JointBlock("layer", 0, TEXT, contrast_scope=scope),
         [0],
         CallAttention(swap=Swap(frozenset({0}), (0,), (1,), None, contrast)),
         plain,

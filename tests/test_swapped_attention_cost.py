@@ -6,6 +6,7 @@ import torch
 import xattn_core.attention as attention
 from bench.bench_swapped_attention import run
 from bench.measure import peak_allocated
+from tests.joint_reference import contrasted_weights
 from xattn_core.attention import (
     CallAttention,
     KeyPart,
@@ -20,13 +21,15 @@ from xattn_core.joint_attention import JointBlock, route_joint_attention
 CONTRAST = 1.67
 
 
-def reference(parts: list[KeyPart], contrast: float) -> torch.Tensor:
-    """The explicit softmax matrix in float64: clip(c * softmax - (c - 1) / N_keys, 0, 1) @ V, not renormalised;
-    ``[rows, queries, heads * dim]``."""
+def reference(parts: list[KeyPart], contrast: float, contrasted_from: int = 0) -> torch.Tensor:
+    """The explicit softmax matrix in float64: clip(c * softmax - (c - 1) / N_keys, 0, 1) @ V, not renormalised (with
+    ``contrasted_from`` k > 0 only the keys of ``parts[k:]`` contrasted, around their mean); ``[rows, queries, heads
+    * dim]``."""
     scores = torch.cat([part.queries.double() @ part.keys.double().transpose(-1, -2) for part in parts], -1)
     values = torch.cat([part.values.double() for part in parts], 2)
     weights = torch.softmax(scores / parts[0].queries.shape[-1] ** 0.5, -1)
-    weights = (contrast * weights - (contrast - 1) / scores.shape[-1]).clamp(0, 1)
+    first = sum(part.keys.shape[2] for part in parts[:contrasted_from])
+    weights = contrasted_weights(weights, contrast, slice(first, None) if contrasted_from else None)
     out = weights @ values
     return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
 
@@ -69,6 +72,25 @@ def threads(request):
 def test_the_op_equals_the_written_out_formula_in_every_block_size(dtype, budget, same_queries, threads):
     parts = random_parts(dtype, same_queries=same_queries, rows=2)
     assert_close(contrasted_attention_parts(parts, CONTRAST, budget), reference(parts, CONTRAST), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("budget", [1, 20_000, 2**30])
+@pytest.mark.parametrize("contrasted_from", [1, 2])
+def test_contrasting_only_the_last_parts_equals_the_written_out_formula(dtype, budget, contrasted_from, threads):
+    """The joint attention's image scope: one softmax over all the keys, the contrast on the last parts' keys only,
+    around their own mean; the first parts keep the softmax's weights."""
+    parts = random_parts(dtype, key_tokens=(5, 3, 40), same_queries=False, rows=2)
+    ours = contrasted_attention_parts(parts, CONTRAST, budget, contrasted_from=contrasted_from)
+    assert_close(ours, reference(parts, CONTRAST, contrasted_from), dtype)
+    whole_row = reference(parts, CONTRAST)
+    assert (ours.double() - whole_row).abs().max() > 1e-2  # a different function on these inputs
+
+
+def test_contrasted_from_must_name_a_part():
+    parts = random_parts(torch.float32)
+    with pytest.raises(ValueError, match="contrasted_from"):
+        contrasted_attention_parts(parts, CONTRAST, 2**20, contrasted_from=2)
 
 
 def test_groups_of_heads_that_do_not_divide_the_heads(monkeypatch):
@@ -149,20 +171,20 @@ def test_plain_attention_runs_only_where_it_is_kept():
         assert torch.allclose(out[row, :text], own[row, :text], atol=1e-6)
         assert torch.allclose(out[row, text + image :], own[row, text + image :], atol=1e-6)
         source = row + 1
-        parts = [
+        parts = [  # the row's own text and references, then the source's image, the part contrasted by default
             KeyPart(query[row : row + 1, :, image_part], key[row : row + 1, :, :text], value[row : row + 1, :, :text]),
-            KeyPart(
-                query[row : row + 1, :, image_part],
-                key[source : source + 1, :, image_part],
-                value[source : source + 1, :, image_part],
-            ),
             KeyPart(
                 query[row : row + 1, :, image_part],
                 key[row : row + 1, :, text + image :],
                 value[row : row + 1, :, text + image :],
             ),
+            KeyPart(
+                query[row : row + 1, :, image_part],
+                key[source : source + 1, :, image_part],
+                value[source : source + 1, :, image_part],
+            ),
         ]
-        assert_close(out[row : row + 1, image_part], reference(parts, CONTRAST), torch.float32)
+        assert_close(out[row : row + 1, image_part], reference(parts, CONTRAST, contrasted_from=2), torch.float32)
 
 
 def test_a_backend_that_takes_whole_calls_only_gets_the_whole_call():

@@ -118,9 +118,17 @@ def head_blocks(
 
 @torch.no_grad()  # inference only: the blocks are computed in place (out=), which has no backward
 def contrasted_attention_parts(
-    parts: Sequence[KeyPart], contrast: float, memory_budget: int, out: Tensor | None = None
+    parts: Sequence[KeyPart],
+    contrast: float,
+    memory_budget: int,
+    out: Tensor | None = None,
+    contrasted_from: int = 0,
 ) -> Tensor:
     """clip(c * softmax(QK^T / sqrt(d)) - (c - 1) / N_keys, 0, 1) V over the keys of all ``parts``, not renormalised.
+
+    ``contrasted_from``: with k > 0 one softmax still runs over all the keys, but only the keys of ``parts[k:]``
+    are contrasted, around their own mean weight m (per query): clip(c * A - (c - 1) * m, 0, 1); the weights of the
+    first k parts stay as the softmax gives them. With k = 0, m = 1 / N_keys and both forms are the same.
 
     Returns ``[rows, query tokens, heads * value dim]`` in the values' dtype, written into ``out`` when given (a
     view of that shape, e.g. some tokens of a larger output). The maths runs in float32 whatever the inputs' dtype,
@@ -136,6 +144,8 @@ def contrasted_attention_parts(
     """
     if contrast <= 0:
         raise ValueError(f"the attention contrast must be positive, got {contrast:g}")
+    if not 0 <= contrasted_from < len(parts):
+        raise ValueError(f"contrasted_from must name one of the {len(parts)} key parts, got {contrasted_from}")
     rows, heads, query_tokens, dim = parts[0].queries.shape
     values = parts[0].values
     value_dim, device = values.shape[-1], values.device
@@ -163,6 +173,8 @@ def contrasted_attention_parts(
     product = torch.empty(group, block, value_dim, device=device)
     scale, offset = dim**-0.5, (contrast - 1.0) / key_tokens
     low, high = offset / contrast, (1.0 + offset) / contrast
+    contrasted = slice(columns[contrasted_from].start, key_tokens)  # the key columns the contrast acts on
+    contrasted_count = key_tokens - contrasted.start
     for row in range(rows):
         for first_head in range(0, heads, group):
             in_group = slice(first_head, min(first_head + group, heads))
@@ -170,7 +182,8 @@ def contrasted_attention_parts(
             for part, part_columns in zip(parts, columns, strict=True):
                 keys_t[:count, :, part_columns].copy_(part.keys[row, in_group].transpose(1, 2))
                 values32[:count, part_columns].copy_(part.values[row, in_group])
-            baseline = values32[:count].sum(1, keepdim=True).mul_(-offset)  # -o * (V summed over the keys)
+            if contrasted_from == 0:
+                baseline = values32[:count].sum(1, keepdim=True).mul_(-offset)  # -o * (V summed over the keys)
             for start in range(0, query_tokens, block):
                 in_block = slice(start, min(start + block, query_tokens))
                 size = in_block.stop - start
@@ -179,8 +192,15 @@ def contrasted_attention_parts(
                     queries_block = queries32[:count, :size].copy_(queries[row, in_group, in_block])
                     into = weights[:, :, part_columns]
                     torch.baddbmm(into, queries_block, keys_t[:count, :, part_columns], beta=0, alpha=scale, out=into)
-                torch.softmax(weights, dim=-1, out=weights).clamp_(low, high)
-                torch.baddbmm(baseline, weights, values32[:count], alpha=contrast, out=product[:count, :size])
+                torch.softmax(weights, dim=-1, out=weights)
+                if contrasted_from == 0:
+                    weights.clamp_(low, high)
+                    torch.baddbmm(baseline, weights, values32[:count], alpha=contrast, out=product[:count, :size])
+                else:  # the mean is per query here: contrast the weights themselves, then one product
+                    part_weights = weights[:, :, contrasted]
+                    mean = part_weights.sum(-1, keepdim=True).mul_((contrast - 1.0) / contrasted_count)
+                    part_weights.mul_(contrast).sub_(mean).clamp_(0.0, 1.0)
+                    torch.bmm(weights, values32[:count], out=product[:count, :size])
                 out_heads[row, in_group, in_block] = product[:count, :size]
     return out
 

@@ -54,6 +54,25 @@ class RopeMode(str, Enum):
 DEFAULT_ROPE = RopeMode.KEEP  # measured by bench/flux_rope.py (README "Flux")
 
 
+class ContrastScope(str, Enum):
+    """Which weights of an output image query's joint softmax the paper's contrast sharpens.
+
+    ``row``: the whole row, its own text keys (and reference images) with the source's image keys, around the
+    row's mean 1 / N_keys. ``image``: the source's image keys only, around their own mean weight; the text keeps
+    the weight the softmax gives it, as in the UNet, whose text attention is a separate layer the contrast never
+    touches.
+    """
+
+    ROW = "row"
+    IMAGE = "image"
+
+
+# bench/joint_contrast_scope.py on the tiny Flux with sharpened attention: `image` leaves the text's mass as ordinary
+# attention has it where `row` raised it by a third, and handed a shifted copy's structure back 4-6% closer at every
+# shift. Its image part is the UNet's contrasted map over the image keys, scaled by the image's share of the row.
+DEFAULT_CONTRAST_SCOPE = ContrastScope.IMAGE
+
+
 def rotate(x: Tensor, pe: Tensor, inverse: bool = False) -> Tensor:
     """Apply (or undo) Flux's RoPE; ``pe`` holds one 2x2 rotation per channel pair, ``[..., tokens, dim/2, 2, 2]``."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2, 1)
@@ -82,20 +101,22 @@ def contrasted_joint_attention(
     contrast: float,
     memory_budget: int,
     out: Tensor | None = None,
+    scope: ContrastScope = DEFAULT_CONTRAST_SCOPE,
 ) -> Tensor:
     """The paper's contrasted attention over context keys and image keys scored with queries of their own RoPE form.
 
     ``context``: the output row's own (keys, values) that are not its image (its text, then any reference images'
     tokens), each ``[1, heads, tokens, dim]``, scored with ``context_queries``; ``image_keys``/``image_values`` the
     source's image, scored with ``image_queries`` (the same queries ``[1, heads, Q, dim]``, which differ only when
-    RoPE is removed from the image part). Weights: clip(c * softmax - (c - 1) / N_keys, 0, 1) over all the keys, not
-    renormalised, in float32 (:func:`~.attention.contrasted_attention_parts`: at most ``memory_budget`` bytes of
-    work memory, no key list concatenated). Returns ``[1, Q, heads * dim]`` in the values' dtype, written into
-    ``out`` when given.
+    RoPE is removed from the image part). Weights: one softmax over all the keys, then clip(c * A - (c - 1) * m, 0,
+    1), not renormalised, on the keys ``scope`` names (m their mean weight: 1 / N_keys for the whole row), in float32
+    (:func:`~.attention.contrasted_attention_parts`: at most ``memory_budget`` bytes of work memory, no key list
+    concatenated). Returns ``[1, Q, heads * dim]`` in the values' dtype, written into ``out`` when given.
     """
     parts = [KeyPart(context_queries, keys, values) for keys, values in context]
     parts.append(KeyPart(image_queries, image_keys, image_values))
-    return contrasted_attention_parts(parts, contrast, memory_budget, out)
+    contrasted_from = len(context) if scope is ContrastScope.IMAGE else 0
+    return contrasted_attention_parts(parts, contrast, memory_budget, out, contrasted_from)
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,8 +129,8 @@ class JointBlock:
     reference images (Flux Kontext, Flux.2 and Qwen-Image edit models append theirs), context like the text: an
     output row keeps its own, and they are neither swapped nor stored.
     ``pe``: the block's RoPE, ``[1 or rows, 1, tokens, dim/2, 2, 2]``; ``rope`` the form the source keys take and
-    ``offset`` the extra rotation of :func:`index_rotation` for ``RopeMode.OFFSET``. ``records_maps``: the maps
-    block of the automatic masks.
+    ``offset`` the extra rotation of :func:`index_rotation` for ``RopeMode.OFFSET``. ``contrast_scope``: the weights
+    the contrast sharpens (:class:`ContrastScope`). ``records_maps``: the maps block of the automatic masks.
     """
 
     layer: Hashable
@@ -119,6 +140,7 @@ class JointBlock:
     pe: Tensor | None = None
     rope: RopeMode = DEFAULT_ROPE
     offset: Tensor | None = None
+    contrast_scope: ContrastScope = DEFAULT_CONTRAST_SCOPE
     records_maps: bool = False
 
     @property
@@ -252,7 +274,15 @@ def route_joint_attention(
             context = [(key[row, :, tokens], value[row, :, tokens]) for tokens in own_tokens]
             budget = swap.memory_budget
             contrasted_joint_attention(
-                queries, context, image_queries, image_keys, image_values, swap.contrast, budget, out[row, image]
+                queries,
+                context,
+                image_queries,
+                image_keys,
+                image_values,
+                swap.contrast,
+                budget,
+                out[row, image],
+                block.contrast_scope,
             )
     return out
 
@@ -292,18 +322,21 @@ class JointSwapSettings:
     range. The same numbers mean the same part of the network on every family; each family file lists its blocks.
     ``stream_blocks``: the Flux-only ranges the Options node had first (``flux_double_blocks_*``,
     ``flux_single_blocks_*``), each ``[start, end)`` of one block kind by ``start * count <= index < end * count``;
-    when given they replace ``depth`` (saved prompts keep their result). ``rope``: see :class:`RopeMode`.
+    when given they replace ``depth`` (saved prompts keep their result). ``rope``: see :class:`RopeMode`;
+    ``contrast_scope``: see :class:`ContrastScope`.
     """
 
     depth: tuple[float, float] = DEFAULT_DEPTH
     rope: RopeMode = DEFAULT_ROPE
     stream_blocks: tuple[tuple[float, float], ...] | None = None
+    contrast_scope: ContrastScope = DEFAULT_CONTRAST_SCOPE
 
     def __post_init__(self) -> None:
         _check_range("swap depth range", *self.depth)
         for kind, (low, high) in zip(("double", "single"), self.stream_blocks or (), strict=False):
             _check_range(f"{kind} block range", low, high)
         object.__setattr__(self, "rope", RopeMode(self.rope))  # accept the plain string, as the Options node has
+        object.__setattr__(self, "contrast_scope", ContrastScope(self.contrast_scope))
 
     def chosen(self, counts: Sequence[int]) -> list[list[int]]:
         """For each block kind, in depth order, with ``counts[i]`` blocks: the indices that swap."""

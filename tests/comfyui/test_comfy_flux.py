@@ -25,6 +25,8 @@ from comfyui_support import (
     tiny_sd15,
 )
 
+from tests.joint_reference import contrasted_weights  # noqa: E402  (the path comfyui_support sets)
+
 STEPS, START = 6, 2
 
 
@@ -201,7 +203,8 @@ def reference_swap(query, key, value, appearance_key, appearance_value, text_tok
     keys = torch.cat([key[:, :, :text_tokens], appearance_key[:, :, image], key[:, :, references]], 2).double()
     values = torch.cat([value[:, :, :text_tokens], appearance_value[:, :, image], value[:, :, references]], 2).double()
     weights = torch.softmax(query[:, :, image].double() @ keys.transpose(-1, -2) / query.shape[-1] ** 0.5, -1)
-    weights = (contrast * weights - (contrast - 1) / keys.shape[2]).clamp(0, 1)
+    # the default contrast scope: the appearance's image keys only, around their own mean (joint_attention.py)
+    weights = contrasted_weights(weights, contrast, slice(text_tokens, text_tokens + image_tokens))
     return (weights @ values).transpose(1, 2).reshape(1, -1, query.shape[1] * query.shape[-1])
 
 

@@ -28,6 +28,8 @@ from comfyui_support import (
     z_image_conditioning,
 )
 
+from tests.joint_reference import contrasted_weights  # noqa: E402  (the path comfyui_support sets)
+
 STEPS, START = 6, 2
 
 
@@ -249,7 +251,8 @@ def test_the_swapped_attention_equals_a_plain_torch_reference(comfy, joint, refe
     keys = torch.cat([key[:, :, own], appearance_key[:, :, image]], 2).double()
     values = torch.cat([value[:, :, own], appearance_value[:, :, image]], 2).double()
     weights = torch.softmax(query[:, :, image].double() @ keys.transpose(-1, -2) / query.shape[-1] ** 0.5, -1)
-    weights = (contrast * weights - (contrast - 1) / keys.shape[2]).clamp(0, 1)
+    # the default contrast scope: the appearance's image keys only (after the row's own), around their own mean
+    weights = contrasted_weights(weights, contrast, slice(int(own.sum()), None))
     expected = (weights @ values).transpose(1, 2).flatten(2)
     start = text_tokens if image_start is None else image_start
     ours = seen[-1][:, start : start + image_tokens].double()  # the image's attention output, [1, tokens, hidden]
