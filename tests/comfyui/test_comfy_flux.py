@@ -672,3 +672,50 @@ def test_a_variant_that_takes_a_conditioning_image_is_refused_before_any_model_c
     with pytest.raises(ValueError, match=message):
         sample_flux(comfy, flux1, pair.select([0]), pair.select([1]), model=counted)
     assert calls["n"] == 0
+
+
+def with_redux_tokens(conditioning: list, tokens: int, strength: float, seed: int) -> list:
+    """``conditioning`` with ``tokens`` image-prompt tokens appended to the text and the attention bias Redux's
+    style node writes at strength_type attn_bias: log(strength) from every text and image query to those tokens, as
+    a [1, text + tokens + 1, same] mask over a 1 x 1 image grid that the model scales to its image tokens (float32
+    here, as this model's queries: the style node writes float16, which SDPA takes only with float16 queries)."""
+    context, extras = conditioning[0]
+    text = context.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    redux = torch.randn(1, tokens, context.shape[2], generator=generator)
+    size = text + tokens + 1
+    mask = torch.zeros(1, size, size)
+    bias = torch.log(torch.tensor(strength))
+    mask[:, :text, text : text + tokens] = bias
+    mask[:, text + tokens :, text : text + tokens] = bias
+    extras = {**extras, "attention_mask": mask, "attention_mask_img_shape": (1, 1)}
+    return [[torch.cat([context, redux], 1), extras]]
+
+
+def test_an_attention_mask_in_the_prompt_reaches_ordinary_attention_and_the_swap_still_holds(comfy, flux1):
+    """A Redux image prompt at attn_bias strength: the model's attention calls carry a mask over whole rows, so
+    ordinary attention runs on whole rows (the swapped image queries, computed apart, ignore the mask). A mask of
+    zeros (strength 1) gives the unmasked result within float error; strength 0.2 changes the output, and both
+    paths still reconstruct their images."""
+    samples = torch.cat([flux1.latents(3), flux1.latents(4)])
+    results = {}
+    for strength in (None, 1.0, 0.2):
+        positive = with_redux_tokens(flux1.positive, 3, 1.0 if strength is None else strength, seed=11)
+        if strength is None:  # the same tokens, no mask at all
+            positive = [[positive[0][0], {key: value for key, value in positive[0][1].items() if "mask" not in key}]]
+        both = invert_flux(comfy, flux1, samples, positive=positive)
+        appearance, structure = both.select([0]), both.select([1])
+        output, appearance_out, structure_out, *_ = sample_node(
+            comfy, flux1.patcher, appearance, structure, positive=positive, negative=flux1.negative
+        )
+        for path, inversion in ((appearance_out, appearance), (structure_out, structure)):
+            clean = flux1.patcher.model.process_latent_out(inversion.clean)
+            assert ((path["samples"] - clean).norm() / clean.norm()).item() <= 1e-4
+        results[strength] = output["samples"]
+    assert torch.isfinite(results[0.2]).all()
+
+    def relative(got, expected):
+        return ((got - expected).norm() / expected.norm()).item()
+
+    assert relative(results[1.0], results[None]) <= 1e-5
+    assert relative(results[0.2], results[1.0]) > 1e-3
