@@ -3,7 +3,7 @@ transformer model swap."""
 
 from __future__ import annotations
 
-from ..xattn_core.joint_attention import STREAM_BLOCKS_DEFAULT, JointSwapSettings, RopeMode
+from ..xattn_core.joint_attention import STREAM_BLOCKS_DEFAULT, ContrastScope, JointSwapSettings, RopeMode
 from ..xattn_core.plan import PlanSettings
 from ..xattn_core.settings import value_range
 from ..xattn_core.transfer import TransferSettings
@@ -92,6 +92,16 @@ class XAttnOptions(io.ComfyNode):
                     "Transformer models: where the swapping blocks end ([start, end); a block counts by its centre).",
                     optional=True,
                 ),
+                CheckedCombo(
+                    "contrast_scope",
+                    options=[scope.value for scope in ContrastScope],
+                    default=DEFAULTS.contrast_scope.value,
+                    optional=True,
+                    tooltip="Transformer models: what the contrast sharpens in a swapped image query's attention. "
+                    "image = the source's image keys only, around their own mean, the text keeping its ordinary "
+                    "weight (as the UNet's separate text attention); row = the whole row, text included (the "
+                    "pack's results before this option); measured in README, section Flux.",
+                ),
             ],
             outputs=[Options.Output(display_name="options")],
         )
@@ -115,6 +125,7 @@ class XAttnOptions(io.ComfyNode):
         flux_rope=DEFAULTS.rope.value,
         swap_depth_start=DEFAULTS.depth[0],
         swap_depth_end=DEFAULTS.depth[1],
+        contrast_scope=DEFAULTS.contrast_scope.value,
     ):
         plan = PlanSettings(
             level_ranges=((level0_start, level0_end), (level1_start, level1_end)),
@@ -130,6 +141,7 @@ class XAttnOptions(io.ComfyNode):
             depth=(swap_depth_start, swap_depth_end),
             rope=RopeMode(flux_rope),
             stream_blocks=None if stream_blocks == STREAM_BLOCKS_DEFAULT else stream_blocks,  # a saved prompt's
+            contrast_scope=ContrastScope(contrast_scope),
         )
         memory_budget = attention_memory_mb * 2**20
         return io.NodeOutput({"plan": plan, "memory_budget": memory_budget, JOINT_OPTIONS_KEY: blocks})

@@ -366,7 +366,7 @@ def flux_options(comfy, **flux_inputs):
 
 def test_the_options_node_chooses_the_flux_blocks_and_rope(comfy, flux, flux_pair, flux_transfer):
     """Its defaults are the engine's (the output equals a run without options, bit for bit); no blocks at all is
-    the no-swap run's output; other blocks or another RoPE mode change the output only."""
+    the no-swap run's output; other blocks, another RoPE mode or the whole-row contrast change the output only."""
     appearance, structure = flux_pair
     (output, _, structure_out, *_), (plain_output, *_) = flux_transfer
     defaults = flux_options(comfy)
@@ -383,6 +383,7 @@ def test_the_options_node_chooses_the_flux_blocks_and_rope(comfy, flux, flux_pai
     for changed in (
         flux_options(comfy, flux_double_blocks_start=0.0, flux_double_blocks_end=1.0),
         flux_options(comfy, flux_rope="none"),
+        flux_options(comfy, contrast_scope="row"),
     ):
         other, _, other_structure, *_ = sample_flux(comfy, flux, appearance, structure, options=changed)
         assert torch.equal(other_structure["samples"], structure_out["samples"])
