@@ -6,7 +6,8 @@ A card shows what the workflow does, not its graph: its title, the input images 
 xattn_core/samples/) and what it adds (a mask, edges, a second appearance), and where the result goes. The pack
 ships no model weights, so it cannot show a real result: the result panel is a labelled placeholder. The front end
 (comfyui-frontend-package 1.27) shows custom node cards 256 x 256 CSS pixels, so cards are square and their
-text is large. The output is deterministic (same Pillow, same bytes).
+text is large. Front end 1.58 lays a "Node graph" badge over each card's top left corner, so no text goes
+there (BADGE_CORNER). The output is deterministic (same Pillow, same bytes).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from build_workflows import DRAWN, GIRAFFE, WORKFLOWS, WORKFLOWS_BUILT, ZEBRA  # noqa: E402
+from workflow_files import INPUT_SAMPLES  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "xattn_core" / "samples"
 SIZE = 512
 BACKGROUND, PANEL, TEXT, MUTED, ACCENT = "#202020", "#2e2e2e", "#f0f0f0", "#a8a8a8", "#7cc4ff"
-SAMPLE_FILES = {GIRAFFE: "giraffe.jpg", ZEBRA: "zebra.jpg", DRAWN[0]: "structure.png", DRAWN[1]: "appearance.png"}
+# Front end 1.58's card: the picture is a square as wide as the card, and cards are at least 15rem (240 CSS px)
+# wide; its "Node graph" badge sits 8 px from the top left, 24 px tall and about 96 px wide (Tailwind top-2 left-2
+# h-6 px-2, a 12 px icon and 12 px text). On the narrowest card that covers this much of the picture, in its pixels:
+NARROWEST_CARD, BADGE = 240, (8, 8, 104, 32)  # CSS px: card width; badge left, top, right, bottom
+BADGE_CORNER = tuple(round(edge * SIZE / NARROWEST_CARD) for edge in BADGE)
+TITLE_Y, SUBTITLE_Y = 104, 146  # text centres, below the badge's corner (its bottom is at 68)
+PANELS_TOP, PANEL_HEIGHT = 170, 160
 LOCAL_REGION = (96, 64, 96 + 320, 64 + 400)  # workflow 08's mask rectangle, in its 512 px structure image
 
 
@@ -33,7 +41,8 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def sample(name: str) -> Image.Image:
-    return Image.open(SAMPLES / SAMPLE_FILES[name]).convert("RGB")
+    """The sample image the workflows load as ``name`` in ComfyUI's input/."""
+    return Image.open(SAMPLES / INPUT_SAMPLES[name]).convert("RGB")
 
 
 def edges(image: Image.Image) -> Image.Image:
@@ -95,7 +104,7 @@ def panel(canvas: Image.Image, image: Image.Image | None, box: tuple[int, int, i
         for y in range(top, bottom, 24):
             draw.line([(left, y), (left, min(y + 12, bottom))], fill=MUTED, width=3)
             draw.line([(right, y), (right, min(y + 12, bottom))], fill=MUTED, width=3)
-        draw.text(((left + right) / 2, (top + bottom) / 2 - 16), "?", fill=MUTED, font=font(72), anchor="mm")
+        draw.text(((left + right) / 2, (top + bottom) / 2 - 16), "?", fill=MUTED, font=font(56), anchor="mm")
     else:
         canvas.paste(ImageOps.fit(image, (right - left, bottom - top), Image.LANCZOS), (left, top))
     band = font(22)
@@ -103,11 +112,20 @@ def panel(canvas: Image.Image, image: Image.Image | None, box: tuple[int, int, i
     draw.text(((left + right) / 2, bottom - 17), label, fill=TEXT, font=band, anchor="mm")
 
 
+def heading_boxes(card: Card) -> list[tuple[float, float, float, float]]:
+    """Where the card's title and subtitle are drawn (left, top, right, bottom, in the card's pixels)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (SIZE, SIZE)))
+    return [
+        draw.textbbox((SIZE / 2, y), text, font=font(size), anchor="mm")
+        for text, y, size in ((card.title, TITLE_Y, 40), (card.subtitle, SUBTITLE_Y, 24))
+    ]
+
+
 def draw_card(card: Card) -> Image.Image:
     canvas = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    draw.text((SIZE / 2, 34), card.title, fill=TEXT, font=font(40), anchor="mm")
-    draw.text((SIZE / 2, 78), card.subtitle, fill=ACCENT, font=font(24), anchor="mm")
+    draw.text((SIZE / 2, TITLE_Y), card.title, fill=TEXT, font=font(40), anchor="mm")
+    draw.text((SIZE / 2, SUBTITLE_Y), card.subtitle, fill=ACCENT, font=font(24), anchor="mm")
     structure, appearance = sample(card.structure), sample(card.appearance)
     if card.extra and card.extra[1] == "mask":
         structure = masked_region(structure)
@@ -118,12 +136,11 @@ def draw_card(card: Card) -> Image.Image:
         top_row.append((edges(sample(card.structure)), card.extra[0]))
     count = len(top_row)
     width = (SIZE - 24 * (count + 1)) // count
-    height = 190
     for index, (image, label) in enumerate(top_row):
         left = 24 + index * (width + 24)
-        panel(canvas, image, (left, 104, left + width, 104 + height), label)
+        panel(canvas, image, (left, PANELS_TOP, left + width, PANELS_TOP + PANEL_HEIGHT), label)
     # the arrow from the inputs to the result
-    middle, arrow_top = SIZE // 2, 104 + height + 8
+    middle, arrow_top = SIZE // 2, PANELS_TOP + PANEL_HEIGHT + 8
     draw.line([(middle, arrow_top), (middle, arrow_top + 24)], fill=ACCENT, width=6)
     draw.polygon([(middle - 16, arrow_top + 20), (middle + 16, arrow_top + 20), (middle, arrow_top + 40)], fill=ACCENT)
     panel(canvas, None, (middle - 150, arrow_top + 48, middle + 150, SIZE - 14), card.result)

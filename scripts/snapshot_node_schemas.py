@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,13 +184,18 @@ class ComfyServer:
 
 @contextlib.contextmanager
 def comfy_server(
-    comfyui_path: str | Path, workdir: Path, models: Path | None = None, startup_timeout: float = 180
+    comfyui_path: str | Path,
+    workdir: Path,
+    models: Path | None = None,
+    startup_timeout: float = 180,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[ComfyServer]:
     """Start ComfyUI (CPU, 127.0.0.1, SDPA attention) with this repo as a pack; stop it on exit.
 
     workdir receives custom_nodes/ (a symlink to the repo), input/, output/, temp/, user/, the paths file and
     server.log, so the ComfyUI checkout itself is never written to. ``models`` is a folder laid out like
-    ComfyUI's models/ (checkpoints/, controlnet/, ...).
+    ComfyUI's models/ (checkpoints/, controlnet/, ...). ``extra_args`` go to main.py as they are (e.g.
+    ``--front-end-root``).
     """
     workdir = Path(workdir)
     nodes_dir, input_dir, output_dir = workdir / "custom_nodes", workdir / "input", workdir / "output"
@@ -232,6 +237,7 @@ def comfy_server(
         str(user_dir),
         "--use-pytorch-cross-attention",
         "--log-stdout",
+        *extra_args,
     ]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, cwd=str(comfyui_path), stdout=log_file, stderr=subprocess.STDOUT)

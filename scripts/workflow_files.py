@@ -2,6 +2,7 @@
 (build_workflows.py) and by every test that checks the workflows (static, in ComfyUI, in the browser)."""
 
 import ast
+import importlib.util
 from pathlib import Path
 
 # One description per workflow, NN_<what it shows>.py (scripts/workflow_specs/__init__.py says what one holds)
@@ -144,6 +145,19 @@ def model_links(*names: str) -> str:
     """A note's Markdown list of model files: each linked to its download, with the folder it goes in."""
     return "\n".join(f"- [`{name}`]({MODEL_SOURCES[name][1]}) in `models/{MODEL_SOURCES[name][0]}/`" for name in names)
 
+
+def _samples_install():
+    """nodes/samples_install.py, read by its path: the nodes package itself needs ComfyUI to import."""
+    path = Path(__file__).resolve().parents[1] / "nodes" / "samples_install.py"
+    spec = importlib.util.spec_from_file_location("xattn_samples_install", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the images the pack copies into ComfyUI's input/ when ComfyUI loads it (name there -> file in xattn_core/samples/),
+# which the workflows' Load Image nodes name
+INPUT_SAMPLES: dict[str, str] = _samples_install().SAMPLE_FILES
 
 # what workflow 04 saves (Save Inversion) and workflow 06 loads, in ComfyUI's output folder
 SAVED_INVERSIONS = ("xattn/structure_00001_.safetensors", "xattn/appearances_00001_.safetensors")

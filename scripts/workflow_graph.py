@@ -15,8 +15,16 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}  # the front end adds "control after generate" to these INTs as well
 IMAGE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "MaskPreview"}  # they show an image: taller
 NOTE_COLOURS = {"color": "#432", "bgcolor": "#653"}
+NOTE_SIZE = [440, 760]  # tall: the note sits left of the whole chain, and shows most of its text unscrolled
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
 GAP = 20  # the least space kept between two nodes
+# The view a workflow opens at (its extra.ds): the Read me note and the transfer sampler(s) on screen, as large as
+# fits the graph canvas of a 1920 x 1080 screen (the front end's menu, tabs and side bar take the rest), and never
+# so small that node text is unreadable.
+FIRST_VIEW_NODES = {"MarkdownNote", "XAttnCrossImageSampler"}
+FIRST_VIEW_PIXELS = (1700, 860)
+FIRST_VIEW_MARGIN = 30  # pixels around them
+FIRST_VIEW_SCALES = (0.6, 0.8)  # below 0.6 widget text is too small to read; above 0.8 less of the chain shows
 
 
 def _kind(spec: list) -> str:
@@ -129,7 +137,7 @@ class Graph:
 
     def _size(self, node: Node) -> list[int]:
         if node.type == "MarkdownNote":
-            return [440, 420]
+            return list(NOTE_SIZE)
         specs = self._specs(node.type)
         widgets = sum(_is_widget(spec) for spec in specs.values())
         rows = max(len(self._sockets(node.type)), len(self.info[node.type]["output"]))
@@ -158,6 +166,28 @@ class Graph:
             placed.append((x, y - TITLE_HEIGHT, x + width, y + height))
             positions[node.id] = [x, y]
         return positions
+
+    def first_view(self, positions: dict[int, list[int]]) -> dict:
+        """extra.ds: the scale and offset that show the note and the sampler(s) at the top left, as large as
+        FIRST_VIEW_PIXELS allows (the front end draws a canvas point p at (p + offset) * scale)."""
+        shown = [node for node in self.nodes if node.type in FIRST_VIEW_NODES]
+        boxes = []  # left, top (title bar included), right, bottom
+        for node in shown:
+            (x, y), (node_width, node_height) = positions[node.id], self._size(node)
+            boxes.append((x, y - TITLE_HEIGHT, x + node_width, y + node_height))
+        left, top = min(box[0] for box in boxes), min(box[1] for box in boxes)
+        right, bottom = max(box[2] for box in boxes), max(box[3] for box in boxes)
+        width, height = (pixels - 2 * FIRST_VIEW_MARGIN for pixels in FIRST_VIEW_PIXELS)
+        low, high = FIRST_VIEW_SCALES
+        scale = min(high, width / (right - left), height / (bottom - top))
+        if scale < low:
+            raise ValueError(
+                f"the note and the sampler(s) span {right - left} x {bottom - top}: they fit the first view only at "
+                f"{scale:.2f}, below {low}; place them closer"
+            )
+        scale = round(scale, 3)
+        offset = [round(FIRST_VIEW_MARGIN / scale - left, 1), round(FIRST_VIEW_MARGIN / scale - top, 1)]
+        return {"scale": scale, "offset": offset}
 
     # -- output --------------------------------------------------------------------------------------------------
 
@@ -224,7 +254,7 @@ class Graph:
             "links": self.links,
             "groups": [],
             "config": {},
-            "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}},
+            "extra": {"ds": self.first_view(positions)},
             "version": 0.4,
         }
 

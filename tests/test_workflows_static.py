@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from scripts.workflow_files import OLDEST_COMFYUI, SDXL_CHECKPOINT, WORKFLOW_NAMES, workflows_for
+from scripts.workflow_files import INPUT_SAMPLES, OLDEST_COMFYUI, SDXL_CHECKPOINT, WORKFLOW_NAMES, workflows_for
 from tests.workflow_checks import (
     REPO,
     SCHEMAS,
@@ -27,6 +27,7 @@ from tests.workflow_checks import (
     api_problems,
     by_type,
     load,
+    node_box,
     overlapping_nodes,
     strip_meta,
     to_api,
@@ -180,7 +181,8 @@ def test_basic_workflow_uses_the_paper_defaults():
         "contrast": 1.67,
     }
     assert sampler["inputs"]["adain_masks"] == "auto"
-    assert sorted(n["inputs"]["image"] for n in by_type(prompt, "LoadImage")) == ["giraffe.jpg", "zebra.jpg"]
+    images = sorted(n["inputs"]["image"] for n in by_type(prompt, "LoadImage"))
+    assert images == ["xattn_giraffe.jpg", "xattn_zebra.jpg"]
     assert len(by_type(prompt, "SaveImage")) == 1
     previews = by_type(prompt, "PreviewImage")
     decoded = {tuple(prompt[p["inputs"]["images"][0]]["inputs"]["samples"]) for p in previews}
@@ -212,7 +214,7 @@ def test_controlnet_workflow_steers_the_sampler_with_the_structures_edges():
     edges = prompt[apply["inputs"]["image"][0]]
     assert edges["class_type"] == "Canny"
     structure_image = prompt[prompt[edges["inputs"]["image"][0]]["inputs"]["image"][0]]
-    assert structure_image["inputs"]["image"] == "giraffe.jpg"
+    assert structure_image["inputs"]["image"] == "xattn_giraffe.jpg"
     for inversion in by_type(prompt, "XAttnInvertImage"):  # the inversions take the plain prompts
         assert prompt[inversion["inputs"]["positive"][0]]["class_type"] == "XAttnObjectPrompt"
 
@@ -423,6 +425,42 @@ def test_no_two_nodes_overlap(name):
     assert overlapping_nodes(workflow["nodes"], gap=10) == []
 
 
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_load_image_names_a_sample_the_pack_installs(name):
+    """The pack copies these into input/ when ComfyUI loads it (nodes/samples_install.py), so a template opens with
+    its images and runs as it is: its note gives no copy command to run first."""
+    workflow, _ = load(name)
+    images = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "LoadImage"]
+    assert all(image in INPUT_SAMPLES and image.startswith("xattn_") for image in images), images
+    assert all((REPO / "xattn_core" / "samples" / INPUT_SAMPLES[image]).is_file() for image in images)
+    note = next(node for node in workflow["nodes"] if node["type"] == "MarkdownNote")["widgets_values"][0]
+    assert "cp " not in note and all(image in note for image in images)
+
+
+# the view each workflow opens at (scripts/workflow_graph.py): on the canvas of a 1920 x 1080 screen, and readable
+FIRST_VIEW_PIXELS, READABLE_SCALE = (1700, 860), 0.6
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_a_workflow_opens_on_its_note_and_sampler_readably(name):
+    """extra.ds, which the front end applies on open, shows the Read me note and every transfer sampler whole, at a
+    scale where node text reads (the browser tier checks it as drawn)."""
+    workflow, _ = load(name)
+    view = workflow["extra"]["ds"]
+    scale, (offset_x, offset_y) = view["scale"], view["offset"]
+    assert READABLE_SCALE <= scale <= 1
+    shown = [node for node in workflow["nodes"] if node["type"] in ("MarkdownNote", "XAttnCrossImageSampler")]
+    assert len(shown) >= 2
+    for node in shown:
+        left, top, right, bottom = node_box(node)
+        on_screen = [(left + offset_x) * scale, (top + offset_y) * scale]
+        on_screen += [(right + offset_x) * scale, (bottom + offset_y) * scale]
+        assert 0 <= on_screen[0] < on_screen[2] <= FIRST_VIEW_PIXELS[0], (node["type"], on_screen)
+        assert 0 <= on_screen[1] < on_screen[3] <= FIRST_VIEW_PIXELS[1], (node["type"], on_screen)
+    note = next(node for node in shown if node["type"] == "MarkdownNote")
+    assert min(node_box(node)[0] for node in workflow["nodes"]) == node_box(note)[0]  # the note is leftmost
+
+
 def test_the_overlap_check_sees_a_title_bar_under_a_node():
     above = {"id": 1, "type": "A", "pos": [0, 0], "size": [300, 312]}
     below = {"id": 2, "type": "B", "pos": [100, 320], "size": [300, 100]}  # its title bar starts at y = 290
@@ -457,3 +495,17 @@ def test_every_model_file_says_where_to_download_it(name):
             assert model["directory"] == folder
             assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
             assert model["name"].endswith(".safetensors")
+
+
+def test_card_text_stays_clear_of_the_front_end_s_badge_corner():
+    """Front end 1.58 lays a "Node graph" badge over the top left of each card picture (scripts/make_thumbnails.py
+    BADGE_CORNER, on the narrowest card); the browser tier measures the real badge with XATTN_FRONT_END_ROOT."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_thumbnails
+
+    corner = make_thumbnails.BADGE_CORNER
+    assert corner[3] > 50  # the badge's allowance: about a seventh of the picture's height
+    for name, card in make_thumbnails.CARDS.items():
+        for left, top, right, bottom in make_thumbnails.heading_boxes(card):
+            assert top > corner[3] or left > corner[2], (name, (left, top, right, bottom))
+            assert 0 <= left and right <= make_thumbnails.SIZE, (name, card.title)

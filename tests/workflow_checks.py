@@ -19,6 +19,7 @@ from scripts.workflow_files import (
     FLUX_MODEL,
     FLUX_TEXT_ENCODERS,
     FLUX_VAE,
+    INPUT_SAMPLES,
     QWEN_IMAGE_MODEL,
     QWEN_IMAGE_TEXT_ENCODER,
     QWEN_IMAGE_VAE,
@@ -34,10 +35,10 @@ WORKFLOWS = REPO / "workflows"
 VIRTUAL_NODES = {"Note", "MarkdownNote"}  # front-end only, never sent to the server
 SEED_NAMES = {"seed", "noise_seed"}  # the front end adds "control after generate" to these INTs as well
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-# Values of file combos that the tests and docs provide (samples copied into input/, random checkpoints).
+# Values of file combos that the pack and the docs provide (the samples it copies into input/, model files).
 SHIPPED_FILES = {
     "ckpt_name": {SD15_CHECKPOINT, SDXL_CHECKPOINT},
-    "image": {"xattn_structure.png", "xattn_appearance.png", "giraffe.jpg", "zebra.jpg"},
+    "image": set(INPUT_SAMPLES),
     "control_net_name": {CONTROLNET_MODEL},
     "unet_name": {FLUX_MODEL, FLUX2_MODEL, QWEN_IMAGE_MODEL, Z_IMAGE_MODEL},
     "clip_name": {FLUX2_TEXT_ENCODER, QWEN_IMAGE_TEXT_ENCODER, Z_IMAGE_TEXT_ENCODER},

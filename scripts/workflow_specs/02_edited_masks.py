@@ -24,10 +24,12 @@ def build(g: Graph) -> None:
     )
     first = chain.sample(title="Sampler (automatic masks)")
     chain.invert_both()
-    chain.preview_masks(first, 1880, 0)
-    grow = g.add("GrowMask", (1880, 800), "Grow the structure mask", expand=8, tapered_corners=True)
+    # the first sampler's masks and their edit below it, the second sampler beside it: both samplers and the note
+    # fit the view the workflow opens at
+    grow = g.add("GrowMask", (1480, 480), "Grow the structure mask", expand=8, tapered_corners=True)
     g.link(first, "structure_mask", grow, "mask")
-    edited = chain.sample(x=2280, title="Sampler with the edited masks", adain_masks="from inputs")
+    chain.preview_masks(first, 1480, 660)
+    edited = chain.sample(x=1880, title="Sampler with the edited masks", adain_masks="from inputs")
     g.link_inputs(
         edited,
         appearance=(chain.inversions["appearance"], 0),
@@ -35,4 +37,4 @@ def build(g: Graph) -> None:
         appearance_mask=(first, 3),
         structure_mask=(grow, 0),
     )
-    chain.decode((edited, "output"), "SaveImage", (2680, 0), "Transfer result", filename_prefix=chain.save_as)
+    chain.decode((edited, "output"), "SaveImage", (2280, 0), "Transfer result", filename_prefix=chain.save_as)

@@ -26,7 +26,8 @@ def build(g: Graph) -> None:
     edges = g.add("Canny", (720, 1200), "Structure edges", low_threshold=0.4, high_threshold=0.8)
     g.link(chain.pixels["structure"], 0, edges, "image")
     loader = g.add("ControlNetLoader", (1080, 1200), control_net_name=CONTROLNET_MODEL)
-    apply = g.add("ControlNetApplyAdvanced", (1480, 440), "ControlNet on the output", strength=0.8)
+    # below the sampler it feeds, which then sits in the chain's usual column, in the view the workflow opens at
+    apply = g.add("ControlNetApplyAdvanced", (1480, 480), "ControlNet on the output", strength=0.8)
     g.link_inputs(
         apply,
         positive=(chain.positive, 0),
@@ -35,7 +36,7 @@ def build(g: Graph) -> None:
         image=(edges, 0),
         vae=chain.loaders.vae,
     )
-    chain.sample(x=1880, conditioning=((apply, "positive"), (apply, "negative")))
+    chain.sample(conditioning=((apply, "positive"), (apply, "negative")))
     chain.invert_both()
-    chain.save(x=2280)
-    chain.decode((chain.sampler, "structure_reconstruction"), "PreviewImage", (2280, 440), "Structure reconstruction")
+    chain.save()
+    chain.decode((chain.sampler, "structure_reconstruction"), "PreviewImage", (1880, 440), "Structure reconstruction")

@@ -1,11 +1,10 @@
 """Integration tier: a real ComfyUI checkout named by COMFYUI_PATH. Skipped, loudly, without one."""
 
-import shutil
 import warnings
 
 import pytest
 from comfy_tasks import run_task
-from comfyui_support import COMFYUI_PATH, REPO, has_flux2, has_z_image, load_snapshot_module
+from comfyui_support import COMFYUI_PATH, has_flux2, has_z_image, load_snapshot_module
 
 from scripts.workflow_files import SD15_CHECKPOINT  # the name the shipped workflows use
 
@@ -84,14 +83,6 @@ def comfy():
     return setup(COMFYUI_PATH)
 
 
-SAMPLE_INPUTS = {
-    "xattn_structure.png": "structure.png",
-    "xattn_appearance.png": "appearance.png",
-    "giraffe.jpg": "giraffe.jpg",
-    "zebra.jpg": "zebra.jpg",
-}
-
-
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     """A models/ folder with a random-weight SD-1.5-architecture checkpoint under the workflows' name (made once)."""
@@ -106,8 +97,6 @@ def models(tmp_path_factory):
 def server(models, tmp_path_factory):
     """One real ComfyUI server (CPU, loopback) with this pack, shared by the whole test run."""
     workdir = tmp_path_factory.mktemp("comfy")
-    (workdir / "input").mkdir()
-    for name, sample in SAMPLE_INPUTS.items():
-        shutil.copy(REPO / "xattn_core" / "samples" / sample, workdir / "input" / name)
+    (workdir / "input").mkdir()  # empty: the pack installs the samples the workflows load (test_sample_install.py)
     with load_snapshot_module().comfy_server(COMFYUI_PATH, workdir, models=models) as running:
         yield running

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 import urllib.parse
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 from comfy_tasks import run_task
 from comfyui_support import COMFYUI_PATH, load_snapshot_module
-from conftest import SAMPLE_INPUTS, SD15_CHECKPOINT
+from conftest import SD15_CHECKPOINT
 
 from scripts.workflow_files import (
     CONTROLNET_MODEL,
@@ -159,9 +158,7 @@ def listed_models(folder: Path) -> Path:
 def test_shipped_api_twins_pass_validate_prompt(models, tmp_path):
     """Each twin exactly as shipped (512 px, 100 steps) through ComfyUI's own execution.validate_prompt."""
     input_dir = tmp_path / "input"
-    input_dir.mkdir()
-    for name, sample in SAMPLE_INPUTS.items():
-        shutil.copy(REPO / "xattn_core" / "samples" / sample, input_dir / name)
+    input_dir.mkdir()  # empty: loading the pack installs the samples the twins load
     listed = listed_models(tmp_path / "models")  # validation only needs the model names to exist
     (listed / "checkpoints" / SD15_CHECKPOINT).symlink_to(models / "checkpoints" / SD15_CHECKPOINT)
     (listed / "checkpoints" / SDXL_CHECKPOINT).write_bytes(b"")
@@ -220,10 +217,8 @@ def stood_in_runs(tmp_path_factory) -> dict:
     Its result per workflow, and the output folder."""
     folder = tmp_path_factory.mktemp("stood-in")
     input_dir, output_dir = folder / "input", folder / "output"
-    input_dir.mkdir()
+    input_dir.mkdir()  # empty: loading the pack installs the samples the twins load
     output_dir.mkdir()
-    for name, sample in SAMPLE_INPUTS.items():
-        shutil.copy(REPO / "xattn_core" / "samples" / sample, input_dir / name)
     prompts = []
     for name in STOOD_IN:
         prompts.append(folder / f"{name}.json")
