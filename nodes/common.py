@@ -21,13 +21,16 @@ FREEU_CHOICES = ["auto", "on", "off"]
 LOG_PREFIX = "Cross-Image Attention"
 
 
-_warned_nodes: set[str] = set()  # nodes whose last run showed warnings (the front end keeps the text until replaced)
+WARNINGS_UI_KEY = "xattn_warnings"  # the node's UI output web/warnings.js shows on the node, after the run too
+_warned_nodes: set[str] = set()  # nodes whose last run showed warnings as progress text
 
 
 def show_warnings_on_node(messages: list[str]) -> None:
-    """The run's warnings under the running node in the front end (ComfyUI's progress text, as core's Get Image
-    Size shows its result); after a run that showed some, a clean run says so, since the front end keeps the old
-    text. Nothing when the node runs outside ComfyUI's executor and server (tests, scripts)."""
+    """The run's warnings as ComfyUI's progress text under the running node, as core's Get Image Size shows its
+    result: the one channel a run that fails has (a finished run also returns them as its UI output, see
+    :func:`with_warnings_ui`, which the pack's web extension shows in its place). After a run that showed some, a
+    clean run says so, since front ends up to 1.36 keep the old text. Nothing when the node runs outside ComfyUI's
+    executor and server (tests, scripts)."""
     context = get_executing_context()
     if context is None:  # not run by ComfyUI's executor
         return
@@ -43,6 +46,17 @@ def show_warnings_on_node(messages: list[str]) -> None:
             _warned_nodes.discard(context.node_id)
     except Exception as error:  # never fail the node, nor hide its own error, for the sake of showing a warning
         logging.debug("%s: warnings not shown on the node (%s: %s)", LOG_PREFIX, type(error).__name__, error)
+
+
+def with_warnings_ui(output: io.NodeOutput, messages: list[str]) -> io.NodeOutput:
+    """``output`` with the run's warnings as its UI output, an empty list for a clean run (which clears what an
+    earlier run showed). ComfyUI keeps a node's UI output: it sends it to the front end when the node finishes,
+    again when a later run takes the node from the cache, and files it in the history. Front ends up to 1.58 draw
+    a UI output's text only on their own preview nodes, and 1.58 drops progress text when the job ends, so
+    web/warnings.js draws this one."""
+    ui = output.ui if isinstance(output.ui, dict) else ({} if output.ui is None else output.ui.as_dict())
+    output.ui = {**ui, WARNINGS_UI_KEY: list(messages)}
+    return output
 
 
 @contextmanager
@@ -66,12 +80,14 @@ def engine_warnings() -> Iterator[list[str]]:
 
 
 def reports_warnings(execute: Callable) -> Callable:
-    """Decorate a node's ``execute`` (under ``@classmethod``) to run it inside :func:`engine_warnings`."""
+    """Decorate a node's ``execute`` (under ``@classmethod``) to run it inside :func:`engine_warnings`; the
+    ``io.NodeOutput`` it returns carries the warnings as its UI output."""
 
     @functools.wraps(execute)
     def run(cls, *args, **kwargs):
-        with engine_warnings():
-            return execute(cls, *args, **kwargs)
+        with engine_warnings() as messages:
+            output = execute(cls, *args, **kwargs)
+        return with_warnings_ui(output, messages)
 
     return run
 

@@ -10,7 +10,7 @@ conditioning, so one node replaces the positive CLIP Text Encode and nothing els
 from __future__ import annotations
 
 from ..xattn_core.segmentation import ObjectWordError, split_words, word_pieces, word_positions
-from .common import CATEGORY, engine_warnings
+from .common import CATEGORY, engine_warnings, with_warnings_ui
 from .compat import io
 from .families import context_tokens_of
 
@@ -125,6 +125,8 @@ class XAttnObjectPrompt(io.ComfyNode):
                     "prompt is encoded as by CLIP Text Encode, and the sampler gets no automatic object masks "
                     "(connect masks to it, or AdaIN matches the whole images)"
                 )
-                return io.NodeOutput(conditioning)
-        marked = [[embedding, {**extras, OBJECT_TOKENS_KEY: positions}] for embedding, extras in conditioning]
-        return io.NodeOutput(marked)
+            else:
+                conditioning = [
+                    [embedding, {**extras, OBJECT_TOKENS_KEY: positions}] for embedding, extras in conditioning
+                ]
+        return with_warnings_ui(io.NodeOutput(conditioning), messages)

@@ -196,3 +196,97 @@ HELP_PAGE = (
     "  return {open: help.isHelpOpen, error: help.error, shown: document.body.innerText};"
     "})()"
 )
+
+
+def build_graph_script(nodes: list[tuple[str, str, list[int], dict]], links: list[tuple[str, int, str, str]]) -> str:
+    """A script that replaces the graph on the page by ``nodes`` ((key, type, position, widget values)) joined
+    by ``links`` ((from key, output index, to key, input name)), as a user builds it, with the view at scale 1
+    from the origin; it returns each key's node id."""
+    return (
+        "(() => {"
+        f"  const nodes = {json.dumps(nodes)}, links = {json.dumps(links)}, ids = {{}}, made = {{}};"
+        "  app.graph.clear();"
+        "  for (const [key, type, pos, values] of nodes) {"
+        "    const node = LiteGraph.createNode(type);"
+        "    if (!node) throw new Error('no node type ' + type);"
+        "    node.pos = pos;"
+        "    app.graph.add(node);"
+        "    for (const [name, value] of Object.entries(values)) {"
+        "      const widget = node.widgets.find(widget => widget.name === name);"
+        "      if (!widget) throw new Error(type + ' has no widget ' + name);"
+        "      widget.value = value;"
+        "    }"
+        "    made[key] = node; ids[key] = node.id;"
+        "  }"
+        "  for (const [from, output, to, input] of links) {"
+        "    const slot = made[to].findInputSlot(input);"
+        "    if (slot < 0 || !made[from].connect(output, made[to], slot)) throw new Error('cannot link ' + input);"
+        "  }"
+        "  app.canvas.ds.scale = 1; app.canvas.ds.offset[0] = 0; app.canvas.ds.offset[1] = 0;"
+        "  app.canvas.setDirty(true, true);"
+        "  return ids;"
+        "})()"
+    )
+
+
+# a node's warnings box (web/warnings.js) as the page shows it: its text; whether it is visible, on screen,
+# inside the node as drawn and not covered (the first and the last word are what the page shows at their
+# place); its content and box heights (a whole text does not scroll); how many lines the text takes and which
+# words are broken across two lines; whether the front end's own progress-text box is still on the node
+WARNINGS_BOX = """
+(() => {
+  const node = app.graph.getNodeById(%s);
+  const widget = node?.widgets?.find(widget => widget.name === 'xattn_warnings');
+  if (!widget) return null;
+  const element = widget.element, text = element.textContent, box = element.getBoundingClientRect();
+  const style = getComputedStyle(element);
+  const visible = element.isConnected && style.display !== 'none' && style.visibility !== 'hidden'
+    && box.width > 0 && box.height > 0;
+  const on_screen = box.left >= 0 && box.top >= 0 && box.right <= innerWidth && box.bottom <= innerHeight;
+  const words = Array.from(text.matchAll(/\\S+/g)), tops = new Set(), split_words = [];
+  const wordRects = (match) => {
+    const range = document.createRange();
+    range.setStart(element.firstChild, match.index);
+    range.setEnd(element.firstChild, match.index + match[0].length);
+    return Array.from(range.getClientRects()).filter(rect => rect.width > 0);
+  };
+  for (const match of words) {
+    const rects = wordRects(match), lineTops = new Set(rects.map(rect => Math.round(rect.top)));
+    if (lineTops.size > 1) split_words.push(match[0]);
+    for (const top of lineTops) tops.add(top);
+  }
+  const shows = (match) => {
+    const rect = wordRects(match).at(-1);
+    const hit = rect && document.elementFromPoint(rect.left + rect.width / 2, rect.top + rect.height / 2);
+    return !!hit && element.contains(hit);
+  };
+  const canvas = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+  const nodeTop = canvas.top + (node.pos[1] + ds.offset[1]) * ds.scale;
+  const nodeBottom = canvas.top + (node.pos[1] + node.size[1] + ds.offset[1]) * ds.scale;
+  return {
+    text, visible, on_screen, lines: tops.size, split_words,
+    scroll_height: element.scrollHeight, client_height: element.clientHeight,
+    box: [box.left, box.top, box.right, box.bottom], node_box: [nodeTop, nodeBottom],
+    inside_node: box.top >= nodeTop - 2 && box.bottom <= nodeBottom + 2,
+    first_word_shown: shows(words[0]), last_word_shown: shows(words.at(-1)),
+    progress_text: node.widgets.some(widget => widget.name === '$$node-text-preview'),
+  };
+})()
+"""
+
+# the report the front end opens for a run's error (its "Show Report" button up to 1.36, "View details" in 1.58):
+# the Exception Type and Exception Message it states, and the text around them
+ERROR_REPORT = """
+(async () => {
+  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
+  const button = Array.from(document.querySelectorAll('button'))
+    .find(button => /show report|view details/i.test(button.innerText || ''));
+  if (button) { button.click(); await sleep(2500); }
+  const text = document.body.innerText;
+  const stated = (field) => text.split('\\n').find(line => line.includes(field + ':'))
+    ?.split(field + ':')[1].replaceAll('*', '').trim() ?? null;
+  const at = text.indexOf('Exception Type');
+  return {button: !!button, exception_type: stated('Exception Type'), exception_message: stated('Exception Message'),
+          excerpt: at < 0 ? text.slice(-2000) : text.slice(Math.max(0, at - 300), at + 500)};
+})()
+"""
