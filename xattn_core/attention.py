@@ -184,6 +184,8 @@ def contrasted_attention_parts(
                 values32[:count, part_columns].copy_(part.values[row, in_group])
             if contrasted_from == 0:
                 baseline = values32[:count].sum(1, keepdim=True).mul_(-offset)  # -o * (V summed over the keys)
+            else:
+                part_baseline = values32[:count, contrasted].sum(1, keepdim=True).neg_()
             for start in range(0, query_tokens, block):
                 in_block = slice(start, min(start + block, query_tokens))
                 size = in_block.stop - start
@@ -196,11 +198,14 @@ def contrasted_attention_parts(
                 if contrasted_from == 0:
                     weights.clamp_(low, high)
                     torch.baddbmm(baseline, weights, values32[:count], alpha=contrast, out=product[:count, :size])
-                else:  # the mean is per query here: contrast the weights themselves, then one product
+                else:  # as above with o = (c - 1) * m per query, on the contrasted columns; the others plain
                     part_weights = weights[:, :, contrasted]
-                    mean = part_weights.sum(-1, keepdim=True).mul_((contrast - 1.0) / contrasted_count)
-                    part_weights.mul_(contrast).sub_(mean).clamp_(0.0, 1.0)
-                    torch.bmm(weights, values32[:count], out=product[:count, :size])
+                    part_offset = part_weights.sum(-1, keepdim=True).mul_((contrast - 1.0) / contrasted_count)
+                    part_weights.clamp_(part_offset / contrast, (part_offset + 1.0) / contrast)
+                    into = product[:count, :size]
+                    torch.bmm(weights[:, :, : contrasted.start], values32[:count, : contrasted.start], out=into)
+                    into.baddbmm_(part_weights, values32[:count, contrasted], alpha=contrast)
+                    into.baddbmm_(part_offset, part_baseline)  # - o * (V summed over the contrasted keys)
                 out_heads[row, in_group, in_block] = product[:count, :size]
     return out
 
