@@ -6,9 +6,10 @@ In a swapping layer:
 
 - ordinary rows, and the text queries of output rows, keep their own attention (the backend's fused one);
 - an output row's image queries attend to its own text keys/values and to the *image* keys/values of its source
-  row (the appearance's, or in structure steps the structure's), with the paper's contrast over the whole row
-  of weights (as ``attention.contrasted_attention``). Keeping the text keys is the analogue of the UNet, where the
-  swapped self-attention leaves the text's cross-attention alone.
+  row (the appearance's, or in structure steps the structure's), in one softmax, with the paper's contrast on the
+  source's image keys (:class:`ContrastScope`; ``row`` puts it on the whole row). Keeping the text keys, and their
+  ordinary weight, is the analogue of the UNet, where the swapped self-attention leaves the text's
+  cross-attention alone.
 
 RoPE (:class:`RopeMode`): keys carry their own image positions. ``keep`` leaves them, so an output query at
 (y, x) is biased towards the source's tokens near (y, x); ``none`` removes the rotation from the output's image
@@ -68,8 +69,9 @@ class ContrastScope(str, Enum):
 
 
 # bench/joint_contrast_scope.py on the tiny Flux with sharpened attention: `image` leaves the text's mass as ordinary
-# attention has it where `row` raised it by a third, and handed a shifted copy's structure back 4-6% closer at every
-# shift. Its image part is the UNet's contrasted map over the image keys, scaled by the image's share of the row.
+# attention has it where `row` raised it by 29-37%, and handed a shifted copy's structure back 2-9% closer at every
+# shift (README "Flux"). Its image part is the UNet's contrasted map over the image keys, scaled by the image's share
+# of the row.
 DEFAULT_CONTRAST_SCOPE = ContrastScope.IMAGE
 
 
