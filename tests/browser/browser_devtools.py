@@ -121,26 +121,68 @@ INSPECT = """
   const nodes = app.graph.nodes;
   const missing = nodes.filter(n => !n.constructor.comfyClass && !["Note", "MarkdownNote"].includes(n.type))
                        .map(n => n.type);
-  const errors = nodes.filter(n => n.has_errors).map(n => n.type);
+  // newer front ends (1.58) flag a node whose model file is missing as having errors and list it in their
+  // missing-model store; older ones open a Missing Models dialog and leave the node unflagged: other errors only
+  const pinia = document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia;
+  const missingModels = pinia._s.get('missingModel')?.missingModelNodeIds;
+  const modelFlagged = missingModels ? nodes.filter(n => missingModels.has(String(n.id))) : null;
+  const errors = nodes.filter(n => n.has_errors && !modelFlagged?.includes(n)).map(n => n.type);
   const prompt = await app.graphToPrompt();
   // where the front end draws each node (its own sizes, after it has laid out the widgets)
   const boxes = nodes.map(n => ({id: n.id, type: n.type, title: n.title, pos: [...n.pos], size: [...n.size]}));
-  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output, boxes};
+  return {count: nodes.length, types: nodes.map(n => n.type), missing, errors, output: prompt.output, boxes,
+          model_flagged: modelFlagged && modelFlagged.map(n => n.type)};
 })()
 """
 
-DIALOGS = "Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText.slice(0, 2000))"
+PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
+FRONT_END_VERSION = "window.__COMFYUI_FRONTEND_VERSION__ ?? null"
+
+# what the front end tells the user about a graph's missing node types and model files, each as {where, text}:
+# up to 1.36 a dialog (Missing Models, missing node types); 1.58 opens none but shows an "N issues found" overlay
+# whose "View details" opens the right side panel's Issues tab, with a group per kind (Missing Models: each file
+# with its folder on the next line). Both hide in focus mode (the top menu and the side panels): the script leaves
+# it for as long as it opens the panel that way, reads its groups, closes the panel and goes back to focus mode
+ISSUES = """
+(async () => {
+  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
+  const dialogs = Array.from(document.querySelectorAll('.p-dialog'));
+  if (dialogs.length) return dialogs.map(dialog => ({where: 'dialog', text: dialog.innerText.slice(0, 2000)}));
+  const workspace = PINIA._s.get('workspace'), focus = workspace.focusMode;
+  workspace.focusMode = false;
+  try {
+    const overlay = () => document.querySelector('[data-testid="error-overlay"]');
+    for (let i = 0; i < 12 && !overlay(); i++) await sleep(250);
+    if (!overlay()) return [];
+    overlay().querySelector('[data-testid="error-overlay-see-errors"]').click();
+    const all = () => Array.from(document.querySelectorAll(
+      '[data-testid="properties-panel"] [data-testid^="error-group-"]'));
+    for (let i = 0; i < 40 && !all().length; i++) await sleep(250);
+    await sleep(300);
+    const groups = all().filter(group => !group.parentElement.closest('[data-testid^="error-group-"]'));
+    const text = groups.map(group => group.innerText).join('\\n\\n');
+    PINIA._s.get('rightSidePanel').closePanel();
+    return [{where: 'issues panel', text: text.slice(0, 2000)}];
+  } finally {
+    workspace.focusMode = focus;
+    await sleep(300);
+  }
+})()
+""".replace("PINIA", PINIA)
+# close the open dialogs: PrimeVue's (up to 1.36) by their close button, 1.58's (role="dialog", e.g. the template
+# browser) by theirs, labelled "Close dialog"
 CLOSE_DIALOGS = """
 (async () => {
   for (const button of document.querySelectorAll('.p-dialog .p-dialog-close-button')) button.click();
+  for (const dialog of document.querySelectorAll('[role="dialog"]:not(.p-dialog)'))
+    dialog.querySelector('button[aria-label="Close dialog"], button[aria-label="Close"]')?.click();
   await new Promise(resolve => setTimeout(resolve, 300));
-  return document.querySelectorAll('.p-dialog').length;
+  return document.querySelectorAll('.p-dialog, [role="dialog"]').length;
 })()
 """
 
 
 COMMAND = "app.extensionManager.command.execute({command!r}).then(() => true)"
-PINIA = "document.querySelector('[data-v-app]').__vue_app__.config.globalProperties.$pinia"
 
 # the template browser: open it, pick this pack's category, wait for its cards; the cards in the order shown, with
 # their title, description and thumbnail size once each thumbnail has loaded
@@ -156,7 +198,8 @@ TEMPLATES = """
   const category = named.find(element => !named.some(other => other !== element && element.contains(other)));
   if (!category) return {category: null, dialog: dialog.innerText.slice(0, 2000)};
   const count = %d;
-  const cards = () => Array.from(document.querySelectorAll('.p-dialog [data-testid^="template-workflow-"]'));
+  // (1.58's dialog is no PrimeVue .p-dialog: its cards are looked for inside the dialog found)
+  const cards = () => Array.from(dialog.querySelectorAll('[data-testid^="template-workflow-"]'));
   const names = () => cards().map(card => card.dataset.testid).join('\\n');
   const before = names();  // the category it opened on, which may hold as many cards
   category.click();
@@ -171,7 +214,8 @@ TEMPLATES = """
     const img = card.querySelector('img');
     shown.push({
       name: card.dataset.testid.replace('template-workflow-', ''),
-      title: card.querySelector('h3')?.innerText, description: card.querySelector('p')?.innerText,
+      // 1.58's cards show the title and tags only, no description (null)
+      title: card.querySelector('h3')?.innerText, description: card.querySelector('p')?.innerText ?? null,
       loaded: loaded(img),
       natural: img ? [img.naturalWidth, img.naturalHeight] : null,
       shown: img ? [img.clientWidth, img.clientHeight] : null});
@@ -182,20 +226,44 @@ TEMPLATES = """
 })()
 """
 
-# a node's help page, opened in the node library the way its help button does
-HELP_PAGE = (
-    "(async () => {"
-    "  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));"
-    f"  const pinia = {PINIA};"
-    "  pinia._s.get('sidebarTab').toggleSidebarTab('node-library');"
-    "  await sleep(1000);"
-    "  const help = pinia._s.get('nodeHelp');"
-    "  help.openHelp(pinia._s.get('nodeDef').nodeDefsByName['XAttnCrossImageSampler']);"
-    "  for (let i = 0; i < 20 && (help.isLoading || !help.renderedHelpHtml); i++) await sleep(250);"
-    "  await sleep(500);"
-    "  return {open: help.isHelpOpen, error: help.error, shown: document.body.innerText};"
-    "})()"
-)
+# a node's help page (web/docs/<node>.md) as the front end shows it, for XAttnCrossImageSampler (a node of that
+# type must be in the graph): up to 1.36 the node library's help page, opened the way its help button does; 1.58's
+# node library (its new design, the default: NodeLibrarySidebarTabV2) has no help page and no nodeHelp store any
+# more, and shows a node's help in the right side panel's Info tab instead, which the node's Info button opens for
+# the selected node (useSelectionState.openNodeInfo): select the node and open that tab. ``where`` says which;
+# ``error`` is the front end's own (up to 1.36), or in the Info tab whether it showed its fallback (the node's
+# description and inputs) for want of a page
+HELP_PAGE = """
+(async () => {
+  const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
+  const pinia = PINIA, sidebar = pinia._s.get('sidebarTab');
+  sidebar.toggleSidebarTab('node-library');
+  await sleep(1000);
+  const help = pinia._s.get('nodeHelp');
+  if (help && 'renderedHelpHtml' in help) {
+    help.openHelp(pinia._s.get('nodeDef').nodeDefsByName['XAttnCrossImageSampler']);
+    for (let i = 0; i < 20 && (help.isLoading || !help.renderedHelpHtml); i++) await sleep(250);
+    await sleep(500);
+    return {where: 'node library', open: help.isHelpOpen, error: help.error, shown: document.body.innerText};
+  }
+  sidebar.toggleSidebarTab('node-library');  // close the library again
+  const panel = pinia._s.get('rightSidePanel');
+  if (!panel) return {where: null, open: false, error: 'no node library help page, no node Info tab', shown: ''};
+  const node = app.graph.nodes.find(node => node.type === 'XAttnCrossImageSampler');
+  app.canvas.deselectAll();
+  app.canvas.select(node);
+  await sleep(500);
+  panel.openPanel('info');
+  const content = () => document.querySelector('[data-testid="properties-panel"] .node-help-content');
+  const rendered = () => content()?.querySelector('.comfy-markdown-content')?.innerText;
+  for (let i = 0; i < 40 && !rendered(); i++) await sleep(250);
+  await sleep(500);
+  const fallback = !!content()?.querySelector('.comfy-markdown-content.space-y-6');
+  return {where: 'node info panel', open: panel.isOpen && panel.activeTab === 'info' && !!content(),
+          error: fallback ? 'the Info tab shows its fallback: no help page came' : null,
+          shown: document.querySelector('[data-testid="properties-panel"]')?.innerText ?? ''};
+})()
+""".replace("PINIA", PINIA)
 
 
 def build_graph_script(nodes: list[tuple[str, str, list[int], dict]], links: list[tuple[str, int, str, str]]) -> str:
@@ -279,8 +347,11 @@ WARNINGS_BOX = """
 ERROR_REPORT = """
 (async () => {
   const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms));
-  const button = Array.from(document.querySelectorAll('button'))
+  const find = () => Array.from(document.querySelectorAll('button'))
     .find(button => /show report|view details/i.test(button.innerText || ''));
+  let button = find();
+  // a busy machine may show the error box seconds after the job ends
+  for (let waited = 0; !button && waited < 20000; waited += 500) { await sleep(500); button = find(); }
   if (button) { button.click(); await sleep(2500); }
   const text = document.body.innerText;
   const stated = (field) => text.split('\\n').find(line => line.includes(field + ':'))

@@ -1,16 +1,18 @@
 """Browser tier: every shipped UI workflow opens in ComfyUI's real front end (headless Chromium over the
 Chrome DevTools protocol) with no missing node types and no console errors, the front end's own UI-to-API
 conversion (app.graphToPrompt) gives exactly the shipped API twin, and no node covers another as the front end
-draws them. The server has none of the model files, so each workflow must open the Missing Models dialog with
-its own files. The server starts with an empty input/: the pack copies its sample images there when it loads,
-and every Load Image node must show its image. Each workflow must open (its extra.ds) on its Read me note and
-its transfer sampler(s), readably. Only the workflows this ComfyUI release has the models for are opened
-(scripts/workflow_files.py ``workflows_for``). The template browser shows all the pack's cards with their
-titles and thumbnails, and a node help page opens in the node library. A screenshot of each loaded graph is
-written to docs/graphs/<number>.jpg (the docs show them); with XATTN_SCREENSHOTS=<folder> the template browser
-and a Missing Models dialog are saved there too, to look at. XATTN_FRONT_END_ROOT=<a comfyui_frontend_package's
-static/ folder> runs another front end (ComfyUI's --front-end-root), e.g. 1.58, whose template cards carry a
-"Node graph" badge that no card text may be under.
+draws them. The server has none of the model files, so each workflow must report its own missing files: in the
+Missing Models dialog (front ends up to 1.36) or in the Issues panel that 1.58's "View details" opens. The server
+starts with an empty input/: the pack copies its sample images there when it loads, and every Load Image node
+must show its image. Each workflow must open (its extra.ds) on its Read me note and its transfer sampler(s),
+readably. Only the workflows this ComfyUI release has the models for are opened (scripts/workflow_files.py
+``workflows_for``). The template browser shows all the pack's cards with their titles and thumbnails, and a node
+help page opens (in the node library up to 1.36, in the node's Info panel in 1.58). A screenshot of each loaded
+graph is written to docs/graphs/<number>.jpg (the docs show them) with the front end ComfyUI pins only; with
+XATTN_SCREENSHOTS=<folder> the template browser, a missing-models report, the help page and (with another front
+end) the graphs are saved there too, to look at. XATTN_FRONT_END_ROOT=<a comfyui_frontend_package's static/
+folder> runs another front end (ComfyUI's --front-end-root), e.g. 1.58, whose template cards carry a "Node
+graph" badge that no card text may be under.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import pytest
 from browser_devtools import (
     CLOSE_DIALOGS,
     COMMAND,
-    DIALOGS,
     FIT_VIEW,
+    FRONT_END_VERSION,
     HELP_PAGE,
     INSPECT,
+    ISSUES,
     TEMPLATES,
     DevTools,
     start_chromium,
@@ -57,9 +60,9 @@ FRONT_END_ROOT = os.environ.get("XATTN_FRONT_END_ROOT")  # another front end tha
 GRAPHS = REPO / "docs" / "graphs"
 SCREENSHOTS = os.environ.get("XATTN_SCREENSHOTS")
 CATEGORY = "Cross-Image Attention"  # locales/en/main.json names the pack's template category
-OFFLINE = re.compile(
-    r"huggingface\.co|ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED|Failed to fetch"
-)  # no network here
+# no network here (1.58 also asks the Comfy registry, api.comfy.org, about the graph's node packs, and ComfyUI's
+# Content Security Policy blocks that)
+OFFLINE = re.compile(r"huggingface\.co|api\.comfy\.org|ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED|Failed to fetch")
 INVERSIONS = list(SAVED_INVERSIONS)
 
 # the view the front end opened a workflow at: its scale and offset, and the canvas's size in CSS pixels
@@ -126,6 +129,7 @@ async def open_workflows(base: str, port: int) -> dict:
             raise TimeoutError("the ComfyUI front end did not come up")
         await asyncio.sleep(3)  # let start-up settle (extensions, settings, first draw)
         await tools.evaluate(CLOSE_DIALOGS)
+        results["_front_end"] = await tools.evaluate(FRONT_END_VERSION)
         results["_startup_errors"] = tools.take_errors()
         # control: a node type nobody registers must be reported by the same checks
         bogus = json.loads((WORKFLOWS / f"{NAMES[0]}.json").read_text())
@@ -133,7 +137,7 @@ async def open_workflows(base: str, port: int) -> dict:
         await tools.evaluate(f"app.loadGraphData({json.dumps(bogus)}, true, true, 'control').then(() => true)")
         await asyncio.sleep(1)
         results["_control"] = await tools.evaluate(INSPECT)
-        results["_control"]["dialogs"] = await tools.evaluate(DIALOGS)
+        results["_control"]["issues"] = await tools.evaluate(ISSUES)
         await tools.evaluate(CLOSE_DIALOGS)
         tools.take_errors()
         await tools.evaluate(COMMAND.format(command="Workspace.ToggleFocusMode"))  # the canvas alone on screen
@@ -146,10 +150,10 @@ async def open_workflows(base: str, port: int) -> dict:
             info = await tools.evaluate(INSPECT)
             info["view"] = await tools.evaluate(VIEW)  # as it opened, before anything moves it
             info["load_images"] = await tools.evaluate(LOAD_IMAGES)
-            info["dialogs"] = await tools.evaluate(DIALOGS)
             if name.startswith("07") and SCREENSHOTS:
                 shot = await tools.send("Page.captureScreenshot", format="png")
                 results["_missing_models_png"] = base64.b64decode(shot["data"])
+            info["issues"] = await tools.evaluate(ISSUES)
             await tools.evaluate(CLOSE_DIALOGS)
             await tools.evaluate(FIT_VIEW)
             await asyncio.sleep(0.5)
@@ -168,8 +172,8 @@ async def open_workflows(base: str, port: int) -> dict:
         await tools.evaluate(CLOSE_DIALOGS)
         try:
             results["_help"] = await tools.evaluate(HELP_PAGE, timeout=60)
-        except RuntimeError as error:  # a front end without the node help store (1.58): that test fails, not all
-            results["_help"] = {"open": False, "error": str(error), "shown": ""}
+        except RuntimeError as error:  # a front end whose help the script cannot reach: that test fails, not all
+            results["_help"] = {"where": None, "open": False, "error": str(error), "shown": ""}
         shot = await tools.send("Page.captureScreenshot", format="png")
         results["_help"]["png"] = base64.b64decode(shot["data"])
         results["_late_errors"] = tools.take_errors()
@@ -223,14 +227,17 @@ def browser_results(tmp_path_factory):
     return results
 
 
-def model_files(workflow: dict) -> list[str]:
-    """'folder / file' of every model the workflow's nodes declare, as the Missing Models dialog labels them."""
+def version(results: dict) -> tuple[int, ...]:
+    """The front end's version (window.__COMFYUI_FRONTEND_VERSION__), e.g. (1, 58, 1)."""
+    return tuple(int(part) for part in re.findall(r"\d+", results["_front_end"])[:3])
+
+
+def model_files(workflow: dict, where: str = "dialog") -> list[str]:
+    """Every model the workflow's nodes declare as the front end labels it: 'folder / file' in the Missing Models
+    dialog (up to 1.36), the file with its folder on the next line in 1.58's Issues panel."""
+    label = "{directory} / {name}" if where == "dialog" else "{name}\n{directory}"
     return sorted(
-        {
-            f"{model['directory']} / {model['name']}"
-            for node in workflow["nodes"]
-            for model in node.get("properties", {}).get("models", [])
-        }
+        {label.format(**model) for node in workflow["nodes"] for model in node.get("properties", {}).get("models", [])}
     )
 
 
@@ -243,7 +250,8 @@ def test_front_end_starts_without_errors_from_the_pack(browser_results):
 def test_the_checks_see_a_missing_node_type(browser_results):
     control = browser_results["_control"]
     assert control["missing"] == ["XAttnNoSuchNode"]
-    assert any("XAttnNoSuchNode" in dialog for dialog in control["dialogs"]), control["dialogs"]
+    # named in a dialog (up to 1.36) or in the Issues panel's Missing Node Packs (1.58)
+    assert any("XAttnNoSuchNode" in issue["text"] for issue in control["issues"]), control["issues"]
 
 
 @pytest.mark.parametrize("name", OPENED)
@@ -253,12 +261,17 @@ def test_workflow_opens_in_the_front_end(browser_results, name):
     assert info["count"] == len(workflow["nodes"])
     assert sorted(info["types"]) == sorted(node["type"] for node in workflow["nodes"])
     assert info["missing"] == []
-    assert info["errors"] == []
-    assert [error for error in info["console_errors"] if not OFFLINE.search(error)] == []
-    (dialog,) = info["dialogs"]  # the Missing Models dialog, with each file the workflow declares and lacks here
-    assert "missing models" in dialog.lower(), dialog
-    expected = model_files(workflow)
-    assert expected and all(label in dialog for label in expected), (expected, dialog)
+    assert info["errors"] == []  # other than a missing model's (1.58 flags its node: model_flagged)
+    assert [error for error in info["console_errors"] if not OFFLINE.search(error)] == [], info["console_errors"]
+    # the Missing Models dialog (up to 1.36) or the Issues panel's Missing Models (1.58), with each file the
+    # workflow declares and lacks here
+    (issue,) = info["issues"]
+    assert issue["where"] in ("dialog", "issues panel") and "missing models" in issue["text"].lower(), issue
+    expected = model_files(workflow, issue["where"])
+    assert expected and all(label in issue["text"] for label in expected), (expected, issue)
+    if info["model_flagged"] is not None:  # 1.58: exactly the nodes whose model file is missing are flagged
+        declaring = [node["type"] for node in workflow["nodes"] if node.get("properties", {}).get("models")]
+        assert sorted(info["model_flagged"]) == sorted(declaring), info["model_flagged"]
     twin = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in info["output"].items()} == {
         k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in twin.items()
@@ -314,6 +327,10 @@ def test_screenshot_of_the_graph_for_the_docs(browser_results, name):
     assert colours is None or len(colours) > 200, f"{name}: the screenshot is nearly blank ({len(colours)} colours)"
     jpeg = to_jpeg(browser_results[name]["png"], MAX_BYTES)
     assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) < MAX_BYTES
+    if FRONT_END_ROOT:  # the docs show the pinned front end's drawing: another front end's goes to XATTN_SCREENSHOTS
+        if SCREENSHOTS:
+            (Path(SCREENSHOTS) / f"graph_{name[:2]}.jpg").write_bytes(jpeg)
+        return
     GRAPHS.mkdir(exist_ok=True)
     (GRAPHS / f"{name[:2]}.jpg").write_bytes(jpeg)
 
@@ -331,8 +348,12 @@ def test_the_template_browser_shows_the_cards_titled_with_their_thumbnails(brows
     assert sorted(card["name"] for card in cards) == NAMES
     for card in cards:
         assert card["title"] == card["name"], card  # e.g. "07 Transfer with a ControlNet"
-        # a model's own hyphen (Qwen-Image, Z-Image) reads as a space in the description only
-        assert card["description"] == card["name"].replace("-", " "), card
+        if version(browser_results) >= (1, 58):
+            # 1.58's cards show the title and tags only (WorkflowTemplateSelectorDialog.vue): no description
+            assert card["description"] is None, card
+        else:
+            # a model's own hyphen (Qwen-Image, Z-Image) reads as a space in the description only
+            assert card["description"] == card["name"].replace("-", " "), card
         assert re.fullmatch(r"\d\d [A-Z][\w ,.-]+", card["name"]) and "_" not in card["name"], card  # readable
         assert card["loaded"] and card["natural"] == [512, 512], card  # the card image, not a graph screenshot
         assert card["shown"][0] == card["shown"][1] >= 200, card  # shown square, whole
@@ -341,14 +362,14 @@ def test_the_template_browser_shows_the_cards_titled_with_their_thumbnails(brows
 def test_no_card_text_lies_under_the_front_end_s_badge(browser_results):
     """Front end 1.58 lays a "Node graph" badge over each card picture's top left corner: the title and subtitle
     drawn into the picture (scripts/make_thumbnails.py) stay clear of it, on every card as wide as it is drawn
-    here. Older front ends draw no badge; with XATTN_FRONT_END_ROOT a badge must be found on every card."""
+    here. Older front ends draw no badge; with 1.58 a badge must be found on every card."""
     sys.path.insert(0, str(REPO / "scripts"))
     import make_thumbnails
 
     cards = {card["name"]: card for card in browser_results["_badges"]}
     assert sorted(cards) == NAMES
     badged = {name: card for name, card in cards.items() if card["badge"]}
-    if FRONT_END_ROOT:
+    if version(browser_results) >= (1, 58):  # it draws the badge on every card: each is checked
         assert sorted(badged) == NAMES, cards
     for name, card in badged.items():
         badge = card["badge"]
@@ -359,12 +380,19 @@ def test_no_card_text_lies_under_the_front_end_s_badge(browser_results):
         assert badge[3] <= corner[3] and badge[2] <= corner[2] or card["width"] > make_thumbnails.NARROWEST_CARD
 
 
-def test_a_node_help_page_opens_in_the_node_library(browser_results):
+def test_a_node_help_page_opens(browser_results):
+    """In the node library up to 1.36; 1.58's node library has no help page and shows it in the right side panel's
+    Info tab, for the selected node (browser_devtools.HELP_PAGE)."""
     help_page = browser_results["_help"]
+    where = "node info panel" if version(browser_results) >= (1, 58) else "node library"
+    assert help_page["where"] == where, help_page
     assert help_page["open"] and help_page["error"] is None
     page = (REPO / "web" / "docs" / "XAttnCrossImageSampler.md").read_text()
     first_sentence = page.split("\n\n")[1].split(". ")[0].replace("\n", " ").replace("*", "")
     assert first_sentence in help_page["shown"].replace("\n", " ")
-    # the front end asks for a page per locale first (docs/<node>/en.md) and falls back to docs/<node>.md
-    expected = re.compile(r"404 .*/extensions/[\w-]+/docs/XAttn\w+/\w+\.md$")
-    assert [error for error in browser_results["_late_errors"] if not expected.search(error)] == []
+    # the front end asks for a page per locale first (docs/<node>/en.md) and falls back to docs/<node>.md; 1.58's
+    # template browser (opened just before) asks ComfyUI for the core templates' logo index, which the
+    # comfyui-workflow-templates package ComfyUI 0.9.2 pins (0.8.11) does not have
+    expected = re.compile(r"404 .*(/extensions/[\w-]+/docs/XAttn\w+/\w+\.md|/templates/index_logo\.json)$")
+    late = browser_results["_late_errors"]
+    assert [error for error in late if not expected.search(error)] == [], late
