@@ -4,10 +4,12 @@ of the comfyui-frontend-package that ComfyUI pins)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from comfyui_support import CHROMIUM
@@ -57,6 +59,24 @@ class DevTools:
                 errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
         self.events.clear()
         return errors
+
+
+@contextlib.asynccontextmanager
+async def page_devtools(port: int):
+    """A :class:`DevTools` on the first page of the Chromium listening on ``port``, its Runtime, Log and Page
+    events on."""
+    import aiohttp
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
+        page = next(target for target in json.loads(response.read()) if target["type"] == "page")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as socket,
+    ):
+        tools = DevTools(socket)
+        for domain in ("Runtime", "Log", "Page"):
+            await tools.send(f"{domain}.enable")
+        yield tools
 
 
 def start_chromium(profile: Path, window: tuple[int, int]) -> tuple[subprocess.Popen, int]:

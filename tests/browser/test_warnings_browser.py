@@ -19,7 +19,6 @@ import base64
 import json
 import os
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from browser_devtools import (
     WARNINGS_BOX,
     DevTools,
     build_graph_script,
+    page_devtools,
     start_chromium,
 )
 from comfyui_support import COMFYUI_PATH, load_snapshot_module
@@ -94,18 +94,8 @@ async def open_page(tools: DevTools, base: str) -> None:
 
 
 async def run_in_front_end(server, port: int) -> dict:
-    import aiohttp
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
-        page = next(t for t in json.loads(response.read()) if t["type"] == "page")
     results = {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as socket,
-    ):
-        tools = DevTools(socket)
-        for domain in ("Runtime", "Log", "Page"):
-            await tools.send(f"{domain}.enable")
+    async with page_devtools(port) as tools:
         await open_page(tools, server.base)
         results["version"] = await tools.evaluate("window.__COMFYUI_FRONTEND_VERSION__ ?? null")
         results["extension"] = await tools.evaluate(

@@ -38,7 +38,7 @@ from browser_devtools import (
     INSPECT,
     ISSUES,
     TEMPLATES,
-    DevTools,
+    page_devtools,
     start_chromium,
     to_jpeg,
 )
@@ -104,18 +104,8 @@ BADGES = """
 
 
 async def open_workflows(base: str, port: int) -> dict:
-    import aiohttp
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
-        page = next(t for t in json.loads(response.read()) if t["type"] == "page")
     results = {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as socket,
-    ):
-        tools = DevTools(socket)
-        for domain in ("Runtime", "Log", "Page"):
-            await tools.send(f"{domain}.enable")
+    async with page_devtools(port) as tools:
         await tools.send("Page.navigate", url=base + "/")
         for _ in range(240):
             ready = await tools.evaluate(
