@@ -144,6 +144,21 @@ def test_no_half_precision_input_is_copied_whole_to_float32():
     assert 0 < peak <= budget + out.numel() * out.element_size()
 
 
+@pytest.mark.parametrize("contrasted_from", [0, 1])
+def test_a_smaller_last_block_allocates_nothing_of_its_size(threads, contrasted_from):
+    """With several threads the heads go in groups (here 3 of 8) and the last block of queries is smaller than the
+    others: both reuse the front of the block buffers. A slice of them as ``out=`` would not be contiguous, and
+    softmax and the product would each allocate a temporary of the block's size (1.5 times the budget in all)."""
+    budget, heads, dim, key_tokens = 4 * 2**20, 8, 32, (64, 2048)
+    group, block = head_blocks(heads, sum(key_tokens), dim, dim, budget, torch.device("cpu"))
+    queries = 4 * block + block - 8  # a last block of block - 8 queries
+    parts = random_parts(torch.float32, key_tokens=key_tokens, heads=heads, queries=queries, dim=dim)
+    if threads > 1:
+        assert group == 3 and block > 16  # the case meant
+    peak, out = peak_allocated(lambda: contrasted_attention_parts(parts, CONTRAST, budget, None, contrasted_from))
+    assert 0 < peak <= budget + out.numel() * out.element_size()
+
+
 def test_plain_attention_runs_only_where_it_is_kept():
     """The backend's attention sees the rows that do not swap and the output rows' own (text and reference) queries,
     never the output rows' image queries; every such query still attends to its own full sequence."""

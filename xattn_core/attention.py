@@ -16,6 +16,7 @@ record (the sampler's ``calls.py`` says which call gets which).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -116,6 +117,13 @@ def head_blocks(
     return group, min(block, CPU_HEAD_QUERY_BLOCK) if one_thread else block
 
 
+def _front(buffer: Tensor, *shape: int) -> Tensor:
+    """The first elements of ``buffer`` as a contiguous tensor of ``shape``. A smaller block taken as a slice
+    (``buffer[:count, :size]``) would not be contiguous, and an op given such an ``out=`` allocates a temporary of
+    its size: a last, partial block of queries would then double the scores' memory."""
+    return buffer.view(-1)[: math.prod(shape)].view(shape)
+
+
 @torch.no_grad()  # inference only: the blocks are computed in place (out=), which has no backward
 def contrasted_attention_parts(
     parts: Sequence[KeyPart],
@@ -189,24 +197,25 @@ def contrasted_attention_parts(
             for start in range(0, query_tokens, block):
                 in_block = slice(start, min(start + block, query_tokens))
                 size = in_block.stop - start
-                weights = scores[:count, :size]
+                weights = _front(scores, count, size, key_tokens)
+                into_product = _front(product, count, size, value_dim)
                 for queries, part_columns in scored:
-                    queries_block = queries32[:count, :size].copy_(queries[row, in_group, in_block])
+                    queries_block = _front(queries32, count, size, dim).copy_(queries[row, in_group, in_block])
                     into = weights[:, :, part_columns]
                     torch.baddbmm(into, queries_block, keys_t[:count, :, part_columns], beta=0, alpha=scale, out=into)
                 torch.softmax(weights, dim=-1, out=weights)
                 if contrasted_from == 0:
                     weights.clamp_(low, high)
-                    torch.baddbmm(baseline, weights, values32[:count], alpha=contrast, out=product[:count, :size])
+                    torch.baddbmm(baseline, weights, values32[:count], alpha=contrast, out=into_product)
                 else:  # as above with o = (c - 1) * m per query, on the contrasted columns; the others plain
                     part_weights = weights[:, :, contrasted]
                     part_offset = part_weights.sum(-1, keepdim=True).mul_((contrast - 1.0) / contrasted_count)
                     part_weights.clamp_(part_offset / contrast, (part_offset + 1.0) / contrast)
-                    into = product[:count, :size]
-                    torch.bmm(weights[:, :, : contrasted.start], values32[:count, : contrasted.start], out=into)
-                    into.baddbmm_(part_weights, values32[:count, contrasted], alpha=contrast)
-                    into.baddbmm_(part_offset, part_baseline)  # - o * (V summed over the contrasted keys)
-                out_heads[row, in_group, in_block] = product[:count, :size]
+                    plain_columns = slice(0, contrasted.start)
+                    torch.bmm(weights[:, :, plain_columns], values32[:count, plain_columns], out=into_product)
+                    into_product.baddbmm_(part_weights, values32[:count, contrasted], alpha=contrast)
+                    into_product.baddbmm_(part_offset, part_baseline)  # - o * (V summed over the contrasted keys)
+                out_heads[row, in_group, in_block] = into_product
     return out
 
 
