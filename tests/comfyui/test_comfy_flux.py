@@ -696,8 +696,8 @@ def with_redux_tokens(conditioning: list, tokens: int, strength: float, seed: in
 def test_an_attention_mask_in_the_prompt_reaches_ordinary_attention_and_the_swap_still_holds(comfy, flux1):
     """A Redux image prompt at attn_bias strength: the model's attention calls carry a mask over whole rows, so
     ordinary attention runs on whole rows (the swapped image queries, computed apart, ignore the mask). A mask of
-    zeros (strength 1) gives the unmasked result within float error; strength 0.2 changes the output, and both
-    paths still reconstruct their images."""
+    zeros (strength 1) gives the unmasked result within rounding; strength 0.2 changes the output, and both paths
+    still reconstruct their images."""
     samples = torch.cat([flux1.latents(3), flux1.latents(4)])
     results = {}
     for strength in (None, 1.0, 0.2):
@@ -718,5 +718,8 @@ def test_an_attention_mask_in_the_prompt_reaches_ordinary_attention_and_the_swap
     def relative(got, expected):
         return ((got - expected).norm() / expected.norm()).item()
 
-    assert relative(results[1.0], results[None]) <= 1e-5
-    assert relative(results[0.2], results[1.0]) > 1e-3
+    # with a mask, ordinary attention may take another kernel and runs on whole rows: over a whole trajectory of a
+    # random network that may round differently on another torch build (0 here), far below what the bias changes
+    # (0.06 here)
+    assert relative(results[1.0], results[None]) <= 1e-4
+    assert relative(results[0.2], results[1.0]) > 1e-2
