@@ -48,8 +48,9 @@ def test_the_ui_output_carries_the_warnings_and_a_clean_run_clears_them(comfy):
     assert warned.ui == {KEY: [EMPTY_MASK]}
     clean = adain(comfy, None)
     assert clean.ui == {KEY: []}  # the front end replaces what it showed
-    # the LATENT the node returns is what it returned before it had a UI output: AdaIN of the whole latent
-    assert torch.equal(warned.result[0]["samples"], clean.result[0]["samples"])
+    # the LATENT the node returns is what it returned before it had a UI output: AdaIN of the whole latent (the
+    # empty mask's fallback and the unmasked call may reach it by different float work: a tolerance, not equality)
+    assert torch.allclose(warned.result[0]["samples"], clean.result[0]["samples"], rtol=1e-5, atol=1e-6)
 
 
 def test_the_sampler_and_the_inversion_return_their_warnings(comfy):
