@@ -86,8 +86,9 @@ def _heads_as_batch(tensor: Tensor, heads: int) -> Tensor:
 
 # On one CPU thread the swapped attention runs one head at a time, 256 queries a block (4 MiB of scores at 4096
 # keys): at SDXL's and Flux's largest sizes that ran 5 to 20% faster than groups of heads or 512 queries
-# (bench/bench_swapped_attention.py). With several threads, or on an accelerator, the budget sets both: fewer and
-# larger parallel ops, which on 2 busy CPU cores ran 1.5 to 2 times faster than a head at a time.
+# (bench/bench_swapped_attention.py). With several threads, or on an accelerator, the budget sets both (within the
+# rules of head_blocks): fewer and larger parallel ops, which on 2 busy CPU cores ran 1.5 to 2 times faster than a
+# head at a time.
 CPU_HEAD_QUERY_BLOCK = 256
 
 
@@ -101,20 +102,52 @@ class KeyPart(NamedTuple):
 
 
 def head_blocks(
-    heads: int, key_tokens: int, dim: int, value_dim: int, memory_budget: int, device: torch.device
+    heads: int,
+    query_tokens: int,
+    key_tokens: int,
+    dim: int,
+    value_dim: int,
+    memory_budget: int,
+    device: torch.device,
 ) -> tuple[int, int]:
     """``(heads per group, queries per block)`` for :func:`contrasted_attention_parts`.
 
     Its float32 buffers fit ``memory_budget``: the keys and values of one group of heads (at most half the budget),
     and per query of a block a row of scores, the query and its product. At least one head and one query, whatever
-    the budget. On one CPU thread: one head, at most :data:`CPU_HEAD_QUERY_BLOCK` queries.
+    the budget. On one CPU thread: one head, at most :data:`CPU_HEAD_QUERY_BLOCK` queries. With several CPU
+    threads a group's head count is a multiple of the thread count (one head if the budget holds fewer heads than
+    threads): the batched products share a group's heads among the threads, so a group of 7 heads on 2 threads
+    waits for the thread with 4 (the Flux-size op ran 1.50x SDPA's time with groups of 7, 1.35x with groups of 6).
+    Groups and blocks are then evened out, so that no last group or block is a small remainder.
     """
     head_bytes = key_tokens * (dim + value_dim) * 4
     query_bytes = (key_tokens + dim + value_dim) * 4
-    one_thread = device.type == "cpu" and torch.get_num_threads() == 1
-    group = 1 if one_thread else max(1, min(heads, memory_budget // 2 // head_bytes))
+    on_cpu = device.type == "cpu"
+    threads = torch.get_num_threads() if on_cpu else 1
+    if on_cpu and threads == 1:
+        group = 1
+    else:
+        group = max(1, min(heads, memory_budget // 2 // head_bytes))
+        if threads <= group < heads:
+            group = _even_parts(heads, group // threads * threads)
+            group = min(group + -group % threads, heads)  # a multiple of the threads again, no larger than before
+        elif group < threads:
+            group = 1
+        else:
+            group = _even_parts(heads, group)
     block = max(1, (memory_budget - group * head_bytes) // (group * query_bytes))
-    return group, min(block, CPU_HEAD_QUERY_BLOCK) if one_thread else block
+    if on_cpu and threads == 1:
+        block = min(block, CPU_HEAD_QUERY_BLOCK)
+    return group, _even_parts(query_tokens, block)
+
+
+def _even_parts(total: int, most: int) -> int:
+    """The size of the parts when ``total`` items are cut into as few parts of at most ``most`` as evenly as they go
+    (at least 1)."""
+    if total <= 0:
+        return max(1, most)
+    parts = -(-total // most)
+    return -(-total // parts)
 
 
 def _front(buffer: Tensor, *shape: int) -> Tensor:
@@ -161,8 +194,7 @@ def contrasted_attention_parts(
     if out is None:
         out = torch.empty(rows, query_tokens, heads * value_dim, dtype=values.dtype, device=device)
     out_heads = out.unflatten(-1, (heads, value_dim)).transpose(1, 2)  # [rows, heads, query tokens, value dim]
-    group, block = head_blocks(heads, key_tokens, dim, value_dim, memory_budget, device)
-    block = min(block, query_tokens)
+    group, block = head_blocks(heads, query_tokens, key_tokens, dim, value_dim, memory_budget, device)
     columns, first = [], 0  # each part's key columns in the score block
     for part in parts:
         columns.append(slice(first, first + part.keys.shape[2]))
