@@ -125,25 +125,25 @@ def test_blocks_fit_the_budget():
 @pytest.mark.parametrize(
     ("threads_count", "heads", "expected_group"),
     [
-        (2, 24, 6),  # Flux.1 / Qwen-Image: 7 heads fit, 6 is the largest even group
-        (2, 30, 6),  # Z-Image: 5 groups of 6, not 4 of 7 and one of 2
-        (2, 48, 6),  # Flux.2
+        (2, 24, 2),  # Flux.1 / Qwen-Image
+        (2, 30, 2),  # Z-Image
+        (2, 10, 2),  # SDXL's largest level: 5 groups of 2, not one of 10 (40 MiB of scores a block)
+        (3, 24, 3),
         (4, 24, 4),
-        (3, 24, 6),
-        (8, 24, 1),  # fewer heads fit than threads: one head a group, its products threaded inside
-        (2, 5, 5),  # every head fits: one group, odd or not
+        (8, 24, 1),  # 8 heads' keys and values exceed half the budget: one head, its products threaded inside
+        (4, 3, 1),  # fewer heads than threads
     ],
 )
-def test_with_several_threads_a_group_is_a_multiple_of_the_threads(threads_count, heads, expected_group):
-    """The batched products split a group's heads among the threads: an odd group on 2 threads leaves one idle
-    for a head (measured: groups of 7 ran the Flux-size op 11% slower than groups of 6)."""
+def test_on_cpu_a_group_is_one_head_a_thread(threads_count, heads, expected_group):
+    """The batched products share a group's heads among the threads; blocks of at most 256 queries, evenly cut."""
     default = torch.get_num_threads()
     try:
         torch.set_num_threads(threads_count)
-        group, block = head_blocks(heads, 4096, 4608, 128, 128, 64 * 2**20, torch.device("cpu"))
+        key_tokens, dim = (4608, 128) if heads != 10 else (4096, 64)
+        group, block = head_blocks(heads, 4096, key_tokens, dim, dim, 64 * 2**20, torch.device("cpu"))
     finally:
         torch.set_num_threads(default)
-    assert group == expected_group and fits(group, block, 64 * 2**20)
+    assert group == expected_group and block == 256 and fits(group, block, 64 * 2**20, key_tokens, dim)
 
 
 def test_the_output_goes_into_a_given_view_and_into_the_values_dtype():
@@ -175,12 +175,12 @@ def test_no_half_precision_input_is_copied_whole_to_float32():
 
 @pytest.mark.parametrize("contrasted_from", [0, 1])
 def test_a_smaller_last_block_allocates_nothing_of_its_size(threads, contrasted_from):
-    """A last group of heads (with several threads: 6 heads as 4 and 2) and a last block of queries smaller than
+    """A last group of heads (with 2 threads: 5 heads as 2, 2 and 1) and a last block of queries smaller than
     the others reuse the front of the block buffers. A slice of them as ``out=`` would not be contiguous, and
     softmax and the product would each allocate a temporary of the block's size (1.5 times the budget in all)."""
-    budget, heads, dim, key_tokens, queries = 5 * 2**20, 6, 32, (64, 2048), 433
+    budget, heads, dim, key_tokens, queries = 5 * 2**20, 5, 32, (64, 2048), 433
     group, block = head_blocks(heads, queries, sum(key_tokens), dim, dim, budget, torch.device("cpu"))
-    assert queries % block and (group == 4 if threads > 1 else group == 1)  # the case meant
+    assert queries % block and group == threads  # the case meant
     parts = random_parts(torch.float32, key_tokens=key_tokens, heads=heads, queries=queries, dim=dim)
     peak, out = peak_allocated(lambda: contrasted_attention_parts(parts, CONTRAST, budget, None, contrasted_from))
     assert 0 < peak <= budget + out.numel() * out.element_size()

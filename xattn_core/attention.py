@@ -84,11 +84,12 @@ def _heads_as_batch(tensor: Tensor, heads: int) -> Tensor:
     return split_heads(tensor.float(), heads).reshape(rows * heads, tokens, width // heads)
 
 
-# On one CPU thread the swapped attention runs one head at a time, 256 queries a block (4 MiB of scores at 4096
-# keys): at SDXL's and Flux's largest sizes that ran 5 to 20% faster than groups of heads or 512 queries
-# (bench/bench_swapped_attention.py). With several threads, or on an accelerator, the budget sets both (within the
-# rules of head_blocks): fewer and larger parallel ops, which on 2 busy CPU cores ran 1.5 to 2 times faster than a
-# head at a time.
+# On CPU the swapped attention runs one head a thread, at most 256 queries a block (4 MiB of scores a head at 4096
+# keys): the batched products share a group's heads among the threads, and blocks that stay small stay in the
+# cache. On one thread that ran 5 to 20% faster than groups of heads or 512 queries; on two, heads two at a time ran
+# the SDXL-size op 1.27x SDPA's time against 1.49x for all 10 heads in one group, and the Flux-size op as fast as
+# the budget's largest groups (bench/bench_swapped_attention.py; README "Cost of the swapped attention"). On an
+# accelerator the budget sets both: fewer and larger parallel ops.
 CPU_HEAD_QUERY_BLOCK = 256
 
 
@@ -114,29 +115,20 @@ def head_blocks(
 
     Its float32 buffers fit ``memory_budget``: the keys and values of one group of heads (at most half the budget),
     and per query of a block a row of scores, the query and its product. At least one head and one query, whatever
-    the budget. On one CPU thread: one head, at most :data:`CPU_HEAD_QUERY_BLOCK` queries. With several CPU
-    threads a group's head count is a multiple of the thread count (one head if the budget holds fewer heads than
-    threads): the batched products share a group's heads among the threads, so a group of 7 heads on 2 threads
-    waits for the thread with 4 (the Flux-size op ran 1.50x SDPA's time with groups of 7, 1.35x with groups of 6).
-    Groups and blocks are then evened out, so that no last group or block is a small remainder.
+    the budget. On CPU (:data:`CPU_HEAD_QUERY_BLOCK`): one head per thread, or one head in all when the budget or
+    the heads are fewer than the threads (its products are then threaded inside), and at most 256 queries a block.
+    Queries, and on an accelerator heads, are cut as evenly as the sizes allow, so that no last block or group is a
+    small remainder.
     """
     head_bytes = key_tokens * (dim + value_dim) * 4
     query_bytes = (key_tokens + dim + value_dim) * 4
-    on_cpu = device.type == "cpu"
-    threads = torch.get_num_threads() if on_cpu else 1
-    if on_cpu and threads == 1:
-        group = 1
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        group = threads if threads <= heads and threads * head_bytes <= memory_budget // 2 else 1
     else:
-        group = max(1, min(heads, memory_budget // 2 // head_bytes))
-        if threads <= group < heads:
-            group = _even_parts(heads, group // threads * threads)
-            group = min(group + -group % threads, heads)  # a multiple of the threads again, no larger than before
-        elif group < threads:
-            group = 1
-        else:
-            group = _even_parts(heads, group)
+        group = _even_parts(heads, max(1, min(heads, memory_budget // 2 // head_bytes)))
     block = max(1, (memory_budget - group * head_bytes) // (group * query_bytes))
-    if on_cpu and threads == 1:
+    if device.type == "cpu":
         block = min(block, CPU_HEAD_QUERY_BLOCK)
     return group, _even_parts(query_tokens, block)
 
