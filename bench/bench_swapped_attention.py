@@ -20,10 +20,12 @@ Ours and SDPA take turns run by run (so they share the machine's load); the rati
 of the median wall time, measured in the same run; the targets (ratio <= 1.5) are checked on the best times, the
 runs least disturbed by other processes (the load average is printed at the start and the end).
 
-Memory: the peak of live torch CPU allocations during one call (the allocation and free events ``torch.profiler``
-records with ``profile_memory``, summed in time order; the inputs exist before, the output is counted). Target: an
-op's peak at most the budget plus its output; the route's at most SDPA's over the same rows (it holds the output of
-the backend's attention, which allocates its own, while writing it into the call's output).
+Memory: the peak of live torch CPU allocations during one call, at each thread count (the allocation and free
+events ``torch.profiler`` records with ``profile_memory``, summed in time order; the inputs exist before, the output
+is counted). Target: an op's peak at most the budget plus its output; the route's at most SDPA's over the same rows
+(it holds the output of the backend's attention, which allocates its own, while writing it into the call's output).
+The quick shapes are far below the budget, where the blocks' fixed buffers outweigh SDPA's: their memory lines can
+be above it, and the quick run checks no target.
 """
 
 # ruff: noqa: E402 (imports follow the sys.path set-up that lets this file run as a script)
@@ -172,7 +174,7 @@ def run(
         for case in cases:
             family = CASES[case][0]
             for dtype in (torch.float32, torch.bfloat16):
-                result = bench(case, dtype, shapes[family], repeats, budget, memory and count == threads[0])
+                result = bench(case, dtype, shapes[family], repeats, budget, memory)
                 results[count].append(result)
                 best, median = result["best"], result["median"]
                 print(
@@ -183,23 +185,23 @@ def run(
                 )
                 if not quick and result["ratio_best"] > RATIO_TARGET:  # small shapes: overhead only
                     failures.append(f"{case} {result['dtype']} threads {count}: ratio above {RATIO_TARGET}")
-    if memory:
-        print(f"\n## peak live torch allocations during one call (threads {threads[0]}), MiB")
+    for count in results if memory else ():
+        print(f"\n## peak live torch allocations during one call (threads {count}), MiB")
         print(f"{'case':<11} {'dtype':<9} {'sdpa':>7} {'ours':>7} {'output':>7} {'ours - output':>13}")
-        for result in results[threads[0]]:
+        for result in results[count]:
             peak, output = result["peak"], result["output_bytes"]
             print(
                 f"{result['case']:<11} {result['dtype']:<9} {peak['sdpa'] / MIB:7.1f} {peak['ours'] / MIB:7.1f} "
                 f"{output / MIB:7.1f} {(peak['ours'] - output) / MIB:13.1f}"
             )
             route = result["case"] == "flux route"
-            if peak["ours"] > (peak["sdpa"] if route else budget + output):
+            if not quick and peak["ours"] > (peak["sdpa"] if route else budget + output):  # quick: buffers only
                 target = "SDPA's" if route else "the budget plus the output"
-                failures.append(f"{result['case']} {result['dtype']}: peak above {target}")
+                failures.append(f"{result['case']} {result['dtype']} threads {count}: peak above {target}")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     print(
-        f"targets: ratio of the best times <= {RATIO_TARGET} (full shapes only; the best run is the one least "
-        "disturbed by other load); peak <= budget + output (ops), <= SDPA's peak (route)"
+        f"targets, full shapes only: ratio of the best times <= {RATIO_TARGET} (the best run is the one least "
+        "disturbed by other load); peak <= budget + output (ops), <= SDPA's peak (route), at every thread count"
     )
     print("\n".join(f"FAIL {failure}" for failure in failures) or "PASS all")
     return results, failures
