@@ -4,6 +4,7 @@ Run from the repository root, with the project's Python environment active:
 
     python bench/bench_swapped_attention.py            # the cases below, 3 timed runs each, 1 thread and default
     python bench/bench_swapped_attention.py --quick    # small shapes, 1 run: a smoke check (the test runs it)
+    python bench/bench_swapped_attention.py --threads 2 --cases "sdxl op" --splits 10x260   # also other splits
 
 Cases, each in float32 and bfloat16, with the engine's contrast and default memory budget (64 MiB):
 
@@ -15,6 +16,9 @@ Cases, each in float32 and bfloat16, with the engine's contrast and default memo
   what a swapping block costs over an ordinary one;
 - ``sdxl op``: the UNet's ``attention.contrasted_attention`` at SDXL's largest level (4096 tokens, 10 heads of 64),
   against SDPA on the same shapes.
+
+``--splits GxQ ...`` also times the op with the engine's split of the work fixed to G heads per group and Q
+queries per block (``attention.head_blocks`` patched for those runs only), in turn with the others.
 
 Ours and SDPA take turns run by run (so they share the machine's load); the ratios ours / SDPA are of the best and
 of the median wall time, measured in the same run; the targets (ratio <= 1.5) are checked on the best times, the
@@ -38,9 +42,10 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -50,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import xattn_core.attention as attention
 from bench.measure import engine_revision, peak_allocated, time_interleaved
 from xattn_core.attention import DEFAULT_MEMORY_BUDGET, CallAttention, Swap, contrasted_attention, split_heads
 from xattn_core.joint_attention import JointBlock, contrasted_joint_attention, route_joint_attention
@@ -120,8 +126,28 @@ def sdxl_op(shapes: Shapes, dtype: torch.dtype, budget: int) -> dict[str, Callab
 CASES = {"flux op": ("flux", flux_op), "flux route": ("flux", flux_route), "sdxl op": ("sdxl", sdxl_op)}
 
 
-def bench(case: str, dtype: torch.dtype, shapes: Shapes, repeats: int, budget: int, memory: bool) -> dict:
+def with_split(op: Callable[[], Tensor], split: tuple[int, int]) -> Callable[[], Tensor]:
+    """``op`` with the engine's head/query split fixed to ``(heads per group, queries per block)``."""
+
+    def run_split() -> Tensor:
+        with mock.patch.object(attention, "head_blocks", lambda *args: split):
+            return op()
+
+    return run_split
+
+
+def bench(
+    case: str,
+    dtype: torch.dtype,
+    shapes: Shapes,
+    repeats: int,
+    budget: int,
+    memory: bool,
+    splits: Sequence[tuple[int, int]] = (),
+) -> dict:
     ops = CASES[case][1](shapes, dtype, budget)
+    for split in splits:  # timed with the others, not part of the memory check
+        ops[split_name(split)] = with_split(ops["ours"], split)
     outputs = {name: op() for name, op in ops.items()}  # warm-up, and the outputs' sizes
     seconds = time_interleaved(ops, repeats)
     result = {
@@ -134,8 +160,12 @@ def bench(case: str, dtype: torch.dtype, shapes: Shapes, repeats: int, budget: i
     result["ratio_best"] = result["best"]["ours"] / result["best"]["sdpa"]
     result["ratio_median"] = result["median"]["ours"] / result["median"]["sdpa"]
     if memory:
-        result["peak"] = {name: peak_allocated(op)[0] for name, op in ops.items()}
+        result["peak"] = {name: peak_allocated(ops[name])[0] for name in ("sdpa", "ours")}
     return result
+
+
+def split_name(split: tuple[int, int]) -> str:
+    return f"split {split[0]}x{split[1]}"
 
 
 def run(
@@ -145,6 +175,7 @@ def run(
     memory: bool = True,
     cases: list[str] | None = None,
     command: str = "python bench/bench_swapped_attention.py",
+    splits: Sequence[tuple[int, int]] = (),
 ):
     """Run the benchmark, print its report; return the figures (per thread count, one dict per case) and the
     failed targets."""
@@ -174,7 +205,7 @@ def run(
         for case in cases:
             family = CASES[case][0]
             for dtype in (torch.float32, torch.bfloat16):
-                result = bench(case, dtype, shapes[family], repeats, budget, memory)
+                result = bench(case, dtype, shapes[family], repeats, budget, memory, splits)
                 results[count].append(result)
                 best, median = result["best"], result["median"]
                 print(
@@ -183,6 +214,13 @@ def run(
                     f"{result['ratio_median']:7.2f}",
                     flush=True,
                 )
+                for split in splits:
+                    name = split_name(split)
+                    print(
+                        f"  {name:<18} {'':>15} {best[name]:7.3f} {result['median'][name]:7.3f} "
+                        f"{best[name] / best['sdpa']:10.2f} {result['median'][name] / result['median']['sdpa']:7.2f}",
+                        flush=True,
+                    )
                 if not quick and result["ratio_best"] > RATIO_TARGET:  # small shapes: overhead only
                     failures.append(f"{case} {result['dtype']} threads {count}: ratio above {RATIO_TARGET}")
     for count in results if memory else ():
@@ -216,9 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory part")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="only these cases (default: all)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=[],
+        metavar="HEADSxQUERIES",
+        help="also time the swapped op with these fixed splits (heads per group x queries per block), e.g. 7x250",
+    )
     args = parser.parse_args(argv)
+    splits = [tuple(int(number) for number in split.split("x")) for split in args.splits]
     command = " ".join(["python bench/bench_swapped_attention.py", *(argv if argv is not None else sys.argv[1:])])
-    _, failures = run(args.quick, args.repeats, args.threads, not args.skip_memory, args.cases, command)
+    _, failures = run(args.quick, args.repeats, args.threads, not args.skip_memory, args.cases, command, splits)
     return 1 if failures else 0
 
 

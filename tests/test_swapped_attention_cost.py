@@ -266,6 +266,23 @@ def test_quick_bench_measures_both_ops_and_the_memory(capsys):
         assert 0 < case["peak"]["ours"] <= 64 * 2**20 + case["output_bytes"]
 
 
+def test_the_bench_times_fixed_splits_with_the_engine_s_own(capsys, monkeypatch):
+    """``--splits``: the same op with head_blocks fixed, for these runs only (the engine's split is back after)."""
+    splits_seen = []
+    real = attention.contrasted_attention_parts
+
+    def spy(parts, *args, **kwargs):
+        splits_seen.append(attention.head_blocks(1, 1, 1, 1, 1, 1, torch.device("cpu")))
+        return real(parts, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "contrasted_attention_parts", spy)
+    results, _ = run(quick=True, repeats=1, threads=[1], memory=False, cases=["sdxl op"], splits=[(2, 5)])
+    assert "split 2x5" in capsys.readouterr().out
+    assert all("split 2x5" in case["median"] for case in results[1])
+    assert (2, 5) in splits_seen and (1, 1) in splits_seen  # the fixed split and the engine's own
+    assert attention.head_blocks(24, 4096, 4608, 128, 128, 2**26, torch.device("cuda")) == (6, 316)
+
+
 def test_a_contrast_that_is_not_positive_is_refused():
     parts = random_parts(torch.float32)
     with pytest.raises(ValueError, match="contrast must be positive, got 0"):
