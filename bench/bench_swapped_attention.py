@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     splits = [tuple(int(number) for number in split.split("x")) for split in args.splits]
-    command = " ".join(["python bench/bench_swapped_attention.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "bench/bench_swapped_attention.py", *(argv if argv is not None else sys.argv[1:])])
     _, failures = run(args.quick, args.repeats, args.threads, not args.skip_memory, args.cases, command, splits)
     return 1 if failures else 0
 

@@ -85,11 +85,11 @@ def _heads_as_batch(tensor: Tensor, heads: int) -> Tensor:
 
 
 # On CPU the swapped attention runs one head a thread, at most 256 queries a block (4 MiB of scores a head at 4096
-# keys): the batched products share a group's heads among the threads, and blocks that stay small stay in the
-# cache. On one thread that ran 5 to 20% faster than groups of heads or 512 queries; on two, heads two at a time ran
-# the SDXL-size op 1.27x SDPA's time against 1.49x for all 10 heads in one group, and the Flux-size op as fast as
-# the budget's largest groups (bench/bench_swapped_attention.py; README "Cost of the swapped attention"). On an
-# accelerator the budget sets both: fewer and larger parallel ops.
+# keys): the batched products share a group's heads among the threads, and small blocks stay in the cache. On one
+# thread that ran 5 to 20% faster than groups of heads or 512 queries. On two (bench/bench_swapped_attention.py
+# --threads 2 --splits, README "Performance"): the Flux-size op 1.31x SDPA's time, against 1.51x with the budget's
+# groups of 7 heads (one thread waits for the fourth head) and 1.34x with groups of 6; the SDXL-size op 1.23x,
+# against 1.38x with all 10 heads in one group. On an accelerator the budget sets both: fewer and larger parallel ops.
 CPU_HEAD_QUERY_BLOCK = 256
 
 
