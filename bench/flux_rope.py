@@ -16,72 +16,13 @@ coordinates of the appearance grows with the shift. Needs COMFYUI_PATH (a ComfyU
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "comfyui"))
+from tiny_joint_models import relative_error, sharpened  # the script's folder is on sys.path
 
 SHIFTS = (0, 1, 2, 4)  # in tokens (one token = 2 latent cells)
-SIZE = 16  # latent cells: 8 x 8 image tokens
 SIGMAS = (0.8, 0.5)
 SEEDS = (0, 1)
 SHARPNESS = (1.0, 3.0)  # q/k norm scale factors (see sharpened)
-
-
-def sharpened(model, factor: float):
-    """A clone whose q/k RMSNorm scales are ``factor`` times larger: attention logits ``factor**2`` larger.
-
-    Random weights give near-uniform attention over the image tokens, whose output a cyclic shift cannot change;
-    trained models attend far more peakily. The sharpened clone stands in for that.
-    """
-    import comfy.model_management
-
-    comfy.model_management.unload_all_models()  # a loaded clone's patches would be read as the base's parameters
-    sharp = model.clone()
-    for name, parameter in model.model.diffusion_model.named_parameters():
-        if name.endswith(("query_norm.scale", "key_norm.scale")):
-            sharp.add_object_patch(f"diffusion_model.{name}", torch.nn.Parameter(parameter.detach() * factor))
-    return sharp
-
-
-def relative_error(ns, model, settings, shift: int, sigma: float, seed: int, contrast: float = 1.0) -> float:
-    """|v_swapped - v_structure| / |v_structure| for one shifted copy, every block swapping as ``settings`` says
-    (a ``JointSwapSettings`` of the loaded pack) with ``contrast``."""
-    import comfy.model_management
-    from comfyui_support import flux_conditioning
-
-    core = ns.core
-    backend = ns.backend
-    patched = ns.families.family_of(model).patch(model, None, options={ns.joint.JOINT_OPTIONS_KEY: settings})
-    comfy.model_management.load_models_gpu([patched])
-    structure = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed))
-    appearance = structure.roll(2 * shift, dims=-1)
-    context, extras = flux_conditioning(seed)[0]
-
-    def call(x, swap):
-        options = dict(patched.model_options["transformer_options"])
-        options[backend.SWAP_KEY] = swap
-        options["cond_or_uncond"] = [0]
-        with torch.no_grad():
-            denoised = patched.model.apply_model(
-                x,
-                torch.tensor([sigma]),
-                c_crossattn=context,
-                y=extras["pooled_output"],
-                guidance=torch.tensor([3.5]),
-                transformer_options=options,
-            )
-        return (x - denoised) / sigma
-
-    levels = frozenset({0, 1})
-    store = core.attention.KeyValueStore()
-    call(appearance, core.attention.CallAttention(capture=core.attention.Capture(levels, store)))
-    swap = core.attention.CallAttention(swap=core.attention.Swap(levels, (0,), (0,), store, contrast))
-    swapped, own = call(structure, swap), call(structure, None)
-    return ((swapped - own).norm() / own.norm()).item()
 
 
 def main() -> None:

@@ -3,62 +3,54 @@
 In a swapped call an output image query takes one softmax over its own text keys and the source's image keys.
 ``row`` (ContrastScope.ROW) contrasts all of them around 1 / N_keys; ``image`` contrasts the image keys around their
 own mean weight and leaves the text's weights as the softmax gives them (the UNet's text attention is a separate
-layer the contrast never touches). Two measurements on the tiny random Flux (``bench/flux_rope.py``'s model and
-sharpened clone), at the paper's contrast:
+layer the contrast never touches). Two measurements on a tiny random joint-attention model (``--family``: Flux,
+Qwen-Image or Z-Image, ``bench/tiny_joint_models.py``) and its sharpened clones, at the paper's contrast:
 
 1. where the attention mass goes: the structure's image queries over its own text keys and a shifted copy's
    image keys, block by block (queries and keys recorded from the model's own calls through ComfyUI's
-   ``optimized_attention_override``), summed weights of the text and of the image after the contrast, against
+   ``optimized_attention_override``; Z-Image's caption and noise refiners, which see one kind of token, are left
+   out), summed weights of the text (with Z-Image's caption padding) and of the image after the contrast, against
    ordinary attention's;
 2. the shifted-copy test of ``bench/flux_rope.py``: the appearance is the structure shifted by some tokens, so a
    swap should hand the structure its own prediction back; relative error of the velocity, per scope.
 
-    COMFYUI_PATH=/path/to/ComfyUI python bench/joint_contrast_scope.py
+    COMFYUI_PATH=/path/to/ComfyUI python bench/joint_contrast_scope.py [--family flux|qwen_image|z_image]
+
+Z-Image needs a ComfyUI that has it (0.9 on).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from flux_rope import SEEDS, SHIFTS, SIGMAS, SIZE, relative_error, sharpened  # noqa: E402
+from flux_rope import SEEDS, SHIFTS, SIGMAS  # the script's folder is on sys.path
+from tiny_joint_models import MODELS, SIZE, TinyJointModel, relative_error, sharpened
 
 SHARPNESS = (3.0, 10.0, 30.0, 60.0)  # q/k norm scale factors: attention logits 9 to 3600 times the random ones
 
 OVERRIDE_KEY = "optimized_attention_override"
 
 
-def recorded_attention(ns, model, latent: torch.Tensor, sigma: float, seed: int) -> list[tuple]:
+def recorded_attention(model, spec: TinyJointModel, latent: torch.Tensor, sigma: float, seed: int) -> list[tuple]:
     """(q, k) of every joint attention call of one plain model call, ``[1, heads, tokens, dim]`` with RoPE."""
     import comfy.model_management
-    from comfyui_support import flux_conditioning
 
+    joint_tokens = spec.text_tokens + (SIZE // 2) ** 2
     calls = []
 
     def record(func, q, k, v, heads, *args, **kwargs):
-        calls.append((q.detach().clone(), k.detach().clone()))
+        if q.shape[2] == joint_tokens:  # not a refiner's call over one kind of token
+            calls.append((q.detach().clone(), k.detach().clone()))
         return func(q, k, v, heads, *args, **kwargs)
 
     comfy.model_management.load_models_gpu([model])
-    context, extras = flux_conditioning(seed)[0]
     options = dict(model.model_options.get("transformer_options", {}))
     options[OVERRIDE_KEY] = record
     options["cond_or_uncond"] = [0]
     with torch.no_grad():
-        model.model.apply_model(
-            latent,
-            torch.tensor([sigma]),
-            c_crossattn=context,
-            y=extras["pooled_output"],
-            guidance=torch.tensor([3.5]),
-            transformer_options=options,
-        )
+        model.model.apply_model(latent, torch.tensor([sigma]), transformer_options=options, **spec.call_inputs(seed))
     return calls
 
 
@@ -78,28 +70,31 @@ def attention_mass(joint, structure_call, appearance_call, text_tokens: int, con
     return tuple(masses)
 
 
-def main() -> None:
-    from comfyui_support import flux_conditioning, setup, tiny_flux
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=list(MODELS), default="flux", help="the tiny model (default: flux)")
+    spec = MODELS[parser.parse_args(argv).family]
+    from comfyui_support import setup
 
     ns = setup(os.environ["COMFYUI_PATH"])
     joint = __import__(f"{ns.pack.__name__}.xattn_core.joint_attention", fromlist=["ContrastScope"])
     transfer = __import__(f"{ns.pack.__name__}.xattn_core.transfer", fromlist=["TransferSettings"])
     contrast = transfer.TransferSettings().contrast
-    text_tokens = flux_conditioning(0)[0][0].shape[1]
-    base = tiny_flux(ns, seed=0)
-    print(f"contrast {contrast:g}; {text_tokens} text tokens, {(SIZE // 2) ** 2} image tokens")
+    text_tokens = spec.text_tokens
+    base = spec.build(ns, seed=0)
+    print(f"{spec.name}; contrast {contrast:g}; {text_tokens} text tokens, {(SIZE // 2) ** 2} image tokens")
     for factor in SHARPNESS:
-        model = base if factor == 1.0 else sharpened(base, factor)
+        model = base if factor == 1.0 else sharpened(base, factor, spec)
         print(f"\nq/k norm scale x{factor:g}")
         print("  mass of the output's image queries, mean over blocks, seeds and sigmas (text | source image)")
         totals = {"ordinary": [0.0, 0.0], **{scope.value: [0.0, 0.0] for scope in joint.ContrastScope}}
         count = 0
         for seed in SEEDS:
-            structure = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed))
+            structure = spec.latent(seed)
             appearance = structure.roll(2, dims=-1)
             for sigma in SIGMAS:
-                own = recorded_attention(ns, model, structure, sigma, seed)
-                source = recorded_attention(ns, model, appearance, sigma, seed)
+                own = recorded_attention(model, spec, structure, sigma, seed)
+                source = recorded_attention(model, spec, appearance, sigma, seed)
                 for structure_call, appearance_call in zip(own, source, strict=True):
                     rows = [("ordinary", 1.0, joint.ContrastScope.ROW)]
                     rows += [(scope.value, contrast, scope) for scope in joint.ContrastScope]
@@ -121,7 +116,7 @@ def main() -> None:
             errors = []
             for shift in SHIFTS:
                 values = [
-                    relative_error(ns, model, settings, shift, sigma, seed, contrast)
+                    relative_error(ns, model, settings, shift, sigma, seed, contrast, spec)
                     for sigma in SIGMAS
                     for seed in SEEDS
                 ]
