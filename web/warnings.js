@@ -4,13 +4,16 @@
 // which ComfyUI keeps and sends to the front end when the node finishes or is taken from the cache. The front
 // ends (1.27 to 1.58) draw a UI output's text only on their own preview nodes, so this draws it. The same text
 // also comes as progress text while the node runs: 1.27 and 1.36 cut that box after about three lines and break
-// words anywhere, 1.58 removes it when the job ends, so it gives way to this box here.
+// words anywhere, 1.58 removes it when the job ends, so it gives way to this box here. A run that stops in the node
+// (an error, or Cancel) sends no UI output: the box then says so instead of keeping the previous run's warnings.
+import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
 
 const OUTPUT_KEY = "xattn_warnings"; // nodes/common.py WARNINGS_UI_KEY
 const WIDGET_NAME = "xattn_warnings";
 const PROGRESS_TEXT_WIDGET = "$$node-text-preview"; // the front end's own box for progress text
 const CLEAN_RUN = "No warnings in the last run.";
+const STOPPED_RUN = "The last run stopped in this node: any warnings of that run are in ComfyUI's log.";
 
 function warningsBox(node) {
   const existing = node.widgets?.find((widget) => widget.name === WIDGET_NAME);
@@ -52,13 +55,18 @@ function fitText(node, widget) {
   node.setDirtyCanvas?.(true, true);
 }
 
+function hasBox(node) {
+  return !!node?.widgets?.some((widget) => widget.name === WIDGET_NAME);
+}
+
 function showWarnings(node, warnings) {
-  const shown = node.widgets?.some((widget) => widget.name === WIDGET_NAME);
-  if (!warnings.length && !shown) return; // a clean run has nothing to replace
+  if (!warnings.length && !hasBox(node)) return; // a clean run has nothing to replace
+  showText(node, warnings.length ? warnings.map((warning) => `Warning: ${warning}`).join("\n") : CLEAN_RUN);
+}
+
+function showText(node, text) {
   const widget = warningsBox(node);
-  widget.element.textContent = warnings.length
-    ? warnings.map((warning) => `Warning: ${warning}`).join("\n")
-    : CLEAN_RUN;
+  widget.element.textContent = text;
   const progressText = node.widgets.findIndex((candidate) => candidate.name === PROGRESS_TEXT_WIDGET);
   if (progressText > -1) {
     node.widgets[progressText].onRemove?.();
@@ -79,8 +87,18 @@ function showWarnings(node, warnings) {
   requestAnimationFrame(() => fitText(node, widget));
 }
 
+// a run that stopped in a node that shows warnings: its box would otherwise still hold the run before's
+function onStopped({ detail }) {
+  const node = detail?.node_id == null ? null : app.graph?.getNodeById?.(detail.node_id);
+  if (hasBox(node)) showText(node, STOPPED_RUN);
+}
+
 app.registerExtension({
   name: "xattn.Warnings",
+  setup() {
+    api.addEventListener("execution_error", onStopped);
+    api.addEventListener("execution_interrupted", onStopped);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.name.startsWith("XAttn")) return;
     const onExecuted = nodeType.prototype.onExecuted;

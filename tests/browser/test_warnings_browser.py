@@ -3,9 +3,10 @@
 A graph that warns and runs in a moment on the CPU with no model files (Empty Latent Image and an all-zero Solid
 Mask into AdaIN Latent Match, whose empty mask warns, then Save Latent) is queued from the page as the Queue
 button does (app.queuePrompt). Ten seconds after the job has finished, the warning must be on screen in the
-node's warnings box, whole (no scrolling, no clipping) and wrapped between words only; a clean run must replace
-it with "No warnings in the last run.". A pack error the front end shows (Load Inversion of a file that is no
-inversion) must name its type xattn.<Name> and no install path.
+node's warnings box, whole (no scrolling, no clipping) and wrapped between words only; a run that fails in the
+node must replace it with a line that says so, and a clean run with "No warnings in the last run.". A pack error
+the front end shows (Load Inversion of a file that is no inversion) must name its type xattn.<Name> and no
+install path.
 
 Front end: the one ComfyUI pins, or the one under XATTN_FRONT_END_ROOT (passed as --front-end-root, e.g.
 /tmp/fe158/comfyui_frontend_package/static for 1.58.1; that needs ComfyUI 0.9.2's /api/jobs). With
@@ -44,6 +45,7 @@ WARNING = (
     + " of the batch; using unmasked AdaIN there"
 )
 CLEAN_RUN = "No warnings in the last run."
+STOPPED_RUN = "The last run stopped in this node: any warnings of that run are in ComfyUI's log."
 BROKEN_INVERSION = "not_an_inversion.safetensors"  # an empty file in the input folder: Load Inversion refuses it
 SETTLE_S = 10  # the front end has removed transient text by then (1.58 removes progress text as the job ends)
 
@@ -130,6 +132,24 @@ async def run_in_front_end(server, port: int) -> dict:
         await asyncio.sleep(3)
         results["error_shown"] = await tools.evaluate("document.body.innerText")
         results["error_report"] = await tools.evaluate(ERROR_REPORT, timeout=60)
+        # the warning graph again on a fresh page (last: 1.58 shows a later run's error report only if no error
+        # box was closed before it), warned, then a style batch of 3 for 24 contents: the node fails, and its box
+        # no longer shows the run before's warning
+        await open_page(tools, server.base)
+        ids = await tools.evaluate(build_graph_script(WARNING_GRAPH, WARNING_LINKS))
+        adain = ids["adain"]
+        results["warned_again"] = await queue_and_wait(tools, server)
+        await asyncio.sleep(SETTLE_S)
+        results["warned_again_box"] = await tools.evaluate(WARNINGS_BOX % adain)
+        await tools.evaluate(
+            "(() => { const latent = LiteGraph.createNode('EmptyLatentImage'); latent.pos = [40, 700];"
+            " app.graph.add(latent); latent.widgets.find(widget => widget.name === 'batch_size').value = 3;"
+            f" const adain = app.graph.getNodeById({adain});"
+            " latent.connect(0, adain, adain.findInputSlot('style')); return latent.id; })()"
+        )
+        results["stopped"] = await queue_and_wait(tools, server)
+        await asyncio.sleep(SETTLE_S)
+        results["stopped_box"] = await tools.evaluate(WARNINGS_BOX % adain)
     return results
 
 
@@ -180,6 +200,14 @@ def test_the_warning_stays_on_the_node_whole_after_the_run(front_end):
 def test_the_warnings_box_is_not_a_prompt_input(front_end):
     """Not serialized: the queued prompt (and so ComfyUI's cache key) is the same with or without warnings."""
     assert "xattn_warnings" not in front_end["prompt_inputs"]
+
+
+def test_a_run_that_stops_in_the_node_replaces_the_warning(front_end):
+    """An error in the node sends no UI output: the box says the run stopped there, not the run before's warning."""
+    assert front_end["warned_again_box"]["text"] == WARNING
+    assert front_end["stopped"]["status"]["status_str"] == "error"
+    assert front_end["stopped_box"]["text"] == STOPPED_RUN
+    assert front_end["stopped_box"]["visible"]
 
 
 def test_a_clean_run_replaces_the_warning(front_end):
