@@ -132,9 +132,8 @@ async def run_in_front_end(server, port: int) -> dict:
         await asyncio.sleep(3)
         results["error_shown"] = await tools.evaluate("document.body.innerText")
         results["error_report"] = await tools.evaluate(ERROR_REPORT, timeout=60)
-        # the warning graph again on a fresh page (last: 1.58 shows a later run's error report only if no error
-        # box was closed before it), warned, then a style batch of 3 for 24 contents: the node fails, and its box
-        # no longer shows the run before's warning
+        # the warning graph again on a fresh page (last, so that the checks above run as before), warned, then a
+        # style batch of 3 for 24 contents: the node fails, and its box no longer shows the run before's warning
         await open_page(tools, server.base)
         ids = await tools.evaluate(build_graph_script(WARNING_GRAPH, WARNING_LINKS))
         adain = ids["adain"]
