@@ -67,7 +67,12 @@ def _build(name: str) -> Callable:
 
 MODELS = {
     "flux": TinyJointModel(
-        "flux", _build("tiny_flux"), (1, 16, SIZE, SIZE), _flux_inputs, ("query_norm.scale", "key_norm.scale"), 6
+        "flux",
+        _build("tiny_flux"),
+        (1, 16, SIZE, SIZE),
+        _flux_inputs,
+        ("query_norm.scale", "key_norm.scale"),
+        TEXT_TOKENS,
     ),
     "qwen_image": TinyJointModel(
         "qwen_image",
